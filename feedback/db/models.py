@@ -1,0 +1,109 @@
+"""The store's tables. Alembic (``migrations/``) creates them; the app never calls create_all."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from feedback.events import utcnow
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JsonType, list[Any]: JsonType}
+
+
+class App(Base):
+    """A caller of the gateway. Only the SHA-256 of its key is stored: keys are random, 256-bit."""
+
+    __tablename__ = "apps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16), doc="The first characters, to recognise a key in UIs.")
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+class Completion(Base):
+    """One answer served. Feedback is only training data if it points at a row here of the same app."""
+
+    __tablename__ = "completions"
+
+    response_id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    pair_id: Mapped[str | None] = mapped_column(String(48), index=True)
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(256))
+    model_version: Mapped[str] = mapped_column(String(32), index=True)
+    messages: Mapped[list[Any]]
+    prompt_hash: Mapped[str] = mapped_column(String(64), index=True, doc="Groups answers to the same prompt.")
+    answer: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]]
+    latency_ms: Mapped[float] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class Feedback(Base):
+    """Accepted feedback: what the trainer may learn from, with the weight the filters gave it."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    type: Mapped[str] = mapped_column(String(16))
+    app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"), index=True)
+    user_id: Mapped[str] = mapped_column(String(256), index=True)
+    response_id: Mapped[str | None] = mapped_column(ForeignKey("completions.response_id"), index=True)
+    pair_id: Mapped[str | None] = mapped_column(String(48), index=True)
+    rating: Mapped[str | None] = mapped_column(String(8))
+    choice: Mapped[str | None] = mapped_column(String(16))
+    comment: Mapped[str | None] = mapped_column(Text)
+    correction: Mapped[str | None] = mapped_column(Text)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Quarantine(Base):
+    """Feedback held back from training, with why. Kept whole so ops can inspect or release it."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    type: Mapped[str] = mapped_column(String(16))
+    app_id: Mapped[int] = mapped_column(Integer, index=True)
+    user_id: Mapped[str] = mapped_column(String(256), index=True)
+    reasons: Mapped[list[Any]]
+    evidence: Mapped[dict[str, Any]]
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AliasMove(Base):
+    """Every move of a registry alias. MLflow keeps no alias history; rollback reads this."""
+
+    __tablename__ = "alias_moves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(256), index=True)
+    alias: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32), doc="promote, rollback, challenger, bootstrap")
+    from_version: Mapped[str | None] = mapped_column(String(32))
+    to_version: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,115 @@
+"""The data contract: every record that travels through Kafka.
+
+The gateway produces these, the worker consumes them, the trainer reads what the worker
+stored. Identifiers are built so that a completion and any feedback on it share one
+partition key without a lookup: a single answer has ``response_id = "resp_<root>"``; the two
+answers of a pair have ``resp_<root>_a`` / ``resp_<root>_b`` and ``pair_id = "pair_<root>"``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+_ID_RE = re.compile(r"^(resp|pair)_([0-9a-f]{32})(?:_([ab]))?$")
+ResponseId = Annotated[str, Field(pattern=r"^resp_[0-9a-f]{32}(_[ab])?$", examples=["resp_" + "0" * 32])]
+PairId = Annotated[str, Field(pattern=r"^pair_[0-9a-f]{32}$", examples=["pair_" + "0" * 32])]
+EventId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+UserId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def new_root() -> str:
+    return uuid.uuid4().hex
+
+
+def new_event_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def partition_key(identifier: str) -> bytes:
+    """The shared root of a response or pair id: the Kafka key of everything about it."""
+    match = _ID_RE.match(identifier)
+    if match is None:
+        raise ValueError(f"not a Flywheel response or pair id: {identifier!r}")
+    return match.group(2).encode()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[Any] | None = None
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    event_id: EventId = Field(default_factory=new_event_id)
+    app_id: int = Field(description="The app (API key) that sent or was served this event.")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CompletionEvent(_Event):
+    """One answer served to an end user: what the trainer learns from, and the proof of service."""
+
+    type: Literal["completion"] = "completion"
+    response_id: ResponseId
+    pair_id: PairId | None = None
+    user_id: str | None = None
+    model_version: str
+    messages: list[ChatMessage]
+    answer: str
+    finish_reason: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="Sampling parameters as sent.")
+    latency_ms: float
+    ttft_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    @property
+    def key(self) -> bytes:
+        return partition_key(self.response_id)
+
+
+class ThumbsEvent(_Event):
+    type: Literal["thumbs"] = "thumbs"
+    response_id: ResponseId
+    rating: Literal["up", "down"]
+    user_id: UserId
+    comment: str | None = Field(default=None, max_length=4000)
+    correction: str | None = Field(default=None, max_length=16000, description="A better answer, if given.")
+
+    @property
+    def key(self) -> bytes:
+        return partition_key(self.response_id)
+
+
+class PairwiseEvent(_Event):
+    type: Literal["pairwise"] = "pairwise"
+    pair_id: PairId
+    choice: Literal["a", "b", "tie", "both_bad"]
+    user_id: UserId
+    comment: str | None = Field(default=None, max_length=4000)
+
+    @property
+    def key(self) -> bytes:
+        return partition_key(self.pair_id)
+
+
+FeedbackEvent = Annotated[ThumbsEvent | PairwiseEvent, Field(discriminator="type")]
+Event = Annotated[CompletionEvent | ThumbsEvent | PairwiseEvent, Field(discriminator="type")]
+EVENT_ADAPTER: TypeAdapter[CompletionEvent | ThumbsEvent | PairwiseEvent] = TypeAdapter(Event)
+
+
+def encode(event: CompletionEvent | ThumbsEvent | PairwiseEvent) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def decode(raw: bytes) -> CompletionEvent | ThumbsEvent | PairwiseEvent:
+    return EVENT_ADAPTER.validate_json(raw)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the Flywheel store. Run with ``flywheel db upgrade``."""
