@@ -30,6 +30,14 @@ def new_event_id() -> str:
     return f"evt_{uuid.uuid4().hex}"
 
 
+def answer_ids(pairwise: bool) -> tuple[str | None, list[str]]:
+    """Fresh ids for one answer, or for the two answers (A, B) of a pair: ``(pair_id, response_ids)``."""
+    root = new_root()
+    if pairwise:
+        return f"pair_{root}", [f"resp_{root}_a", f"resp_{root}_b"]
+    return None, [f"resp_{root}"]
+
+
 def partition_key(identifier: str) -> bytes:
     """The shared root of a response or pair id: the Kafka key of everything about it."""
     match = _ID_RE.match(identifier)
@@ -50,12 +58,17 @@ class ChatMessage(BaseModel):
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    event_id: EventId = Field(default_factory=new_event_id)
+    event_id: EventId = Field(default_factory=new_event_id, description="The client's idempotency key.")
+
+
+class _Recorded(BaseModel):
+    """What the gateway adds: who sent or was served the event, and when."""
+
     app_id: int = Field(description="The app (API key) that sent or was served this event.")
     created_at: datetime = Field(default_factory=utcnow)
 
 
-class CompletionEvent(_Event):
+class CompletionEvent(_Event, _Recorded):
     """One answer served to an end user: what the trainer learns from, and the proof of service."""
 
     type: Literal["completion"] = "completion"
@@ -77,7 +90,9 @@ class CompletionEvent(_Event):
         return partition_key(self.response_id)
 
 
-class ThumbsEvent(_Event):
+class ThumbsFeedback(_Event):
+    """Thumbs on one answer, as an app sends it."""
+
     type: Literal["thumbs"] = "thumbs"
     response_id: ResponseId
     rating: Literal["up", "down"]
@@ -90,7 +105,9 @@ class ThumbsEvent(_Event):
         return partition_key(self.response_id)
 
 
-class PairwiseEvent(_Event):
+class PairwiseFeedback(_Event):
+    """A pick between the two answers of a pair, as an app sends it."""
+
     type: Literal["pairwise"] = "pairwise"
     pair_id: PairId
     choice: Literal["a", "b", "tie", "both_bad"]
@@ -102,7 +119,16 @@ class PairwiseEvent(_Event):
         return partition_key(self.pair_id)
 
 
-FeedbackEvent = Annotated[ThumbsEvent | PairwiseEvent, Field(discriminator="type")]
+class ThumbsEvent(ThumbsFeedback, _Recorded):
+    pass
+
+
+class PairwiseEvent(PairwiseFeedback, _Recorded):
+    pass
+
+
+FeedbackIn = Annotated[ThumbsFeedback | PairwiseFeedback, Field(discriminator="type")]
+FeedbackEvent = ThumbsEvent | PairwiseEvent
 Event = Annotated[CompletionEvent | ThumbsEvent | PairwiseEvent, Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter[CompletionEvent | ThumbsEvent | PairwiseEvent] = TypeAdapter(Event)
 

@@ -1,0 +1,1 @@
+"""The ``flywheel`` command: composes the serving, feedback and trainer packages."""

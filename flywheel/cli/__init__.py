@@ -1,0 +1,1 @@
+"""Thin typer commands; the work lives in ``serving``, ``feedback`` and ``trainer``."""

@@ -1,0 +1,109 @@
+"""The embedded stack behind ``flywheel up``: every service of the loop on one machine.
+
+Broker, MLflow UI and engine are external programs; gateway and worker run as
+``python -m flywheel serve|worker`` children with the same settings, exactly as they
+would run alone in production. If any child dies the whole stack stops, loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from urllib.parse import urlsplit
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from feedback.apps import create_app, list_apps
+from feedback.broker import tansu_process
+from feedback.db.session import make_engine, session_factory, transaction, upgrade
+from feedback.producer import ensure_topic
+from feedback.supervise import ManagedProcess, ProcessFailed
+from serving.engine import vllm_process
+from serving.settings import ServingSettings
+from trainer.base_model import ensure_base_model
+from trainer.tracking_server import mlflow_ui_process
+
+log = logging.getLogger(__name__)
+
+
+def _child_env(settings: ServingSettings) -> dict[str, str]:
+    """Pin every resolved location so the children see exactly what ``up`` prepared."""
+    return {
+        "FLYWHEEL_DATA_DIR": str(settings.data_dir),
+        "FLYWHEEL_DATABASE_URL": settings.resolved_database_url,
+        "FLYWHEEL_MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
+        "FLYWHEEL_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "FLYWHEEL_BASE_MODEL": str(settings.resolved_base_model),
+        "FLYWHEEL_ENGINE_URL": settings.resolved_engine_url,
+    }
+
+
+def _flywheel(command: str, settings: ServingSettings, ready: Callable[[], bool]) -> ManagedProcess:
+    return ManagedProcess(
+        command, [sys.executable, "-m", "flywheel", command], settings.data_dir / "logs" / f"{command}.log",
+        ready=ready, env=_child_env(settings), startup_timeout=120,
+    )
+
+
+def run_stack(settings: ServingSettings, console: Console, mlflow_ui_port: int) -> None:
+    """Start everything in dependency order, then watch; leaving (Ctrl-C or a death) stops all in reverse."""
+    logs = settings.data_dir / "logs"
+    procs: list[ManagedProcess] = []
+    with ExitStack() as stack:
+
+        def start(status: str, proc: ManagedProcess) -> None:
+            with console.status(status):
+                procs.append(stack.enter_context(proc))
+
+        with console.status("preparing the base model (once)…"):
+            model_dir = ensure_base_model(settings)
+            upgrade(settings.resolved_database_url)
+        broker = urlsplit(f"//{settings.bootstrap_servers[0]}")
+        start("starting the broker…",
+              tansu_process(broker.port or 9092, logs / "broker.log", broker.hostname or "127.0.0.1"))
+        ensure_topic(settings)
+        start("starting the MLflow UI…", mlflow_ui_process(settings, mlflow_ui_port, logs / "mlflow.log"))
+        start("starting the engine (vLLM, about a minute on 2 cores)…",
+              vllm_process(settings, model_dir, logs / "engine.log"))
+        key = _first_app_key(settings)
+        gateway = f"http://{settings.host}:{settings.port}"
+        start("starting the worker…", _flywheel("worker", settings, ready=lambda: True))
+        start("starting the gateway…", _flywheel(
+            "serve", settings, ready=lambda: httpx.get(f"{gateway}/readyz", timeout=2).is_success))
+        _print_banner(console, settings, gateway, mlflow_ui_port, key)
+        try:
+            while all(proc.alive for proc in procs):
+                time.sleep(1)
+        except KeyboardInterrupt:
+            console.print("stopping…")
+            return
+        dead = next(proc for proc in procs if not proc.alive)
+        raise ProcessFailed(f"{dead.name} exited; stopping the stack. Its log ends:\n{dead.log_tail()}")
+
+
+def _first_app_key(settings: ServingSettings) -> str | None:
+    """On the very first start, create an admin app so a chat works at once; later starts print nothing."""
+    with transaction(session_factory(make_engine(settings.resolved_database_url))) as session:
+        if list_apps(session):
+            return None
+        _app, key = create_app(session, "default", admin=True)
+        return key
+
+
+def _print_banner(console: Console, settings: ServingSettings, gateway: str, ui_port: int, key: str | None) -> None:
+    table = Table(title="flywheel is up", show_header=False)
+    table.add_row("gateway (OpenAI API)", f"{gateway}/v1")
+    table.add_row("MLflow UI", f"http://127.0.0.1:{ui_port}")
+    table.add_row("engine (vLLM)", settings.resolved_engine_url)
+    table.add_row("broker (Kafka protocol)", settings.kafka_bootstrap_servers)
+    table.add_row("data dir", str(settings.data_dir))
+    console.print(table)
+    if key:
+        console.print("API key of the app [bold]default[/] (admin), shown once:")
+        print(key, flush=True)
+    console.print("Ctrl-C stops everything.")

@@ -1,0 +1,114 @@
+"""Which model version answers: the registry's ``champion`` alias, followed without a restart.
+
+The trainer and ops move aliases in MLflow; the gateway only reads them. Each version is
+loaded into vLLM under its own name (vLLM's docs call in-place reloads risky), then the
+route flips in one assignment: a request reads the route once when it starts, so requests
+in flight finish on the version they began with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from serving.engine import EngineClient
+from serving.metrics import LIVE_VERSION, SWAP_FAILURES, SWAPS
+from serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+NO_ADAPTER = "none"
+
+
+@dataclass(frozen=True)
+class Route:
+    version: str
+    engine_model: str
+
+
+class NoChampion(RuntimeError):
+    """The registry has no champion yet: nothing can answer."""
+
+
+class ChampionWatcher:
+    def __init__(self, settings: ServingSettings, engine: EngineClient) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.client = MlflowClient(tracking_uri=settings.resolved_mlflow_uri,
+                                   registry_uri=settings.resolved_mlflow_uri)
+        self.adapter_dir = settings.data_dir / "adapters"
+        self._route: Route | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def current(self) -> Route | None:
+        return self._route
+
+    @property
+    def route(self) -> Route:
+        if self._route is None:
+            raise NoChampion(
+                f"no '{CHAMPION}' version of '{self.settings.registered_model}' is loaded yet; "
+                "`flywheel serve` registers the base model on first start"
+            )
+        return self._route
+
+    async def refresh(self) -> Route | None:
+        """Read the alias; if it moved, load the new version into the engine, then switch."""
+        async with self._lock:
+            try:
+                version = await asyncio.to_thread(
+                    self.client.get_model_version_by_alias, self.settings.registered_model, CHAMPION
+                )
+            except MlflowException as exc:
+                if self._route is None:
+                    log.warning("no champion yet: %s", exc.message)
+                return self._route
+            if self._route is not None and self._route.version == version.version:
+                return self._route
+            route = await self._load(version)
+            previous, self._route = self._route, route
+            SWAPS.inc()
+            LIVE_VERSION.set(float(route.version))
+            log.info("champion is now version %s (was %s)", route.version, previous and previous.version)
+            return route
+
+    async def run(self) -> None:
+        """Poll forever; a failed swap keeps the current route and is retried on the next poll."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                SWAP_FAILURES.inc()
+                log.exception("could not switch to the new champion; still serving %s", self._route)
+            await asyncio.sleep(self.settings.swap_poll_seconds)
+
+    async def _load(self, version: ModelVersion) -> Route:
+        adapter = version.tags.get("adapter", NO_ADAPTER)
+        if adapter == NO_ADAPTER:
+            return Route(version.version, self.settings.base_engine_model)
+        path = await asyncio.to_thread(self._download, version, adapter)
+        name = f"{self.settings.registered_model}-v{version.version}"
+        await self.engine.load_adapter(name, path)
+        return Route(version.version, name)
+
+    def _download(self, version: ModelVersion, artifact_path: str) -> Path:
+        """Fetch the adapter once per version; the engine reads it from this local folder."""
+        dest = self.adapter_dir / f"v{version.version}"
+        done = dest / ".complete"
+        if not done.exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            mlflow.artifacts.download_artifacts(
+                run_id=version.run_id, artifact_path=artifact_path, dst_path=str(dest),
+                tracking_uri=self.settings.resolved_mlflow_uri,
+            )
+            done.touch()
+        return dest / artifact_path

@@ -1,0 +1,17 @@
+"""Prometheus metrics of the gateway (served at ``GET /metrics``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("flywheel_http_requests_total", "HTTP requests by route and status.", ["route", "status"])
+CHAT_LATENCY = Histogram(
+    "flywheel_chat_latency_seconds", "Chat completion latency, gateway side.", ["stream"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80),
+)
+ANSWERS = Counter("flywheel_answers_total", "Answers served, by model version.", ["model_version"])
+FEEDBACK = Counter("flywheel_feedback_events_total", "Feedback events accepted (202) by type.", ["type"])
+RECORD_FAILURES = Counter("flywheel_record_failures_total", "Events the broker did not acknowledge.", ["kind"])
+SWAPS = Counter("flywheel_model_swaps_total", "Champion switches performed without restart.")
+SWAP_FAILURES = Counter("flywheel_model_swap_failures_total", "Champion switches that failed and were retried.")
+LIVE_VERSION = Gauge("flywheel_live_model_version", "The registry version currently answering.")

@@ -1,0 +1,1 @@
+"""One router per endpoint group, as in vLLM's OpenAI entrypoints."""

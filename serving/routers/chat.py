@@ -1,0 +1,148 @@
+"""``POST /v1/chat/completions``: OpenAI's chat API, answered by the champion and recorded.
+
+Every answer becomes a completion event in Kafka before the caller gets it (or, when
+streaming, before ``[DONE]``): feedback can only count for an answer the store knows was
+served, so an answer the broker did not take is reported as an error, not silently lost.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import StreamingResponse
+
+from feedback.apps import Caller
+from feedback.events import CompletionEvent, answer_ids
+from serving.champion import Route
+from serving.deps import CallerDep, GatewayState, StateDep
+from serving.engine import EngineError
+from serving.metrics import ANSWERS, CHAT_LATENCY
+from serving.protocol import ChatCompletionRequest, FlywheelAnswer
+
+router = APIRouter(tags=["chat"])
+
+
+class _Exchange:
+    """One request's identity and the facts its completion events will record."""
+
+    def __init__(self, body: ChatCompletionRequest, caller: Caller, route: Route, public_model: str) -> None:
+        self.body = body
+        self.caller = caller
+        self.route = route
+        self.public_model = public_model
+        self.pair_id, self.response_ids = answer_ids(body.flywheel.pairwise)
+        self.started = time.perf_counter()
+        self.ttft_ms: float | None = None
+        self.flywheel = FlywheelAnswer(
+            model_version=route.version,
+            response_id=None if self.pair_id else self.response_ids[0],
+            pair_id=self.pair_id,
+            response_ids=self.response_ids if self.pair_id else None,
+        ).model_dump(exclude_none=True)
+
+    def label(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        """Present an engine result as ours: public model name, our ids, the flywheel object."""
+        chunk["id"] = self.pair_id or self.response_ids[0]
+        chunk["model"] = self.public_model
+        chunk["flywheel"] = self.flywheel
+        return chunk
+
+    def events(self, answers: dict[int, tuple[str, str | None]], usage: dict[str, Any] | None) -> list[CompletionEvent]:
+        latency_ms = (time.perf_counter() - self.started) * 1000
+        usage = usage or {}
+        single = len(self.response_ids) == 1
+        params = self.body.model_dump(
+            exclude={"model", "messages", "stream", "flywheel", "user", "n", "stream_options"}, exclude_none=True
+        )
+        return [
+            CompletionEvent(
+                app_id=self.caller.app_id,
+                response_id=response_id,
+                pair_id=self.pair_id,
+                user_id=self.body.user,
+                model_version=self.route.version,
+                messages=self.body.messages,
+                answer=answers.get(index, ("", None))[0],
+                finish_reason=answers.get(index, ("", None))[1],
+                params=params,
+                latency_ms=latency_ms,
+                ttft_ms=self.ttft_ms,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens") if single else None,
+            )
+            for index, response_id in enumerate(self.response_ids)
+        ]
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest, caller: CallerDep, state: StateDep
+) -> dict[str, Any] | StreamingResponse:
+    if body.model != state.settings.public_model:
+        raise HTTPException(404, f"model {body.model!r} does not exist; this gateway serves "
+                                 f"{state.settings.public_model!r}")
+    exchange = _Exchange(body, caller, state.watcher.route, state.settings.public_model)
+    payload = body.engine_payload(exchange.route.engine_model)
+    if body.stream:
+        chunks = state.engine.chat_stream(payload)
+        try:
+            first = await anext(chunks)  # engine errors become HTTP errors before any byte is sent
+        except StopAsyncIteration:
+            raise EngineError("engine closed the stream without an answer") from None
+        return StreamingResponse(_stream(state, exchange, first, chunks), media_type="text/event-stream")
+
+    result = await state.engine.chat(payload)
+    answers = {c["index"]: (c["message"].get("content") or "", c.get("finish_reason")) for c in result["choices"]}
+    await state.producer.send_many(exchange.events(answers, result.get("usage")))
+    _observe(exchange, stream=False)
+    return exchange.label(result)
+
+
+async def _stream(
+    state: GatewayState, exchange: _Exchange, first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[str]:
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    usage: dict[str, Any] | None = None
+    wants_usage = bool((exchange.body.model_extra or {}).get("stream_options", {}).get("include_usage"))
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        yield first
+        async for chunk in rest:
+            yield chunk
+
+    try:
+        async for chunk in chunks():
+            for choice in chunk.get("choices", []):
+                content = choice.get("delta", {}).get("content")
+                if content:
+                    if exchange.ttft_ms is None:
+                        exchange.ttft_ms = (time.perf_counter() - exchange.started) * 1000
+                    texts.setdefault(choice["index"], []).append(content)
+                if choice.get("finish_reason"):
+                    finish[choice["index"]] = choice["finish_reason"]
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+                if not chunk.get("choices") and not wants_usage:
+                    continue
+            yield _sse(exchange.label(chunk))
+        answers = {i: ("".join(parts), finish.get(i)) for i, parts in texts.items()}
+        await state.producer.send_many(exchange.events(answers, usage))
+    except Exception as exc:  # the status line is gone: report in-band, as OpenAI does
+        yield _sse({"error": {"message": str(exc), "type": type(exc).__name__, "code": 503}})
+        return
+    _observe(exchange, stream=True)
+    yield "data: [DONE]\n\n"
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _observe(exchange: _Exchange, stream: bool) -> None:
+    CHAT_LATENCY.labels(stream=str(stream).lower()).observe(time.perf_counter() - exchange.started)
+    ANSWERS.labels(model_version=exchange.route.version).inc(len(exchange.response_ids))

@@ -1,0 +1,35 @@
+"""Gateway and engine settings (``FLYWHEEL_`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from feedback.settings import CommonSettings
+
+
+class ServingSettings(CommonSettings):
+    host: str = Field(default="127.0.0.1", description="Gateway bind address.")
+    port: int = Field(default=8000, description="Gateway port.")
+    public_model: str = Field(default="flywheel", description="The model id apps send and see.")
+    engine_url: str | None = Field(
+        default=None,
+        description="An external vLLM OpenAI server (runtime LoRA enabled). Unset: `flywheel up` starts one.",
+    )
+    engine_port: int = Field(default=8001, description="Port of the embedded vLLM engine.")
+    engine_max_lora_rank: int = Field(default=16)
+    engine_max_loras: int = Field(default=2, description="Adapters resident at once in the engine.")
+    engine_max_model_len: int = Field(default=2048)
+    engine_kv_cache_gb: int = Field(default=2, description="vLLM CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    engine_startup_timeout: float = Field(default=600.0)
+    engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
+    swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")
+    key_cache_seconds: float = Field(default=30.0, ge=0, description="How long a verified API key is trusted.")
+
+    @property
+    def resolved_engine_url(self) -> str:
+        return (self.engine_url or f"http://127.0.0.1:{self.engine_port}").rstrip("/")
+
+    @property
+    def base_engine_model(self) -> str:
+        """The name vLLM serves the base model under; adapters are ``<registered_model>-v<N>``."""
+        return f"{self.registered_model}-base"
