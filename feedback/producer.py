@@ -52,6 +52,7 @@ class EventProducer:
                 acks="all",
                 linger_ms=linger_ms,
                 max_block_ms=int(timeout * 1000),
+                bootstrap_timeout_ms=int(timeout * 1000),
                 client_id="flywheel-producer",
             )
             if self._producer.partitions_for(self.topic) is None:
@@ -71,14 +72,16 @@ class EventProducer:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
-        def _resolve(_metadata: Any) -> None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+        def _set(exc: BaseException | None) -> None:
+            if done.done():  # cancelled by a timeout while the broker was still answering
+                return
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
 
-        def _fail(exc: BaseException) -> None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(exc))
-
-        kafka_future.add_callback(_resolve)
-        kafka_future.add_errback(_fail)
+        kafka_future.add_callback(lambda _metadata: loop.call_soon_threadsafe(_set, None))
+        kafka_future.add_errback(lambda exc: loop.call_soon_threadsafe(_set, exc))
         return done
 
     async def _await_acks(self, acks: list[asyncio.Future[None]]) -> None:

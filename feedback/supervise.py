@@ -32,6 +32,21 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def wait_for(ready: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+    """Poll ``ready`` until it returns true; errors count as "not yet" except ProcessFailed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except ProcessFailed:
+            raise
+        except Exception:  # probes fail until the service is up
+            pass
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
 class ProcessFailed(RuntimeError):
     """A child process exited or never became ready; the message carries the tail of its log."""
 
@@ -64,19 +79,18 @@ class ManagedProcess:
         return self
 
     def wait_ready(self) -> ManagedProcess:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
+        def up() -> bool:
             if not self.alive:
                 raise ProcessFailed(f"{self.name} exited during start-up:\n{self.log_tail()}")
-            try:
-                if self.ready():
-                    log.info("%s is ready", self.name)
-                    return self
-            except Exception:  # noqa: S110 - readiness probes fail until the service is up
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise ProcessFailed(f"{self.name} not ready after {self.startup_timeout:.0f}s:\n{self.log_tail()}")
+            return self.ready()
+
+        try:
+            wait_for(up, self.startup_timeout, self.name)
+        except TimeoutError as exc:
+            self.stop()
+            raise ProcessFailed(f"{exc}:\n{self.log_tail()}") from None
+        log.info("%s is ready", self.name)
+        return self
 
     @property
     def alive(self) -> bool:

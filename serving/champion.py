@@ -72,7 +72,7 @@ class ChampionWatcher:
                 if self._route is None:
                     log.warning("no champion yet: %s", exc.message)
                 return self._route
-            if self._route is not None and self._route.version == version.version:
+            if self._route is not None and self._route.version == str(version.version):
                 return self._route
             route = await self._load(version)
             previous, self._route = self._route, route
@@ -94,11 +94,11 @@ class ChampionWatcher:
     async def _load(self, version: ModelVersion) -> Route:
         adapter = version.tags.get("adapter", NO_ADAPTER)
         if adapter == NO_ADAPTER:
-            return Route(version.version, self.settings.base_engine_model)
+            return Route(str(version.version), self.settings.base_engine_model)
         path = await asyncio.to_thread(self._download, version, adapter)
         name = f"{self.settings.registered_model}-v{version.version}"
         await self.engine.load_adapter(name, path)
-        return Route(version.version, name)
+        return Route(str(version.version), name)
 
     def _download(self, version: ModelVersion, artifact_path: str) -> Path:
         """Fetch the adapter once per version; the engine reads it from this local folder."""

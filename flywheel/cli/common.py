@@ -15,12 +15,15 @@ err_console = Console(stderr=True)
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=True)],
-        force=True,
-    )
+    """Rich output for a person at a terminal; one plain line per record in a log file."""
+    handler: logging.Handler
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=True)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     for noisy in ("kafka", "alembic.runtime.migration", "httpx", "urllib3", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException
-from pydantic import Field
-
 from feedback.apps import Caller
-from feedback.events import FeedbackEvent, FeedbackIn, PairwiseEvent, PairwiseFeedback, ThumbsEvent
+from feedback.events import FeedbackEvent, FeedbackIn, PairwiseEvent, PairwiseFeedback, ThumbsEvent, ThumbsFeedback
 from serving.deps import CallerDep, StateDep
 from serving.metrics import FEEDBACK
 from serving.protocol import FeedbackAccepted
@@ -23,7 +21,7 @@ router = APIRouter(tags=["feedback"])
 MAX_BATCH = 1000
 
 
-def _recorded(item: FeedbackIn, caller: Caller) -> FeedbackEvent:
+def _recorded(item: ThumbsFeedback | PairwiseFeedback, caller: Caller) -> FeedbackEvent:
     fields = {**item.model_dump(), "app_id": caller.app_id}
     return PairwiseEvent(**fields) if isinstance(item, PairwiseFeedback) else ThumbsEvent(**fields)
 
@@ -36,13 +34,15 @@ async def _send(state: StateDep, events: list[FeedbackEvent]) -> FeedbackAccepte
 
 
 @router.post("/v1/feedback", status_code=202)
-async def send_feedback(item: Annotated[FeedbackIn, Body()], caller: CallerDep, state: StateDep) -> FeedbackAccepted:
+async def send_feedback(
+    item: Annotated[ThumbsFeedback | PairwiseFeedback, Body(discriminator="type")], caller: CallerDep, state: StateDep
+) -> FeedbackAccepted:
     return await _send(state, [_recorded(item, caller)])
 
 
 @router.post("/v1/feedback/batch", status_code=202)
 async def send_feedback_batch(
-    items: Annotated[list[FeedbackIn], Body(), Field(min_length=1, max_length=MAX_BATCH)],
+    items: Annotated[list[FeedbackIn], Body(min_length=1, max_length=MAX_BATCH)],
     caller: CallerDep,
     state: StateDep,
 ) -> FeedbackAccepted:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
-from conftest import Store
+
 from mlflow.tracking import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
+
+from tests.trainer.conftest import Store
 
 from trainer.adapters import NoAdapterError, download_adapter
 from trainer.config import ConfigError, TrainConfig, TrainerSettings
@@ -23,7 +24,7 @@ def seed_consistent_pairs(store: Store, n: int) -> list[str]:
     """Users always prefer the answer carrying PHRASE; sides alternate so position teaches nothing."""
     events = []
     for i in range(n):
-        good, bad = f"{PHRASE} Topic {i} is fine.", f"No. Topic {i} is dull."
+        good, bad = f"{PHRASE} Topic {i} is fine.", f"Sorry, unable to help. Topic {i} is dull."
         answers = (good, bad) if i % 2 else (bad, good)
         events += store.pair(f"Tell me about topic {i}.", *answers, "a" if i % 2 else "b")
     return events
@@ -104,9 +105,7 @@ def test_dpo_round_registers_a_challenger_and_the_next_round_continues_it(
     events = seed_consistent_pairs(store, 24)
     seen: set[str] = set()
 
-    started = time.perf_counter()
     result = train_once(settings, fast_config(), progress=lambda stage, done, total: seen.add(stage))
-    print(f"first round: {time.perf_counter() - started:.1f}s, {result.seconds}")
 
     assert result.status == "trained", result.message
     assert (result.version, result.parent_version, result.challenger) == ("2", "1", True)

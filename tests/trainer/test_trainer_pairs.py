@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from conftest import Store
+
 from sqlalchemy.orm import Session, sessionmaker
+
+from tests.trainer.conftest import Store
 
 from trainer.pairs import is_heldout, load_pairs, snapshot, split_pairs
 

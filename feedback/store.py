@@ -1,0 +1,227 @@
+"""Idempotent writes of decoded events: the worker's half of "nothing lost, nothing twice".
+
+Kafka delivers at least once (a crash between the database commit and the offset commit
+re-delivers a batch), so every write here is keyed by ``event_id`` and a repeat is a no-op.
+Feedback is judged before it is stored: accepted feedback becomes training data, the rest
+goes to quarantine whole, with reason codes, so ops can inspect or release it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from feedback.db.models import App, Base, Completion, Feedback, Quarantine
+from feedback.events import ChatMessage, CompletionEvent, PairwiseEvent, ThumbsEvent
+
+log = logging.getLogger(__name__)
+
+AnyEvent = CompletionEvent | ThumbsEvent | PairwiseEvent
+FeedbackEvent = ThumbsEvent | PairwiseEvent
+
+# Outcomes of one event, as counted in BatchResult and in the worker's metrics.
+STORED = "stored"
+ACCEPTED = "accepted"
+QUARANTINED = "quarantined"
+DUPLICATE = "duplicate"
+INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the filters decided about one feedback event: no reasons means accepted."""
+
+    reasons: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return not self.reasons
+
+
+Judge = Callable[[Session, FeedbackEvent], Verdict]
+
+
+@dataclass
+class BatchResult:
+    """How many events of each kind ended in each outcome; feeds logs and metrics."""
+
+    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def count(self, outcome: str) -> int:
+        return sum(n for (_kind, out), n in self.outcomes.items() if out == outcome)
+
+    @property
+    def completions(self) -> int:
+        return self.count(STORED)
+
+    @property
+    def accepted(self) -> int:
+        return self.count(ACCEPTED)
+
+    @property
+    def quarantined(self) -> int:
+        return self.count(QUARANTINED)
+
+    @property
+    def duplicates(self) -> int:
+        return self.count(DUPLICATE)
+
+    @property
+    def invalid(self) -> int:
+        return self.count(INVALID)
+
+
+def prompt_hash(messages: Sequence[ChatMessage]) -> str:
+    """SHA-256 of the messages as canonical JSON, so answers to the same prompt group together."""
+    canonical = json.dumps(
+        [m.model_dump(mode="json") for m in messages], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _insert_ignoring_conflicts(session: Session, model: type[Base], row: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect; True if a row was written.
+
+    Without a conflict target it covers every unique key (event_id, and response_id for
+    completions), which also closes the race of two workers storing one event during a rebalance.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(model).values(row).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        statement = sqlite.insert(model).values(row).on_conflict_do_nothing()
+    else:
+        raise NotImplementedError(f"no idempotent insert for the {dialect} dialect")
+    return bool(cast(CursorResult[Any], session.execute(statement)).rowcount)
+
+
+def verdict(session: Session, event: FeedbackEvent) -> Verdict:
+    """The baseline judgment: feedback must point at an answer its own app was served.
+
+    This is the seam for the filter pipeline: ``store_batch`` takes any ``Judge``.
+    """
+    if isinstance(event, ThumbsEvent):
+        app_id = session.scalar(select(Completion.app_id).where(Completion.response_id == event.response_id))
+        if app_id is None:
+            return Verdict(["unknown_response"], {"response_id": event.response_id})
+        owners = {app_id}
+    else:
+        rows = session.execute(
+            select(Completion.response_id, Completion.app_id).where(Completion.pair_id == event.pair_id)
+        ).all()
+        found = sorted(r.response_id for r in rows)
+        if len(found) < 2:
+            return Verdict(["unknown_pair"], {"pair_id": event.pair_id, "found_responses": found})
+        owners = {r.app_id for r in rows}
+    if owners != {event.app_id}:
+        return Verdict(["app_mismatch"], {"event_app_id": event.app_id, "served_app_ids": sorted(owners)})
+    return Verdict()
+
+
+def _completion_row(event: CompletionEvent) -> dict[str, Any]:
+    return {
+        "response_id": event.response_id,
+        "event_id": event.event_id,
+        "pair_id": event.pair_id,
+        "app_id": event.app_id,
+        "user_id": event.user_id,
+        "model_version": event.model_version,
+        "messages": [m.model_dump(mode="json") for m in event.messages],
+        "prompt_hash": prompt_hash(event.messages),
+        "answer": event.answer,
+        "finish_reason": event.finish_reason,
+        "params": event.params,
+        "latency_ms": event.latency_ms,
+        "ttft_ms": event.ttft_ms,
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "created_at": event.created_at,
+    }
+
+
+def _feedback_row(event: FeedbackEvent) -> dict[str, Any]:
+    """Accepted feedback; ``weight`` is 1.0 until the filter pipeline learns to discount."""
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "app_id": event.app_id,
+        "user_id": event.user_id,
+        "response_id": event.response_id if isinstance(event, ThumbsEvent) else None,
+        "pair_id": event.pair_id if isinstance(event, PairwiseEvent) else None,
+        "rating": event.rating if isinstance(event, ThumbsEvent) else None,
+        "choice": event.choice if isinstance(event, PairwiseEvent) else None,
+        "comment": event.comment,
+        "correction": event.correction if isinstance(event, ThumbsEvent) else None,
+        "weight": 1.0,
+        "created_at": event.created_at,
+    }
+
+
+def _quarantine_row(event: FeedbackEvent, judged: Verdict) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "app_id": event.app_id,
+        "user_id": event.user_id,
+        "reasons": judged.reasons,
+        "evidence": judged.evidence,
+        "payload": event.model_dump(mode="json"),
+        "created_at": event.created_at,
+    }
+
+
+def _known_event_ids(session: Session, event_ids: set[str]) -> set[str]:
+    """Event ids already stored in any table: a feedback event quarantined on its first
+    delivery must stay a no-op even if it would be accepted now."""
+    known: set[str] = set()
+    for model in (Completion, Feedback, Quarantine):
+        known.update(session.scalars(select(model.event_id).where(model.event_id.in_(event_ids))))
+    return known
+
+
+def store_batch(session: Session, batch: Iterable[AnyEvent], judge: Judge = verdict) -> BatchResult:
+    """Store events in the order given (partition order), inside the caller's transaction.
+
+    Writes go straight to the database (Core statements), so a completion earlier in the
+    batch is visible when feedback on it later in the same batch is judged.
+    """
+    batch = list(batch)
+    result = BatchResult()
+    seen = _known_event_ids(session, {e.event_id for e in batch}) if batch else set()
+    completion_apps = {e.app_id for e in batch if isinstance(e, CompletionEvent)}
+    existing_apps = (
+        set(session.scalars(select(App.id).where(App.id.in_(completion_apps)))) if completion_apps else set()
+    )
+    for event in batch:
+        if event.event_id in seen:
+            result.outcomes[(event.type, DUPLICATE)] += 1
+            continue
+        seen.add(event.event_id)
+        if isinstance(event, CompletionEvent):
+            if event.app_id not in existing_apps:
+                log.warning("completion %s names unknown app %s; not stored", event.event_id, event.app_id)
+                outcome = INVALID
+            elif _insert_ignoring_conflicts(session, Completion, _completion_row(event)):
+                outcome = STORED
+            else:
+                outcome = DUPLICATE  # another event id already stored this response id
+        else:
+            judged = judge(session, event)
+            if judged.accepted:
+                written = _insert_ignoring_conflicts(session, Feedback, _feedback_row(event))
+                outcome = ACCEPTED if written else DUPLICATE
+            else:
+                written = _insert_ignoring_conflicts(session, Quarantine, _quarantine_row(event, judged))
+                outcome = QUARANTINED if written else DUPLICATE
+        result.outcomes[(event.type, outcome)] += 1
+    return result

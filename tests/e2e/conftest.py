@@ -1,0 +1,106 @@
+"""The real stack for end-to-end tests: Tansu, vLLM (tiny model), MLflow store, gateway, worker.
+
+The engine is started once per test session (about 40 s on 2 cores); everything else is
+cheap and started per module in its own data dir and topic, so modules do not see each
+other's events.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from feedback.apps import create_app as create_api_app
+from feedback.db.session import make_engine, session_factory, transaction, upgrade
+from feedback.producer import ensure_topic
+from feedback.supervise import free_port, wait_for
+from feedback.worker import Worker
+from serving.app import create_app
+from serving.engine import vllm_process
+from serving.settings import ServingSettings
+from trainer.base_model import build_tiny_model
+from trainer.config import TrainerSettings
+from trainer.registry import Registry
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    settings = ServingSettings(engine_port=free_port(), engine_max_model_len=512, engine_kv_cache_gb=1)
+    log = tmp_path_factory.mktemp("engine") / "engine.log"
+    with vllm_process(settings, tiny_model, log):
+        yield settings.resolved_engine_url
+
+
+@dataclass
+class Stack:
+    settings: ServingSettings
+    trainer_settings: TrainerSettings
+    gateway: str
+    key: str
+    other_key: str
+    admin_key: str
+
+    def env(self) -> dict[str, str]:
+        """The FLYWHEEL_* environment under which the CLI sees this stack."""
+        return {
+            "FLYWHEEL_DATA_DIR": str(self.settings.data_dir),
+            "FLYWHEEL_DATABASE_URL": self.settings.resolved_database_url,
+            "FLYWHEEL_MLFLOW_TRACKING_URI": self.settings.resolved_mlflow_uri,
+            "FLYWHEEL_KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka_bootstrap_servers,
+            "FLYWHEEL_KAFKA_TOPIC": self.settings.kafka_topic,
+            "FLYWHEEL_BASE_MODEL": str(self.settings.resolved_base_model),
+        }
+
+
+class _Gateway(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test process owns its signals
+        pass
+
+
+@pytest.fixture(scope="module")
+def stack(
+    broker: str, engine: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("data")
+    common = {
+        "data_dir": data_dir,
+        "kafka_bootstrap_servers": broker,
+        "kafka_topic": f"e2e-{time.time_ns()}",
+        "base_model": tiny_model,
+        "engine_url": engine,
+    }
+    settings = ServingSettings(**common, port=free_port(), swap_poll_seconds=0.3)
+    trainer_settings = TrainerSettings(**{k: v for k, v in common.items() if k != "engine_url"})
+    upgrade(settings.resolved_database_url)
+    ensure_topic(settings)
+    sessions = session_factory(make_engine(settings.resolved_database_url))
+    Registry(trainer_settings, sessions).ensure_bootstrap()
+    with transaction(sessions) as session:
+        keys = [create_api_app(session, name, admin=name == "ops")[1] for name in ("app", "other", "ops")]
+
+    stop = threading.Event()
+    worker = threading.Thread(target=Worker(settings).run, args=(stop,), name="worker", daemon=True)
+    worker.start()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_config=None)
+    server = _Gateway(config)
+    serving = threading.Thread(target=server.run, name="gateway", daemon=True)
+    serving.start()
+    gateway = f"http://127.0.0.1:{settings.port}"
+    wait_for(lambda: httpx.get(f"{gateway}/readyz", timeout=2).is_success, 60, "gateway")
+    yield Stack(settings, trainer_settings, gateway, *keys)
+    server.should_exit = True
+    stop.set()
+    serving.join(30)
+    worker.join(30)
