@@ -19,12 +19,10 @@ import kafka.errors as kafka_errors
 from kafka import KafkaAdminClient, KafkaProducer
 
 from feedback import events
-from feedback.events import CompletionEvent, PairwiseEvent, ThumbsEvent
+from feedback.events import Event
 from feedback.settings import CommonSettings
 
 log = logging.getLogger(__name__)
-
-AnyEvent = CompletionEvent | ThumbsEvent | PairwiseEvent
 
 
 class BrokerUnavailable(RuntimeError):
@@ -38,13 +36,16 @@ class BrokerUnavailable(RuntimeError):
 class EventProducer:
     """An idempotent, ``acks="all"`` kafka-python producer for the events topic.
 
-    The topic's metadata is fetched in the constructor so that ``send`` (which can block on a
-    metadata fetch the first time it sees a topic) does not stall an event loop later.
+    The constructor ensures the topic (brokers that auto-create topics on a metadata request,
+    Tansu included, would otherwise pick the partition count) and fetches its metadata, so
+    that ``send`` (which blocks on a metadata fetch the first time it sees a topic) does not
+    stall an event loop later.
     """
 
     def __init__(self, settings: CommonSettings, timeout: float = 10.0, linger_ms: int = 5) -> None:
         self.topic = settings.kafka_topic
         self.timeout = timeout
+        ensure_topic(settings, timeout)
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=settings.bootstrap_servers,
@@ -55,12 +56,11 @@ class EventProducer:
                 bootstrap_timeout_ms=int(timeout * 1000),
                 client_id="flywheel-producer",
             )
-            if self._producer.partitions_for(self.topic) is None:
-                raise BrokerUnavailable(f"topic {self.topic!r} does not exist (run ensure_topic first)")
+            self._producer.partitions_for(self.topic)
         except kafka_errors.KafkaError as exc:
-            raise BrokerUnavailable(f"cannot connect to the broker at {settings.kafka_bootstrap_servers}") from exc
+            raise BrokerUnavailable(f"cannot reach the broker at {settings.kafka_bootstrap_servers}: {exc}") from exc
 
-    def _send(self, event: AnyEvent) -> Any:
+    def _send(self, event: Event) -> Any:
         """Hand one record to the producer's buffer; returns kafka-python's future."""
         try:
             return self._producer.send(self.topic, key=event.key, value=events.encode(event))
@@ -92,15 +92,15 @@ class EventProducer:
         except kafka_errors.KafkaError as exc:
             raise BrokerUnavailable(f"the broker refused an event: {exc}") from exc
 
-    async def send(self, event: AnyEvent) -> None:
+    async def send(self, event: Event) -> None:
         """Send one event and return once the broker has acknowledged it."""
         await self._await_acks([self._ack(self._send(event))])
 
-    async def send_many(self, batch: Iterable[AnyEvent]) -> None:
+    async def send_many(self, batch: Iterable[Event]) -> None:
         """Send every event before waiting, so one batch costs one round trip, not one per event."""
         await self._await_acks([self._ack(self._send(event)) for event in batch])
 
-    def send_sync(self, event: AnyEvent, timeout: float = 10.0) -> None:
+    def send_sync(self, event: Event, timeout: float = 10.0) -> None:
         """Blocking variant for scripts, the CLI and threads without an event loop."""
         try:
             self._send(event).get(timeout=timeout)

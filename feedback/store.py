@@ -14,19 +14,16 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select
+from sqlalchemy import literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from feedback.db.models import App, Base, Completion, Feedback, Quarantine
-from feedback.events import ChatMessage, CompletionEvent, PairwiseEvent, ThumbsEvent
+from feedback.events import ChatMessage, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
 
 log = logging.getLogger(__name__)
-
-AnyEvent = CompletionEvent | ThumbsEvent | PairwiseEvent
-FeedbackEvent = ThumbsEvent | PairwiseEvent
 
 # Outcomes of one event, as counted in BatchResult and in the worker's metrics.
 STORED = "stored"
@@ -93,7 +90,9 @@ def _insert_ignoring_conflicts(session: Session, model: type[Base], row: dict[st
     """INSERT ... ON CONFLICT DO NOTHING in the session's dialect; True if a row was written.
 
     Without a conflict target it covers every unique key (event_id, and response_id for
-    completions), which also closes the race of two workers storing one event during a rebalance.
+    completions), which also closes the race of two workers storing one event during a
+    rebalance. RETURNING tells whether the row was written: the driver's rowcount is not
+    reliable here (psycopg 3 under SQLAlchemy 2.1 reports -1).
     """
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -102,7 +101,7 @@ def _insert_ignoring_conflicts(session: Session, model: type[Base], row: dict[st
         statement = sqlite.insert(model).values(row).on_conflict_do_nothing()
     else:
         raise NotImplementedError(f"no idempotent insert for the {dialect} dialect")
-    return bool(cast(CursorResult[Any], session.execute(statement)).rowcount)
+    return session.execute(statement.returning(literal(1))).first() is not None
 
 
 def verdict(session: Session, event: FeedbackEvent) -> Verdict:
@@ -189,7 +188,7 @@ def _known_event_ids(session: Session, event_ids: set[str]) -> set[str]:
     return known
 
 
-def store_batch(session: Session, batch: Iterable[AnyEvent], judge: Judge = verdict) -> BatchResult:
+def store_batch(session: Session, batch: Iterable[Event], judge: Judge = verdict) -> BatchResult:
     """Store events in the order given (partition order), inside the caller's transaction.
 
     Writes go straight to the database (Core statements), so a completion earlier in the

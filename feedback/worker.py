@@ -23,9 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from feedback import events
 from feedback.db.session import make_engine, session_factory, transaction
+from feedback.events import Event
 from feedback.producer import ensure_topic
 from feedback.settings import CommonSettings
-from feedback.store import AnyEvent, BatchResult, store_batch
+from feedback.store import BatchResult, store_batch
 from feedback.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Worker:
         log.debug("batch of %d records: %s", sum(map(len, records.values())), dict(result.outcomes))
         return result
 
-    def _decode(self, record: Any) -> AnyEvent | None:
+    def _decode(self, record: Any) -> Event | None:
         try:
             return events.decode(record.value)
         except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError; None values a TypeError

@@ -93,9 +93,9 @@ def prepare_default_model(target_dir: Path) -> Path:
         loaded = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
-        config = AutoConfig.for_model(**{
-            k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"
-        })
+        config = AutoConfig.for_model(
+            **{k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"}
+        )
         config.dtype = torch.bfloat16
         fresh = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         fresh.load_state_dict(loaded.state_dict())

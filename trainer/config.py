@@ -64,9 +64,7 @@ class TrainConfig:
     lora_r: int = 8  # must not exceed the serving engine's --max-lora-rank
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = field(
-        default_factory=lambda: ("q_proj", "k_proj", "v_proj", "o_proj")
-    )
+    lora_target_modules: tuple[str, ...] = field(default_factory=lambda: ("q_proj", "k_proj", "v_proj", "o_proj"))
     seed: int = 0
     output_dir: Path | None = None  # default: <data_dir>/trainer
 

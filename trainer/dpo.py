@@ -33,7 +33,10 @@ from trainer.pairs import PreferencePair, Snapshot, load_pairs, snapshot, split_
 from trainer.registry import BASE_MODEL_TAG, Registry
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    Policy = PreTrainedModel | PeftModel
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ class PairMetrics:
     """How well a policy orders held-out pairs, weighted by each pair's feedback weight.
 
     ``accuracy``: share of pairs where logπ(chosen) > logπ(rejected).
-    ``mean_margin``: mean of logπ(chosen) − logπ(rejected), sequence log-probs in nats.
+    ``mean_margin``: mean of logπ(chosen) - logπ(rejected), sequence log-probs in nats.
     """
 
     accuracy: float
@@ -86,18 +89,23 @@ def beats(candidate: PairMetrics, champion: PairMetrics) -> bool:
     return candidate.mean_margin > champion.mean_margin
 
 
+def _chat_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool
+) -> list[int]:
+    encoded: Any = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
 def _completion_logp(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], answer: str, max_length: int
+    model: Policy, tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], answer: str, max_length: int
 ) -> float:
     """Sequence log-prob of ``answer`` after ``prompt``, tokenized the way TRL's DPOTrainer does."""
     import torch
 
-    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)[
-        "input_ids"
-    ]
-    full_ids = tokenizer.apply_chat_template(
-        [*prompt, {"role": "assistant", "content": answer}], tokenize=True, return_dict=True
-    )["input_ids"]
+    prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    full_ids = _chat_ids(tokenizer, [*prompt, {"role": "assistant", "content": answer}], add_generation_prompt=False)
     start = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b), len(prompt_ids))
     full_ids = full_ids[:max_length]
     if start >= len(full_ids) or start == 0:
@@ -110,7 +118,7 @@ def _completion_logp(
 
 
 def evaluate_pairs(
-    model: PreTrainedModel,
+    model: Policy,
     tokenizer: PreTrainedTokenizerBase,
     pairs: list[PreferencePair],
     max_length: int,
@@ -143,7 +151,7 @@ def evaluate_pairs(
 def _progress_callback(progress: ProgressFn) -> Any:
     from transformers import TrainerCallback
 
-    class _Progress(TrainerCallback):  # type: ignore[misc]
+    class _Progress(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             progress("train", state.global_step, state.max_steps)
 
@@ -167,7 +175,7 @@ def rich_progress() -> Iterator[ProgressFn]:
 
 
 def _load_champion_policy(
-    settings: TrainerSettings, config: TrainConfig, registry: Registry, workdir: Path
+    base: Path, config: TrainConfig, registry: Registry, workdir: Path
 ) -> tuple[Any, PreTrainedTokenizerBase, Any]:
     """(model, tokenizer, peft_config): the champion, ready to train.
 
@@ -179,7 +187,6 @@ def _load_champion_policy(
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = ensure_base_model(settings)
     champion = registry.champion()
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # CPU bf16 matmuls are slow
@@ -212,6 +219,7 @@ def _dpo_args(config: TrainConfig, output_dir: Path, quiet: bool) -> Any:
         max_length=config.max_length,
         gradient_checkpointing=config.gradient_checkpointing,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        dataloader_pin_memory=torch.cuda.is_available(),
         seed=config.seed,
         save_strategy="no",
         logging_steps=1,
@@ -240,6 +248,7 @@ def train_once(settings: TrainerSettings, config: TrainConfig, progress: Progres
             "the split is per prompt, so more distinct prompts are needed before a candidate can be judged.",
         )
     data = snapshot(train, heldout)
+    base = ensure_base_model(settings)  # before the bootstrap, so version 1 describes a real folder
     registry = Registry(settings, factory)
     parent = registry.ensure_bootstrap()
     run = registry.client.create_run(
@@ -249,7 +258,7 @@ def train_once(settings: TrainerSettings, config: TrainConfig, progress: Progres
     )
     run_id = run.info.run_id
     try:
-        result = _train_and_log(settings, config, registry, run_id, parent, train, heldout, data, progress)
+        result = _train_and_log(settings, base, config, registry, run_id, parent, train, heldout, data, progress)
     except BaseException:
         registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
@@ -259,6 +268,7 @@ def train_once(settings: TrainerSettings, config: TrainConfig, progress: Progres
 
 def _train_and_log(
     settings: TrainerSettings,
+    base: Path,
     config: TrainConfig,
     registry: Registry,
     run_id: str,
@@ -284,7 +294,7 @@ def _train_and_log(
     with tempfile.TemporaryDirectory(dir=output_root, prefix=f"run-{run_id}-") as tmp:
         workdir = Path(tmp)
         started = time.perf_counter()
-        model, tokenizer, lora = _load_champion_policy(settings, config, registry, workdir)
+        model, tokenizer, lora = _load_champion_policy(base, config, registry, workdir)
         seconds["load"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -304,10 +314,12 @@ def _train_and_log(
         seconds["train"] = time.perf_counter() - started
         seconds["per_step"] = seconds["train"] / max(train_output.global_step, 1)
 
-        policy = trainer.model
+        policy: Any = trainer.model  # a PeftModel: TRL applied the LoRA or we loaded the champion's
         policy.set_adapter("default")  # TRL may have added a frozen "ref" copy beside it
         started = time.perf_counter()
-        candidate_metrics = evaluate_pairs(policy, tokenizer, heldout, config.max_length, progress, "evaluate-candidate")
+        candidate_metrics = evaluate_pairs(
+            policy, tokenizer, heldout, config.max_length, progress, "evaluate-candidate"
+        )
         seconds["evaluate_candidate"] = time.perf_counter() - started
 
         adapter_dir = workdir / "adapter"

@@ -116,10 +116,7 @@ class Registry:
             for v in self.client.search_model_versions(f"name='{self.name}'")
             if v.tags.get(ADAPTER_TAG) == NO_ADAPTER and v.tags.get(BASE_MODEL_TAG) == base
         ]
-        if existing:
-            version = str(min(int(v.version) for v in existing))
-        else:
-            version = self._register_base(base)
+        version = str(min(int(v.version) for v in existing)) if existing else self._register_base(base)
         self._move(CHAMPION, version, action="bootstrap", actor=SYSTEM_ACTOR, reason="initial champion: the base model")
         return version
 

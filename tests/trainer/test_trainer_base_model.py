@@ -14,7 +14,7 @@ from trainer.base_model import SMOLLM2_DISTRIBUTION, BaseModelError, ensure_base
 
 def test_configured_base_model_that_does_not_exist_is_a_clear_error(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, tmp_path / "no-such-model")
-    with pytest.raises(BaseModelError, match="FLYWHEEL_BASE_MODEL points at .*no-such-model"):
+    with pytest.raises(BaseModelError, match=r"FLYWHEEL_BASE_MODEL points at .*no-such-model"):
         ensure_base_model(settings)
 
 

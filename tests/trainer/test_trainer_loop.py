@@ -6,12 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.trainer.conftest import Store
-
 from trainer.adapters import NoAdapterError, download_adapter
 from trainer.config import ConfigError, TrainConfig, TrainerSettings
 from trainer.dpo import SNAPSHOT_ARTIFACT, train_once
@@ -127,7 +125,9 @@ def test_dpo_round_registers_a_challenger_and_the_next_round_continues_it(
     }
     assert str(registry.alias_version(CHALLENGER).version) == "2"  # type: ignore[union-attr]
     assert str(registry.champion().version) == "1"
-    snap = json.loads(Path(registry.client.download_artifacts(result.run_id, SNAPSHOT_ARTIFACT, str(tmp_path))).read_text())
+    snap = json.loads(
+        Path(registry.client.download_artifacts(result.run_id, SNAPSHOT_ARTIFACT, str(tmp_path))).read_text()
+    )
     assert sorted(snap["event_ids"]) == sorted(events) and snap["counts_by_source"] == {"pairwise": 24}
     adapter = download_adapter(registry.client, version, tmp_path / "v2")
     assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.trainer.conftest import Store
-
 from trainer.pairs import is_heldout, load_pairs, snapshot, split_pairs
 
 

@@ -1,0 +1,151 @@
+"""Shared fixtures: the embedded broker, a fresh migrated database per test, settings, apps, events.
+
+The broker is started once per session (Tansu is memory-only and starts in milliseconds);
+tests isolate themselves with their own topic and consumer group. ``db_url`` runs each
+test on SQLite and on PostgreSQL, each with a database of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from feedback.broker import tansu_process
+from feedback.db.models import App
+from feedback.db.session import make_engine, session_factory, transaction, upgrade
+from feedback.events import ChatMessage, CompletionEvent, PairwiseEvent, ThumbsEvent, new_root
+from feedback.supervise import free_port
+from feedback.worker_settings import WorkerSettings
+
+# The maintenance database of a local PostgreSQL with trust auth; each test gets a database beside it.
+POSTGRES_URL = os.environ.get("FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of one embedded Tansu broker for the whole session."""
+    port = free_port()
+    with tansu_process(port, tmp_path_factory.mktemp("broker") / "tansu.log"):
+        yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[sa.Engine]:
+    """An AUTOCOMMIT engine on the maintenance database (CREATE DATABASE cannot run in a transaction)."""
+    engine = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        engine.connect().close()
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A freshly migrated database of each dialect, dropped after the test."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'flywheel.db'}"
+        upgrade(url)
+        yield url
+        return
+    admin: sa.Engine = request.getfixturevalue("postgres_admin")
+    name = f"flywheel_test_{uuid.uuid4().hex[:16]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., WorkerSettings]:
+    """Build worker settings on the session broker with a topic and group of this test's own.
+
+    The broker fixture is requested only when the factory is called, so database-only
+    tests never start it. The short session timeout matters on Tansu, which holds a group
+    join for about half of it.
+    """
+    suffix = uuid.uuid4().hex[:12]
+
+    def make(**overrides: Any) -> WorkerSettings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "kafka_bootstrap_servers": request.getfixturevalue("broker"),
+            "kafka_topic": f"test.events.{suffix}",
+            "worker_group_id": f"test-worker-{suffix}",
+            "worker_poll_timeout_ms": 200,
+            "worker_session_timeout_ms": 2000,
+            "worker_heartbeat_interval_ms": 500,
+            "worker_retry_backoff_s": 0.2,
+        }
+        return WorkerSettings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+def make_app() -> Callable[[str], int]:
+    """Insert an App row into the database at ``url`` and return its id."""
+
+    def make(url: str, name: str | None = None) -> int:
+        name = name or f"app-{uuid.uuid4().hex[:8]}"
+        engine = make_engine(url)
+        try:
+            with transaction(session_factory(engine)) as session:
+                app = App(name=name, key_hash=hashlib.sha256(name.encode()).hexdigest(), key_prefix=name[:10])
+                session.add(app)
+                session.flush()
+                return app.id
+        finally:
+            engine.dispose()
+
+    return make
+
+
+class EventBuilder:
+    """Valid events with fresh ids: the shapes the gateway produces."""
+
+    messages = (ChatMessage(role="user", content="What is the capital of France?"),)
+
+    def completion(self, app_id: int, root: str | None = None, side: str | None = None, **kw: Any) -> CompletionEvent:
+        root = root or new_root()
+        values: dict[str, Any] = {
+            "app_id": app_id,
+            "response_id": f"resp_{root}" + (f"_{side}" if side else ""),
+            "pair_id": f"pair_{root}" if side else None,
+            "user_id": "u1",
+            "model_version": "1",
+            "messages": list(self.messages),
+            "answer": "Paris.",
+            "latency_ms": 12.5,
+        }
+        return CompletionEvent(**(values | kw))
+
+    def pair(self, app_id: int) -> tuple[CompletionEvent, CompletionEvent]:
+        root = new_root()
+        return self.completion(app_id, root, "a"), self.completion(app_id, root, "b")
+
+    def thumbs(self, app_id: int, response_id: str, **kw: Any) -> ThumbsEvent:
+        values: dict[str, Any] = {"app_id": app_id, "response_id": response_id, "rating": "up", "user_id": "u1"}
+        return ThumbsEvent(**(values | kw))
+
+    def pairwise(self, app_id: int, pair_id: str, **kw: Any) -> PairwiseEvent:
+        values: dict[str, Any] = {"app_id": app_id, "pair_id": pair_id, "choice": "a", "user_id": "u1"}
+        return PairwiseEvent(**(values | kw))
+
+
+@pytest.fixture
+def build() -> EventBuilder:
+    return EventBuilder()
