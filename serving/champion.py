@@ -11,21 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from feedback.model_versions import CHAMPION, adapter_artifact_path, download_adapter
 from serving.engine import EngineClient
 from serving.metrics import LIVE_VERSION, SWAP_FAILURES, SWAPS
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-NO_ADAPTER = "none"
 
 
 @dataclass(frozen=True)
@@ -92,23 +89,10 @@ class ChampionWatcher:
             await asyncio.sleep(self.settings.swap_poll_seconds)
 
     async def _load(self, version: ModelVersion) -> Route:
-        adapter = version.tags.get("adapter", NO_ADAPTER)
-        if adapter == NO_ADAPTER:
+        if adapter_artifact_path(version) is None:
             return Route(str(version.version), self.settings.base_engine_model)
-        path = await asyncio.to_thread(self._download, version, adapter)
+        dest = self.adapter_dir / f"v{version.version}"
+        path = await asyncio.to_thread(download_adapter, self.client, version, dest)
         name = f"{self.settings.registered_model}-v{version.version}"
         await self.engine.load_adapter(name, path)
         return Route(str(version.version), name)
-
-    def _download(self, version: ModelVersion, artifact_path: str) -> Path:
-        """Fetch the adapter once per version; the engine reads it from this local folder."""
-        dest = self.adapter_dir / f"v{version.version}"
-        done = dest / ".complete"
-        if not done.exists():
-            dest.mkdir(parents=True, exist_ok=True)
-            mlflow.artifacts.download_artifacts(
-                run_id=version.run_id, artifact_path=artifact_path, dst_path=str(dest),
-                tracking_uri=self.settings.resolved_mlflow_uri,
-            )
-            done.touch()
-        return dest / artifact_path

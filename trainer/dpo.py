@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mlflow.entities import Metric, Param, RunStatus
 
 from feedback.db.session import make_engine, session_factory
-from trainer.adapters import ADAPTER_ARTIFACT_PATH, ADAPTER_TAG, adapter_artifact_path, download_adapter
+from feedback.model_versions import ADAPTER_ARTIFACT_PATH, ADAPTER_TAG, adapter_artifact_path, download_adapter
 from trainer.base_model import ensure_base_model
 from trainer.config import TrainConfig, TrainerSettings
 from trainer.pairs import PreferencePair, Snapshot, load_pairs, snapshot, split_pairs

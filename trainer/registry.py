@@ -31,11 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import AliasMove
 from feedback.db.session import transaction
-from trainer.adapters import ADAPTER_TAG, NO_ADAPTER
+from feedback.model_versions import ADAPTER_TAG, CHALLENGER, CHAMPION, NO_ADAPTER
 from trainer.config import TrainerSettings
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 BOOTSTRAP_RUN_NAME = "bootstrap-base-model"
 BASE_MODEL_ARTIFACT = "base_model.json"
 BASE_MODEL_TAG = "base_model"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException
+
 from feedback.apps import Caller
 from feedback.events import FeedbackEvent, FeedbackIn, PairwiseEvent, PairwiseFeedback, ThumbsEvent, ThumbsFeedback
 from serving.deps import CallerDep, StateDep

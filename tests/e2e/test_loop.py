@@ -158,7 +158,7 @@ def test_train_promote_swap_and_rollback(stack: Stack, client: openai.OpenAI) ->
     out = cli_ok(stack, "models", "promote", "2", "--reason", "e2e")
     assert "version 2" in out
     wait_for(lambda: probe_logprobs(client)[0] == "2", 30, "gateway on version 2")
-    v2_version, v2_logprobs = probe_logprobs(client)
+    _v2_version, v2_logprobs = probe_logprobs(client)
     engine_models = httpx.get(f"{stack.settings.resolved_engine_url}/v1/models").json()["data"]
     assert f"{stack.settings.registered_model}-v2" in {m["id"] for m in engine_models}
     assert max(abs(x - y) for x, y in zip(v1_logprobs, v2_logprobs, strict=False)) > 1e-3, "v2 answered like v1"

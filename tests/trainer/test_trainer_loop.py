@@ -9,8 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback.model_versions import NoAdapterError, download_adapter
 from tests.trainer.conftest import Store
-from trainer.adapters import NoAdapterError, download_adapter
 from trainer.config import ConfigError, TrainConfig, TrainerSettings
 from trainer.dpo import SNAPSHOT_ARTIFACT, train_once
 from trainer.registry import CHALLENGER, CHAMPION, Registry, RegistryError

@@ -1,7 +1,7 @@
-"""Where a model version's LoRA adapter lives, and fetching it to a local folder.
+"""The registry contract: alias names, version tags, and fetching a version's LoRA adapter.
 
-Torch-free on purpose (only mlflow at import): whatever loads adapters into the engine
-can use this without pulling in the training stack.
+Part of the contract between the trainer, which registers versions, and the gateway,
+which loads them into the engine; so it lives here, below both, and imports no torch.
 
 A version's tag ``adapter`` names the artifact path of its adapter inside the version's
 run (``"adapter"``), or is ``"none"`` for a version that is the base model alone.
@@ -16,6 +16,8 @@ from pathlib import Path
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
+CHAMPION = "champion"  # the version that answers users
+CHALLENGER = "challenger"  # a candidate that beat the champion on held-out pairs
 ADAPTER_TAG = "adapter"
 NO_ADAPTER = "none"
 ADAPTER_ARTIFACT_PATH = "adapter"
