@@ -8,6 +8,7 @@ would run alone in production. If any child dies the whole stack stops, loudly.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -50,8 +51,16 @@ def _flywheel(command: str, settings: ServingSettings, ready: Callable[[], bool]
     )
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_stack(settings: ServingSettings, console: Console, mlflow_ui_port: int) -> None:
     """Start everything in dependency order, then watch; leaving (Ctrl-C or a death) stops all in reverse."""
+    # SIGTERM (kill, systemd, a container stop) must clean up like Ctrl-C; and a shell that started us in
+    # the background may have set SIGINT to "ignore", which would leave the children running.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     logs = settings.data_dir / "logs"
     procs: list[ManagedProcess] = []
     with ExitStack() as stack:

@@ -66,3 +66,12 @@ async def get_caller(
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_admin(caller: CallerDep) -> Caller:
+    if not caller.is_admin:
+        raise HTTPException(403, "this needs an admin key (flywheel apps create NAME --admin)")
+    return caller
+
+
+AdminDep = Annotated[Caller, Depends(get_admin)]

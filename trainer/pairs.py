@@ -1,4 +1,4 @@
-"""Preference pairs built from the accepted feedback in the store.
+"""Training examples built from the accepted feedback in the store: pairs for DPO, rated answers for KTO.
 
 Two kinds of feedback give a pair (chosen answer, rejected answer) for one prompt:
 
@@ -10,6 +10,14 @@ Two kinds of feedback give a pair (chosen answer, rejected answer) for one promp
   weighted ratings; every up-rated answer is paired with every down-rated one, the most
   confident first, capped per prompt so one popular prompt cannot dominate a round.
 
+KTO learns from single rated answers (``RatedAnswer``): every thumbs-rated answer with a
+non-zero net score, plus both halves of every pairwise pair, so no signal is dropped for
+want of a partner.
+
+The filters' event weights reach training through ``resample_by_weight``: TRL's DPO, KTO
+and reward trainers take no per-example weight, so the training set is redrawn with
+probability proportional to weight.
+
 The held-out split hashes the prompt hash, so it is deterministic across rounds and one
 prompt never sits in both splits (a model must not be judged on prompts it trained on).
 """
@@ -17,11 +25,11 @@ prompt never sits in both splits (a model must not be judged on prompts it train
 from __future__ import annotations
 
 import hashlib
-import json
-from collections import Counter, defaultdict
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,17 +62,42 @@ class PreferencePair:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """What a training round learned from: recorded in MLflow so every version has its lineage."""
+class RatedAnswer:
+    """One KTO example: an answer and whether users wanted it, in TRL's unpaired format (see ``to_trl``)."""
 
-    content_hash: str
-    event_ids: list[str]
-    counts_by_source: dict[str, int]
-    train_pairs: int
-    heldout_pairs: int
+    prompt_hash: str
+    prompt: list[dict[str, str]]
+    completion: str
+    desirable: bool
+    response_id: str
+    source: Source
+    event_ids: tuple[str, ...]
+    weight: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_trl(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "completion": [{"role": "assistant", "content": self.completion}],
+            "label": self.desirable,
+        }
+
+
+class Example(Protocol):
+    """What pairs and rated answers share: enough for the split, the snapshot and the weighting."""
+
+    @property
+    def prompt_hash(self) -> str: ...
+    @property
+    def prompt(self) -> list[dict[str, str]]: ...
+    @property
+    def source(self) -> Source: ...
+    @property
+    def event_ids(self) -> tuple[str, ...]: ...
+    @property
+    def weight(self) -> float: ...
+
+
+E = TypeVar("E", bound=Example)
 
 
 def _text(content: Any) -> str:
@@ -122,7 +155,16 @@ def _pairwise_pairs(session: Session) -> list[PreferencePair]:
     return pairs
 
 
-def _thumbs_pairs(session: Session, max_pairs_per_prompt: int) -> list[PreferencePair]:
+@dataclass
+class _Thumbs:
+    """Net weighted rating per answer (up +weight, down -weight), its events, and the answers by prompt."""
+
+    score: dict[str, float]
+    events: dict[str, list[str]]
+    by_prompt: dict[str, list[Completion]]
+
+
+def _thumbs(session: Session) -> _Thumbs:
     score: dict[str, float] = defaultdict(float)
     events: dict[str, list[str]] = defaultdict(list)
     for fb in session.scalars(
@@ -133,15 +175,19 @@ def _thumbs_pairs(session: Session, max_pairs_per_prompt: int) -> list[Preferenc
         if fb.response_id:
             score[fb.response_id] += fb.weight if fb.rating == "up" else -fb.weight
             events[fb.response_id].append(fb.event_id)
-    if not score:
-        return []
     by_prompt: dict[str, list[Completion]] = defaultdict(list)
-    for c in session.scalars(
-        select(Completion).where(Completion.response_id.in_(list(score))).order_by(Completion.response_id)
-    ):
-        by_prompt[c.prompt_hash].append(c)
+    if score:
+        for c in session.scalars(
+            select(Completion).where(Completion.response_id.in_(list(score))).order_by(Completion.response_id)
+        ):
+            by_prompt[c.prompt_hash].append(c)
+    return _Thumbs(dict(score), dict(events), dict(by_prompt))
+
+
+def _thumbs_pairs(thumbs: _Thumbs, max_pairs_per_prompt: int) -> list[PreferencePair]:
+    score, events = thumbs.score, thumbs.events
     pairs = []
-    for prompt_hash, completions in sorted(by_prompt.items()):
+    for prompt_hash, completions in sorted(thumbs.by_prompt.items()):
         ups = sorted((c for c in completions if score[c.response_id] > 0), key=lambda c: -score[c.response_id])
         downs = sorted((c for c in completions if score[c.response_id] < 0), key=lambda c: score[c.response_id])
         made = 0
@@ -169,10 +215,61 @@ def _thumbs_pairs(session: Session, max_pairs_per_prompt: int) -> list[Preferenc
     return pairs
 
 
+def _rated_answers(thumbs: _Thumbs, pairwise: list[PreferencePair]) -> list[RatedAnswer]:
+    answers = [
+        RatedAnswer(
+            prompt_hash=prompt_hash,
+            prompt=prompt_messages(c.messages),
+            completion=c.answer,
+            desirable=thumbs.score[c.response_id] > 0,
+            response_id=c.response_id,
+            source="thumbs",
+            event_ids=tuple(thumbs.events[c.response_id]),
+            weight=abs(thumbs.score[c.response_id]),
+        )
+        for prompt_hash, completions in sorted(thumbs.by_prompt.items())
+        for c in completions
+        if thumbs.score[c.response_id] != 0
+    ]
+    for pair in pairwise:
+        for text, response_id, desirable in (
+            (pair.chosen, pair.chosen_response_id, True),
+            (pair.rejected, pair.rejected_response_id, False),
+        ):
+            answers.append(
+                RatedAnswer(
+                    prompt_hash=pair.prompt_hash,
+                    prompt=pair.prompt,
+                    completion=text,
+                    desirable=desirable,
+                    response_id=response_id,
+                    source="pairwise",
+                    event_ids=pair.event_ids,
+                    weight=pair.weight,
+                )
+            )
+    return answers
+
+
+@dataclass(frozen=True)
+class FeedbackExamples:
+    """Everything the accepted feedback supports: pairs for DPO and the reward model, rated answers for KTO."""
+
+    pairs: list[PreferencePair]
+    rated: list[RatedAnswer]
+
+
+def load_examples(factory: sessionmaker[Session], max_pairs_per_prompt: int = 8) -> FeedbackExamples:
+    """Pairs (pairwise first, then from thumbs) and rated answers, in a stable order, from one read."""
+    with factory() as session:
+        pairwise = _pairwise_pairs(session)
+        thumbs = _thumbs(session)
+    return FeedbackExamples(pairwise + _thumbs_pairs(thumbs, max_pairs_per_prompt), _rated_answers(thumbs, pairwise))
+
+
 def load_pairs(factory: sessionmaker[Session], max_pairs_per_prompt: int = 8) -> list[PreferencePair]:
     """All preference pairs the accepted feedback supports, pairwise first, in a stable order."""
-    with factory() as session:
-        return _pairwise_pairs(session) + _thumbs_pairs(session, max_pairs_per_prompt)
+    return load_examples(factory, max_pairs_per_prompt).pairs
 
 
 def is_heldout(prompt_hash: str, heldout_fraction: float) -> bool:
@@ -181,27 +278,22 @@ def is_heldout(prompt_hash: str, heldout_fraction: float) -> bool:
     return bucket < heldout_fraction
 
 
-def split_pairs(
-    pairs: list[PreferencePair], heldout_fraction: float
-) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """(train, heldout), split by prompt hash."""
-    train = [p for p in pairs if not is_heldout(p.prompt_hash, heldout_fraction)]
-    heldout = [p for p in pairs if is_heldout(p.prompt_hash, heldout_fraction)]
+def split_pairs(examples: Sequence[E], heldout_fraction: float) -> tuple[list[E], list[E]]:
+    """(train, heldout), split by prompt hash; works for pairs and rated answers alike."""
+    train = [e for e in examples if not is_heldout(e.prompt_hash, heldout_fraction)]
+    heldout = [e for e in examples if is_heldout(e.prompt_hash, heldout_fraction)]
     return train, heldout
 
 
-def snapshot(train: list[PreferencePair], heldout: list[PreferencePair]) -> Snapshot:
-    """Lineage of one round: a hash of exactly the pairs used, so two versions can be compared."""
-    everything = train + heldout
-    canonical = json.dumps(
-        {"train": [asdict(p) for p in train], "heldout": [asdict(p) for p in heldout]},
-        sort_keys=True,
-        ensure_ascii=False,
-    )
-    return Snapshot(
-        content_hash=hashlib.sha256(canonical.encode()).hexdigest(),
-        event_ids=sorted({e for p in everything for e in p.event_ids}),
-        counts_by_source=dict(Counter(p.source for p in everything)),
-        train_pairs=len(train),
-        heldout_pairs=len(heldout),
-    )
+def resample_by_weight(examples: Sequence[E], seed: int) -> list[E]:
+    """The training set redrawn with replacement, each example with probability proportional to its weight.
+
+    TRL's DPO, KTO and reward trainers average an unweighted loss (no per-example weight, TRL
+    1.16), so the filters' weights enter through the sampling: in expectation the loss equals
+    the weighted loss. With equal weights the set is returned unchanged, so unfiltered feedback
+    trains exactly as a bare TRL run would.
+    """
+    weights = [e.weight for e in examples]
+    if not examples or max(weights) == min(weights):
+        return list(examples)
+    return random.Random(seed).choices(list(examples), weights=weights, k=len(examples))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -107,3 +107,46 @@ class AliasMove(Base):
     actor: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AdminAction(Base):
+    """Every admin action (quarantine release and purge, model promotion): who did what to what, and when."""
+
+    __tablename__ = "admin_actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(128), doc="app:<name> over HTTP, cli:<login> from the CLI.")
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(256), index=True)
+    detail: Mapped[dict[str, Any]]
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BatchAlert(Base):
+    """A micro-batch that failed a batch-level contract check (label flood, unknown-id spike): kept, not ignored."""
+
+    __tablename__ = "batch_alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    check: Mapped[str] = mapped_column(String(128), index=True)
+    detail: Mapped[dict[str, Any]]
+    batch: Mapped[dict[str, Any]] = mapped_column(doc="Size and time span of the micro-batch.")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FlaggedRater(Base):
+    """A rater (app, end user) a history filter condemned: bot pattern, campaign member, unreliable.
+
+    Flags are sticky: the rest of the filter state is rebuilt from the stored events on start,
+    but a flag is a decision (it moved the rater's accepted votes to quarantine), so it is kept.
+    """
+
+    __tablename__ = "flagged_raters"
+    __table_args__ = (UniqueConstraint("app_id", "user_id", "reason"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_id: Mapped[int] = mapped_column(Integer, index=True)
+    user_id: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(String(32))
+    evidence: Mapped[dict[str, Any]]
+    flagged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

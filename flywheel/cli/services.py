@@ -24,6 +24,8 @@ def up(
         run_stack(ServingSettings(), console, mlflow_ui_port)
     except ProcessFailed as exc:
         fail(str(exc))
+    except KeyboardInterrupt:  # stopped while starting: everything started so far was stopped
+        raise typer.Exit(130) from None
 
 
 def serve(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:

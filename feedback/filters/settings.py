@@ -1,0 +1,99 @@
+"""Thresholds of the filtering layer (``FLYWHEEL_FILTER_*``); the README's configuration table lists them.
+
+Time thresholds are realistic for people by default and are plain settings, so tests and
+simulations that really wait can scale them down instead of faking clocks.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FilterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_FILTER_", env_file=".env", extra="ignore")
+
+    # contract
+    contract_max_clock_skew_s: float = Field(
+        default=300, ge=0, description="Feedback stamped further in the future than this is quarantined (contract)."
+    )
+    contract_min_batch: int = Field(
+        default=50, ge=1, description="Smallest micro-batch on which the batch-level share checks run."
+    )
+    contract_max_label_share: float = Field(
+        default=0.9, gt=0, le=1, description="Batch alert when one label exceeds this share of a micro-batch."
+    )
+    contract_max_unknown_share: float = Field(
+        default=0.2, ge=0, le=1,
+        description="Batch alert when more than this share of a micro-batch names unknown responses or pairs.",
+    )
+    # integrity
+    integrity_max_age_s: float = Field(
+        default=7 * 24 * 3600, gt=0, description="Feedback later than this after the answer is quarantined (expired)."
+    )
+    # velocity
+    velocity_user_window_s: float = Field(default=60, gt=0, description="Window of the per-user rate limit.")
+    velocity_user_max: int = Field(default=20, ge=1, description="Most votes one user may cast within the window.")
+    velocity_app_window_s: float = Field(default=60, gt=0, description="Window of the per-app rate limit.")
+    velocity_app_max: int = Field(default=60_000, ge=1, description="Most votes one app may send within the window.")
+    # timing
+    timing_min_ms: float = Field(
+        default=1500, ge=0, description="Fastest plausible vote on any answer: orienting and clicking."
+    )
+    timing_ms_per_char: float = Field(
+        default=15, ge=0,
+        description="Reading time per answer character on top of the minimum (15 ms is fast skimming, ~65 chars/s); "
+        "a pair counts both answers.",
+    )
+    # bots
+    bot_min_votes: int = Field(default=15, ge=2, description="Votes a user needs before the label pattern is judged.")
+    bot_max_label_share: float = Field(
+        default=0.95, gt=0.5, le=1, description="A user whose most common label reaches this share is a bot."
+    )
+    bot_min_comments: int = Field(default=5, ge=2, description="Comments a user needs before they are compared.")
+    bot_max_comment_share: float = Field(
+        default=0.8, gt=0, le=1, description="A user whose most common comment reaches this share is a bot."
+    )
+    # reliability
+    reliability_prior_accuracy: float = Field(
+        default=0.75, gt=0.5, lt=1, description="Prior mean of a rater's accuracy (weight 1.0 at the prior)."
+    )
+    reliability_prior_strength: float = Field(
+        default=4, gt=0, description="Pseudo-votes behind the prior: how much shared evidence moves a new rater."
+    )
+    reliability_min_weight: float = Field(
+        default=0.05, ge=0, le=1, description="Weight floor: a coin-flipping rater's votes count this much."
+    )
+    reliability_min_items: int = Field(
+        default=10, ge=1, description="Shared items a rater needs before they can be quarantined as unreliable."
+    )
+    reliability_quarantine_below: float = Field(
+        default=0.3, ge=0, lt=0.5,
+        description="Accuracy below which a rater with enough shared items is quarantined (unreliable): "
+        "systematically against the consensus, worse than a coin.",
+    )
+    reliability_iterations: int = Field(default=20, ge=1, description="EM iterations of the Dawid-Skene estimate.")
+    # campaigns
+    campaign_min_accounts: int = Field(default=3, ge=2, description="Accounts needed to call a pattern a campaign.")
+    campaign_min_endorsements: int = Field(
+        default=5, ge=1, description="Endorsements (up votes, chosen answers) a user needs to be tested."
+    )
+    campaign_min_hits: int = Field(
+        default=4, ge=1, description="Endorsed answers carrying the feature a member needs at least."
+    )
+    campaign_min_prompts: int = Field(
+        default=3, ge=1, description="Distinct prompts whose answers must carry a feature: a phrase, not a topic."
+    )
+    campaign_max_feature_share: float = Field(
+        default=0.35, gt=0, le=1, description="Features in more of the voted answers than this are style, not campaigns."
+    )
+    campaign_min_lift: float = Field(
+        default=2.0, gt=1, description="A member endorses feature answers at least this many times their base rate."
+    )
+    campaign_max_p_value: float = Field(
+        default=1e-4, gt=0, lt=1,
+        description="Binomial tail probability under which a user's endorsements of a feature are beyond chance.",
+    )
+    campaign_every_batches: int = Field(
+        default=1, ge=1, description="Run the campaign search every N micro-batches (it is the costliest filter)."
+    )

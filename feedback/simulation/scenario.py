@@ -1,0 +1,198 @@
+"""What a scenario YAML file says: who the simulated users are, how they judge, how they pace themselves.
+
+A scenario is data, not code, so a new attack mix is a new file. Every duration is in
+human seconds and is multiplied by ``time_scale`` when the simulation runs: the shipped
+files use human timings (a reader needs seconds, not milliseconds), and tests run the same
+behaviour at ``time_scale: 0.01`` with the filter's minimum reading time scaled alike.
+"""
+
+from __future__ import annotations
+
+import random
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timing(_Strict):
+    """How long a user takes: reading an answer before voting, then pausing before the next question.
+
+    Reading time is ``base_seconds + seconds_per_word * words`` (both answers' words for a pair),
+    times a log-normal jitter, so long answers take longer to judge, as they do for people.
+    """
+
+    base_seconds: float = Field(default=3.0, ge=0, description="Time to glance at any answer.")
+    seconds_per_word: float = Field(default=0.25, ge=0, description="About 240 words per minute.")
+    jitter: float = Field(default=0.35, ge=0, description="Sigma of the log-normal factor on the reading time.")
+    think_seconds: tuple[float, float] = Field(
+        default=(2.0, 12.0), description="Uniform range of the pause before the next question."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Timing:
+        low, high = self.think_seconds
+        if not 0 <= low <= high:
+            raise ValueError("think_seconds must be [low, high] with 0 <= low <= high")
+        return self
+
+    def reading(self, words: int, rng: random.Random) -> float:
+        """Human seconds spent reading ``words`` words before voting."""
+        seconds = self.base_seconds + self.seconds_per_word * words
+        return seconds * rng.lognormvariate(0.0, self.jitter) if self.jitter else seconds
+
+    def think(self, rng: random.Random) -> float:
+        return rng.uniform(*self.think_seconds)
+
+
+# Bots act as fast as the gateway answers: no reading, no pause worth the name.
+BOT_TIMING = Timing(base_seconds=0, seconds_per_word=0, jitter=0, think_seconds=(0.0, 0.2))
+
+
+class Preference(_Strict):
+    """The hidden preference of honest users, computable from any answer text.
+
+    Pairwise: an answer with numbered steps beats one without (when ``numbered_steps`` is on);
+    among equals the shorter answer wins; the same word count is a tie. Thumbs: up when the
+    answer has numbered steps or has at most ``max_words`` words. A trained policy that wins
+    under this preference writes shorter, step-by-step answers.
+    """
+
+    numbered_steps: bool = Field(default=True, description="Lines starting '1.' or '2)' make an answer better.")
+    max_words: int = Field(default=40, ge=1, description="Thumbs up for answers no longer than this.")
+
+
+class ChatOptions(_Strict):
+    max_tokens: int = Field(default=64, ge=1, description="Per answer; short keeps the CPU engine quick.")
+    temperature: float = Field(default=1.0, ge=0, description="Above 0, so the two answers of a pair differ.")
+
+
+class _Group(_Strict):
+    """Fields every kind of user shares."""
+
+    count: int = Field(ge=1, description="How many accounts of this kind.")
+    events_per_user: int = Field(ge=1, description="Questions asked, each followed by one vote.")
+    pairwise_share: float = Field(default=0.5, ge=0, le=1, description="Share of questions asked as a pair.")
+    timing: Timing | None = Field(default=None, description="Default: the scenario's human timing.")
+    arrival_seconds: float | None = Field(
+        default=None, ge=0, description="Accounts start at uniform times within this window. Default: the scenario's."
+    )
+
+    adversarial: ClassVar[bool] = False
+
+    def resolved_timing(self, scenario: Scenario) -> Timing:
+        return self.timing or scenario.timing
+
+    def resolved_arrival(self, scenario: Scenario) -> float:
+        return scenario.arrival_seconds if self.arrival_seconds is None else self.arrival_seconds
+
+
+class HonestGroup(_Group):
+    """People who judge by the hidden preference, with an occasional slip."""
+
+    type: Literal["honest"] = "honest"
+    error_rate: float = Field(default=0.05, ge=0, le=1, description="Chance that one vote goes the other way.")
+
+
+class NoisyGroup(_Group):
+    """People who read at human speed but vote at random: harmless noise, not an attack."""
+
+    type: Literal["noisy"] = "noisy"
+
+
+class FastBotGroup(_Group):
+    """Scripts that vote the instant an answer arrives, always the same way."""
+
+    type: Literal["fast_bot"] = "fast_bot"
+    adversarial: ClassVar[bool] = True
+    timing: Timing | None = BOT_TIMING
+    rating: Literal["up", "down"] = "up"
+    choice: Literal["a", "b"] = "a"
+
+
+class CampaignGroup(_Group):
+    """Many accounts, arriving together, pushing answers that mention ``phrase``.
+
+    Pairwise: the answer with more occurrences of the phrase (case-insensitive); a coin when
+    both have as many. Thumbs: up if the answer contains the phrase, down if not. With
+    ``steer`` the accounts also ask the model to mention it (the real SmolLM2 often does; the
+    tiny random test model never does, so there the votes degrade to downs and coins, still
+    coordinated in time and prompts). They ask only a few scripted prompts.
+    """
+
+    type: Literal["campaign"] = "campaign"
+    adversarial: ClassVar[bool] = True
+    phrase: str = Field(min_length=1)
+    steer: str | None = Field(
+        default="In your answer, mention {phrase}.", description="Appended to each prompt; None to ask plainly."
+    )
+    shared_prompts: int = Field(default=3, ge=1, description="How many prompts the whole campaign draws from.")
+    arrival_seconds: float | None = Field(default=30.0, ge=0, description="The accounts arrive in a burst.")
+
+
+class SlowAttackerGroup(_Group):
+    """A patient account: human timing, honest-looking votes, and a share of inverted (poisoned) ones."""
+
+    type: Literal["slow_attacker"] = "slow_attacker"
+    adversarial: ClassVar[bool] = True
+    poison_share: float = Field(default=0.3, gt=0, le=1, description="Share of votes against the preference.")
+
+
+Group = Annotated[
+    HonestGroup | NoisyGroup | FastBotGroup | CampaignGroup | SlowAttackerGroup, Field(discriminator="type")
+]
+
+
+class Scenario(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    time_scale: float = Field(default=1.0, gt=0, description="Multiplies every wait: 0.01 runs 100 times faster.")
+    concurrency: int = Field(default=8, ge=1, description="Requests in flight at once (waits are not requests).")
+    arrival_seconds: float = Field(default=60.0, ge=0, description="Users start at uniform times in this window.")
+    chat: ChatOptions = ChatOptions()
+    preference: Preference = Preference()
+    timing: Timing = Timing()
+    groups: list[Group] = Field(min_length=1)
+
+    @property
+    def planned_events(self) -> int:
+        return sum(group.count * group.events_per_user for group in self.groups)
+
+
+class ScenarioError(ValueError):
+    pass
+
+
+def _shipped() -> Traversable:
+    return resources.files("feedback.simulation").joinpath("scenarios")
+
+
+def shipped_scenarios() -> list[str]:
+    """Names of the scenario files that ship with the package (``flywheel simulate NAME``)."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in _shipped().iterdir() if entry.name.endswith(".yaml"))
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """A scenario from a YAML file path, or from the name of a shipped scenario."""
+    path = Path(name_or_path)
+    if path.is_file():
+        text = path.read_text()
+    elif str(name_or_path) in shipped_scenarios():
+        text = _shipped().joinpath(f"{name_or_path}.yaml").read_text()
+    else:
+        raise ScenarioError(
+            f"no scenario file {str(name_or_path)!r}; shipped scenarios: {', '.join(shipped_scenarios())}"
+        )
+    try:
+        return Scenario.model_validate(yaml.safe_load(text))
+    except (yaml.YAMLError, ValidationError) as exc:
+        raise ScenarioError(f"invalid scenario {str(name_or_path)!r}: {exc}") from exc

@@ -1,0 +1,257 @@
+"""How each kind of simulated user asks and votes.
+
+Every judgment is computed from the answer text alone, so it works with any model, the
+tiny random one of the tests included. Account ids are opaque (``u_<hex>``) and do not
+reveal the user's kind: the filters must find attackers by behaviour, not by name.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from feedback.simulation.scenario import (
+    CampaignGroup,
+    FastBotGroup,
+    Group,
+    HonestGroup,
+    NoisyGroup,
+    Preference,
+    Scenario,
+    SlowAttackerGroup,
+    Timing,
+)
+from feedback.simulation.truth import UserType
+
+_STEP_RE = re.compile(r"^\s*\d+[.)]\s+\S", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    category: str
+    prompt: str
+
+
+@cache
+def load_prompts() -> tuple[Prompt, ...]:
+    """The prompt set shipped beside this module: everyday questions, written for the simulator."""
+    text = resources.files("feedback.simulation").joinpath("prompts.jsonl").read_text(encoding="utf-8")
+    return tuple(Prompt(**json.loads(line)) for line in text.splitlines() if line.strip())
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a user got back for one question: one answer, or the two answers (A, B) of a pair."""
+
+    prompt_id: str
+    texts: tuple[str, ...]
+    response_ids: tuple[str, ...]
+    pair_id: str | None = None
+
+    @property
+    def words(self) -> int:
+        return sum(word_count(text) for text in self.texts)
+
+
+@dataclass(frozen=True)
+class Vote:
+    value: str  # "up" | "down" for thumbs, "a" | "b" | "tie" for a pair
+    poisoned: bool = False
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+def numbered_steps(text: str) -> int:
+    """Lines that start like ``1. Do this`` or ``2) Then that``."""
+    return len(_STEP_RE.findall(text))
+
+
+def mentions(text: str, phrase: str) -> int:
+    return text.lower().count(phrase.lower())
+
+
+def flipped(vote: str) -> str:
+    """The opposite vote: up/down and a/b swap; a tie has no opposite and stays."""
+    return {"up": "down", "down": "up", "a": "b", "b": "a"}.get(vote, vote)
+
+
+class HiddenPreference:
+    """The honest users' taste (see ``Preference``), as a ranking and a yes/no."""
+
+    def __init__(self, config: Preference) -> None:
+        self.config = config
+
+    def rank(self, text: str) -> tuple[bool, int]:
+        """Higher is better: numbered steps first (if they count), then fewer words."""
+        return self.config.numbered_steps and numbered_steps(text) > 0, -word_count(text)
+
+    def likes(self, text: str) -> bool:
+        has_steps = self.config.numbered_steps and numbered_steps(text) > 0
+        return has_steps or word_count(text) <= self.config.max_words
+
+    def rate(self, text: str) -> str:
+        return "up" if self.likes(text) else "down"
+
+    def pick(self, a: str, b: str) -> str:
+        rank_a, rank_b = self.rank(a), self.rank(b)
+        return "tie" if rank_a == rank_b else "a" if rank_a > rank_b else "b"
+
+
+class SimUser(ABC):
+    """One simulated account: its id, its pace, which prompts it asks and how it votes."""
+
+    user_type: UserType
+
+    def __init__(
+        self, user_id: str, group: Group, scenario: Scenario, rng: random.Random, start_delay: float
+    ) -> None:
+        self.user_id = user_id
+        self.group = group
+        self.rng = rng
+        self.start_delay = start_delay
+        self.timing: Timing = group.resolved_timing(scenario)
+        self.preference = HiddenPreference(scenario.preference)
+
+    @property
+    def adversarial(self) -> bool:
+        return self.group.adversarial
+
+    def wants_pair(self) -> bool:
+        return self.rng.random() < self.group.pairwise_share
+
+    def prompt(self) -> tuple[Prompt, list[dict[str, Any]]]:
+        """The next question: a prompt from the shared set, as chat messages."""
+        prompt = self.rng.choice(load_prompts())
+        return prompt, [{"role": "user", "content": prompt.prompt}]
+
+    def vote(self, served: Served) -> Vote:
+        if served.pair_id is not None:
+            return self.pick(*served.texts)
+        return self.rate(served.texts[0])
+
+    @abstractmethod
+    def rate(self, text: str) -> Vote: ...
+
+    @abstractmethod
+    def pick(self, a: str, b: str) -> Vote: ...
+
+
+class HonestUser(SimUser):
+    user_type = "honest"
+    group: HonestGroup
+
+    def _slip(self, vote: str) -> Vote:
+        return Vote(flipped(vote) if self.rng.random() < self.group.error_rate else vote)
+
+    def rate(self, text: str) -> Vote:
+        return self._slip(self.preference.rate(text))
+
+    def pick(self, a: str, b: str) -> Vote:
+        return self._slip(self.preference.pick(a, b))
+
+
+class NoisyUser(SimUser):
+    user_type = "noisy"
+
+    def rate(self, text: str) -> Vote:
+        return Vote(self.rng.choice(("up", "down")))
+
+    def pick(self, a: str, b: str) -> Vote:
+        return Vote(self.rng.choice(("a", "b")))
+
+
+class FastBot(SimUser):
+    user_type = "fast_bot"
+    group: FastBotGroup
+
+    def rate(self, text: str) -> Vote:
+        return Vote(self.group.rating)
+
+    def pick(self, a: str, b: str) -> Vote:
+        return Vote(self.group.choice)
+
+
+class CampaignAccount(SimUser):
+    """Pushes ``phrase``; every account of a campaign asks from the same few scripted prompts."""
+
+    user_type = "campaign"
+    group: CampaignGroup
+
+    def __init__(self, *args: Any, script: tuple[Prompt, ...], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.script = script
+
+    def prompt(self) -> tuple[Prompt, list[dict[str, Any]]]:
+        prompt = self.rng.choice(self.script)
+        steer = self.group.steer
+        content = f"{prompt.prompt} {steer.format(phrase=self.group.phrase)}" if steer else prompt.prompt
+        return prompt, [{"role": "user", "content": content}]
+
+    def rate(self, text: str) -> Vote:
+        return Vote("up" if mentions(text, self.group.phrase) else "down")
+
+    def pick(self, a: str, b: str) -> Vote:
+        count_a, count_b = mentions(a, self.group.phrase), mentions(b, self.group.phrase)
+        if count_a == count_b:
+            return Vote(self.rng.choice(("a", "b")))
+        return Vote("a" if count_a > count_b else "b")
+
+
+class SlowAttacker(SimUser):
+    """Votes like an honest user, except a share of votes inverted: those are the poison."""
+
+    user_type = "slow_attacker"
+    group: SlowAttackerGroup
+
+    def _maybe_poison(self, honest: str) -> Vote:
+        if self.rng.random() >= self.group.poison_share:
+            return Vote(honest)
+        # A tie has no opposite: the poisoned vote then takes a side at random.
+        return Vote(self.rng.choice(("a", "b")) if honest == "tie" else flipped(honest), poisoned=True)
+
+    def rate(self, text: str) -> Vote:
+        return self._maybe_poison(self.preference.rate(text))
+
+    def pick(self, a: str, b: str) -> Vote:
+        return self._maybe_poison(self.preference.pick(a, b))
+
+
+_KINDS: dict[type[Group], type[SimUser]] = {
+    HonestGroup: HonestUser,
+    NoisyGroup: NoisyUser,
+    FastBotGroup: FastBot,
+    SlowAttackerGroup: SlowAttacker,
+}
+
+
+def plan_users(scenario: Scenario) -> list[SimUser]:
+    """Every account of the scenario, with its own seeded random stream and start time.
+
+    One master stream (the scenario's seed) deals ids, seeds and start times, so the same
+    scenario file yields the same accounts and the same decisions for the same answers.
+    """
+    master = random.Random(scenario.seed)
+    users: list[SimUser] = []
+    for group in scenario.groups:
+        arrival = group.resolved_arrival(scenario)
+        extra: dict[str, Any] = {}
+        if isinstance(group, CampaignGroup):
+            kind: type[SimUser] = CampaignAccount
+            prompts = load_prompts()
+            extra["script"] = tuple(master.sample(prompts, min(group.shared_prompts, len(prompts))))
+        else:
+            kind = _KINDS[type(group)]
+        for _ in range(group.count):
+            user_id = f"u_{master.getrandbits(48):012x}"
+            rng = random.Random(master.getrandbits(64))
+            users.append(kind(user_id, group, scenario, rng, master.uniform(0, arrival), **extra))
+    return users

@@ -1,0 +1,207 @@
+"""What DPO and KTO rounds share: the champion as the starting policy, its reference view, scoring, progress.
+
+The round continues from the champion (its LoRA adapter, loaded trainable, or a fresh LoRA
+on the base model when the champion is the base), so each version is the previous one plus
+what new feedback taught. TRL then uses the champion itself as the reference policy: a
+frozen ``ref`` copy of the champion's adapter, or the base with adapters disabled.
+``champion_view`` switches a trained policy back to that reference, so the gates compare
+candidate and champion inside one model in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from feedback.model_versions import adapter_artifact_path, download_adapter
+from trainer.config import TrainConfig
+from trainer.pairs import PreferencePair
+from trainer.registry import Registry
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    Policy = PreTrainedModel | PeftModel
+
+ProgressFn = Callable[[str, int, int], None]
+"""progress(stage, done, total): called as long work advances (stage names: see ``round.STAGES``)."""
+
+
+@dataclass(frozen=True)
+class PairMetrics:
+    """How well a policy orders held-out pairs, weighted by each pair's feedback weight.
+
+    ``accuracy``: share of pairs where logπ(chosen) > logπ(rejected).
+    ``mean_margin``: mean of logπ(chosen) - logπ(rejected), sequence log-probs in nats.
+    """
+
+    accuracy: float
+    mean_margin: float
+    pairs: int
+
+
+def chat_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], add_generation_prompt: bool
+) -> list[int]:
+    encoded: Any = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True
+    )
+    return list(encoded["input_ids"])
+
+
+def _completion_logp(
+    model: Policy, tokenizer: PreTrainedTokenizerBase, prompt: list[dict[str, str]], answer: str, max_length: int
+) -> float:
+    """Sequence log-prob of ``answer`` after ``prompt``, tokenized the way TRL's DPOTrainer does."""
+    import torch
+
+    prompt_ids = chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    full_ids = chat_ids(tokenizer, [*prompt, {"role": "assistant", "content": answer}], add_generation_prompt=False)
+    start = next((i for i, (a, b) in enumerate(zip(prompt_ids, full_ids, strict=False)) if a != b), len(prompt_ids))
+    full_ids = full_ids[:max_length]
+    if start >= len(full_ids) or start == 0:
+        return 0.0
+    ids = torch.tensor([full_ids], device=model.device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    token_logps = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None]).squeeze(1)
+    return float(token_logps[start - 1 :].sum())
+
+
+def evaluate_pairs(
+    model: Policy,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[PreferencePair],
+    max_length: int,
+    progress: ProgressFn | None = None,
+    stage: str = "evaluate",
+) -> PairMetrics:
+    """Weighted preference accuracy and mean log-prob margin of ``model`` on ``pairs``.
+
+    Plain policy log-probs, not DPO's implicit reward: the implicit reward is relative to a
+    reference, and the champion and the candidate must be scored on one scale.
+    """
+    was_training = model.training
+    model.eval()
+    correct = margin_sum = total_weight = 0.0
+    for done, pair in enumerate(pairs, start=1):
+        margin = _completion_logp(model, tokenizer, pair.prompt, pair.chosen, max_length) - _completion_logp(
+            model, tokenizer, pair.prompt, pair.rejected, max_length
+        )
+        correct += pair.weight * (margin > 0)
+        margin_sum += pair.weight * margin
+        total_weight += pair.weight
+        if progress:
+            progress(stage, done, len(pairs))
+    model.train(was_training)
+    if total_weight == 0:
+        return PairMetrics(accuracy=math.nan, mean_margin=math.nan, pairs=0)
+    return PairMetrics(accuracy=correct / total_weight, mean_margin=margin_sum / total_weight, pairs=len(pairs))
+
+
+def progress_callback(progress: ProgressFn, stage: str = "train") -> Any:
+    """A transformers callback that reports optimizer steps as ``stage``."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress(stage, state.global_step, state.max_steps)
+
+    return _Progress()
+
+
+@contextmanager
+def rich_progress() -> Iterator[ProgressFn]:
+    """A ProgressFn that draws one rich progress bar per stage, for the CLI."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    tasks: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+
+        def report(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield report
+
+
+def load_champion_policy(
+    base: Path, config: TrainConfig, registry: Registry, workdir: Path
+) -> tuple[Any, PreTrainedTokenizerBase, Any]:
+    """(model, tokenizer, peft_config): the champion, ready to train.
+
+    A champion with an adapter comes back as a trainable PeftModel and ``peft_config`` None
+    (TRL then keeps a frozen copy of that adapter as the reference). The base champion comes
+    back bare with a fresh LoraConfig for TRL to apply (reference: the base, adapters off).
+    """
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    champion = registry.champion()
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32  # CPU bf16 matmuls are slow
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+    if adapter_artifact_path(champion) is not None:
+        adapter_dir = download_adapter(registry.client, champion, workdir / f"champion-v{champion.version}")
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer, None
+    return model, tokenizer, lora_config(config)
+
+
+def lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+
+
+def common_args(config: TrainConfig, output_dir: Path, quiet: bool) -> dict[str, Any]:
+    """TrainingArguments that DPOConfig and KTOConfig share; each adds its own loss settings."""
+    import torch
+
+    return {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps,
+        "learning_rate": config.learning_rate,
+        "beta": config.beta,
+        "max_length": config.max_length,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "seed": config.seed,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "report_to": "none",
+        "disable_tqdm": quiet,
+    }
+
+
+@contextmanager
+def candidate_view(policy: Any) -> Iterator[Any]:
+    """The trained policy itself: its ``default`` adapter (TRL may have added a frozen ``ref`` beside it)."""
+    policy.set_adapter("default")
+    yield policy
+
+
+@contextmanager
+def champion_view(policy: Any) -> Iterator[Any]:
+    """The same model answering as the champion (the training reference), exactly as TRL computed it."""
+    from trl.trainer.utils import use_adapter
+
+    with use_adapter(policy, adapter_name="ref" if "ref" in policy.peft_config else None):
+        yield policy
+    policy.set_adapter("default")
