@@ -2,8 +2,9 @@
 
 Kafka delivers at least once (a crash between the database commit and the offset commit
 re-delivers a batch), so every write here is keyed by ``event_id`` and a repeat is a no-op.
-Feedback is judged before it is stored: accepted feedback becomes training data, the rest
-goes to quarantine whole, with reason codes, so ops can inspect or release it.
+Feedback is judged before it is stored (``feedback.filters`` builds the judge): accepted
+feedback becomes training data, the rest goes to quarantine whole, with reason codes, so
+ops can inspect or release it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import literal, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,10 +36,11 @@ INVALID = "invalid"
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the filters decided about one feedback event: no reasons means accepted."""
+    """What the filters decided about one feedback event: no reasons means accepted, with ``weight``."""
 
     reasons: list[str] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
 
     @property
     def accepted(self) -> bool:
@@ -46,6 +48,25 @@ class Verdict:
 
 
 Judge = Callable[[Session, FeedbackEvent], Verdict]
+
+
+@runtime_checkable
+class BatchJudge(Protocol):
+    """A judge that also sees the batch around its events (the filter pipeline).
+
+    ``begin`` sees the whole batch before any write (to load what its events refer to),
+    ``completion_stored`` each completion as it is written (feedback later in the batch may
+    name it), and ``end`` runs after the last event, inside the same transaction, so
+    anything it writes (alerts, retroactive quarantine) commits or rolls back with the batch.
+    """
+
+    def __call__(self, session: Session, event: FeedbackEvent) -> Verdict: ...
+
+    def begin(self, session: Session, batch: Sequence[Event]) -> None: ...
+
+    def completion_stored(self, event: CompletionEvent) -> None: ...
+
+    def end(self, session: Session) -> None: ...
 
 
 @dataclass
@@ -86,7 +107,7 @@ def prompt_hash(messages: Sequence[ChatMessage]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _insert_ignoring_conflicts(session: Session, model: type[Base], row: dict[str, Any]) -> bool:
+def insert_ignoring_conflicts(session: Session, model: type[Base], row: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING in the session's dialect; True if a row was written.
 
     Without a conflict target it covers every unique key (event_id, and response_id for
@@ -102,29 +123,6 @@ def _insert_ignoring_conflicts(session: Session, model: type[Base], row: dict[st
     else:
         raise NotImplementedError(f"no idempotent insert for the {dialect} dialect")
     return session.execute(statement.returning(literal(1))).first() is not None
-
-
-def verdict(session: Session, event: FeedbackEvent) -> Verdict:
-    """The baseline judgment: feedback must point at an answer its own app was served.
-
-    This is the seam for the filter pipeline: ``store_batch`` takes any ``Judge``.
-    """
-    if isinstance(event, ThumbsEvent):
-        app_id = session.scalar(select(Completion.app_id).where(Completion.response_id == event.response_id))
-        if app_id is None:
-            return Verdict(["unknown_response"], {"response_id": event.response_id})
-        owners = {app_id}
-    else:
-        rows = session.execute(
-            select(Completion.response_id, Completion.app_id).where(Completion.pair_id == event.pair_id)
-        ).all()
-        found = sorted(r.response_id for r in rows)
-        if len(found) < 2:
-            return Verdict(["unknown_pair"], {"pair_id": event.pair_id, "found_responses": found})
-        owners = {r.app_id for r in rows}
-    if owners != {event.app_id}:
-        return Verdict(["app_mismatch"], {"event_app_id": event.app_id, "served_app_ids": sorted(owners)})
-    return Verdict()
 
 
 def _completion_row(event: CompletionEvent) -> dict[str, Any]:
@@ -148,8 +146,8 @@ def _completion_row(event: CompletionEvent) -> dict[str, Any]:
     }
 
 
-def _feedback_row(event: FeedbackEvent) -> dict[str, Any]:
-    """Accepted feedback; ``weight`` is 1.0 until the filter pipeline learns to discount."""
+def feedback_row(event: FeedbackEvent, weight: float) -> dict[str, Any]:
+    """Accepted feedback: training data, counted with ``weight`` (the rater's reliability)."""
     return {
         "event_id": event.event_id,
         "type": event.type,
@@ -161,12 +159,12 @@ def _feedback_row(event: FeedbackEvent) -> dict[str, Any]:
         "choice": event.choice if isinstance(event, PairwiseEvent) else None,
         "comment": event.comment,
         "correction": event.correction if isinstance(event, ThumbsEvent) else None,
-        "weight": 1.0,
+        "weight": weight,
         "created_at": event.created_at,
     }
 
 
-def _quarantine_row(event: FeedbackEvent, judged: Verdict) -> dict[str, Any]:
+def quarantine_row(event: FeedbackEvent, judged: Verdict) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "type": event.type,
@@ -188,13 +186,17 @@ def _known_event_ids(session: Session, event_ids: set[str]) -> set[str]:
     return known
 
 
-def store_batch(session: Session, batch: Iterable[Event], judge: Judge = verdict) -> BatchResult:
+def store_batch(session: Session, batch: Iterable[Event], judge: Judge | BatchJudge) -> BatchResult:
     """Store events in the order given (partition order), inside the caller's transaction.
 
     Writes go straight to the database (Core statements), so a completion earlier in the
-    batch is visible when feedback on it later in the same batch is judged.
+    batch is visible when feedback on it later in the same batch is judged. A repeated
+    event id never reaches the judge, so filters only ever see an event once.
     """
     batch = list(batch)
+    hooks = judge if isinstance(judge, BatchJudge) else None
+    if hooks is not None:
+        hooks.begin(session, batch)
     result = BatchResult()
     seen = _known_event_ids(session, {e.event_id for e in batch}) if batch else set()
     completion_apps = {e.app_id for e in batch if isinstance(e, CompletionEvent)}
@@ -210,17 +212,21 @@ def store_batch(session: Session, batch: Iterable[Event], judge: Judge = verdict
             if event.app_id not in existing_apps:
                 log.warning("completion %s names unknown app %s; not stored", event.event_id, event.app_id)
                 outcome = INVALID
-            elif _insert_ignoring_conflicts(session, Completion, _completion_row(event)):
+            elif insert_ignoring_conflicts(session, Completion, _completion_row(event)):
                 outcome = STORED
+                if hooks is not None:
+                    hooks.completion_stored(event)
             else:
                 outcome = DUPLICATE  # another event id already stored this response id
         else:
             judged = judge(session, event)
             if judged.accepted:
-                written = _insert_ignoring_conflicts(session, Feedback, _feedback_row(event))
+                written = insert_ignoring_conflicts(session, Feedback, feedback_row(event, judged.weight))
                 outcome = ACCEPTED if written else DUPLICATE
             else:
-                written = _insert_ignoring_conflicts(session, Quarantine, _quarantine_row(event, judged))
+                written = insert_ignoring_conflicts(session, Quarantine, quarantine_row(event, judged))
                 outcome = QUARANTINED if written else DUPLICATE
         result.outcomes[(event.type, outcome)] += 1
+    if hooks is not None:
+        hooks.end(session)
     return result

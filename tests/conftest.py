@@ -43,7 +43,8 @@ def postgres_admin() -> Iterator[sa.Engine]:
     try:
         engine.connect().close()
     except sa.exc.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
+        # The store must work on PostgreSQL: a missing server fails the run rather than hiding it.
+        pytest.fail(f"no PostgreSQL at {POSTGRES_URL} (set FLYWHEEL_TEST_POSTGRES_URL): {exc}")
     yield engine
     engine.dispose()
 

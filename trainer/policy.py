@@ -204,4 +204,3 @@ def champion_view(policy: Any) -> Iterator[Any]:
 
     with use_adapter(policy, adapter_name="ref" if "ref" in policy.peft_config else None):
         yield policy
-    policy.set_adapter("default")

@@ -14,15 +14,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Feedback, Quarantine
-from feedback.simulation.truth import TruthRecord, UserType, read_truth
+from feedback.simulation.truth import USER_TYPES, TruthRecord, read_truth
 
-USER_TYPES: tuple[str, ...] = get_args(UserType)
 _CHUNK = 500  # event ids per IN (...) query: far below SQLite's and PostgreSQL's parameter limits
 
 

@@ -18,7 +18,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -158,6 +157,11 @@ class Scenario(_Strict):
     time_scale: float = Field(default=1.0, gt=0, description="Multiplies every wait: 0.01 runs 100 times faster.")
     concurrency: int = Field(default=8, ge=1, description="Requests in flight at once (waits are not requests).")
     arrival_seconds: float = Field(default=60.0, ge=0, description="Users start at uniform times in this window.")
+    prompt_pool: int | None = Field(
+        default=None, ge=1,
+        description="Ask only this many prompts of the set (a seeded pick): popular questions recur across users, "
+        "as in real traffic, so several raters judge answers to the same prompt. Default: the whole set.",
+    )
     chat: ChatOptions = ChatOptions()
     preference: Preference = Preference()
     timing: Timing = Timing()

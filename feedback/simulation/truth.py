@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 UserType = Literal["honest", "noisy", "fast_bot", "campaign", "slow_attacker"]
+USER_TYPES: tuple[str, ...] = get_args(UserType)
 
 
 class TruthRecord(BaseModel):

@@ -112,9 +112,16 @@ class SimUser(ABC):
     user_type: UserType
 
     def __init__(
-        self, user_id: str, group: Group, scenario: Scenario, rng: random.Random, start_delay: float
+        self,
+        user_id: str,
+        group: Group,
+        scenario: Scenario,
+        rng: random.Random,
+        start_delay: float,
+        prompts: tuple[Prompt, ...],
     ) -> None:
         self.user_id = user_id
+        self.prompts = prompts
         self.group = group
         self.rng = rng
         self.start_delay = start_delay
@@ -129,8 +136,8 @@ class SimUser(ABC):
         return self.rng.random() < self.group.pairwise_share
 
     def prompt(self) -> tuple[Prompt, list[dict[str, Any]]]:
-        """The next question: a prompt from the shared set, as chat messages."""
-        prompt = self.rng.choice(load_prompts())
+        """The next question: a prompt from the scenario's pool, as chat messages."""
+        prompt = self.rng.choice(self.prompts)
         return prompt, [{"role": "user", "content": prompt.prompt}]
 
     def vote(self, served: Served) -> Vote:
@@ -186,12 +193,8 @@ class CampaignAccount(SimUser):
     user_type = "campaign"
     group: CampaignGroup
 
-    def __init__(self, *args: Any, script: tuple[Prompt, ...], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.script = script
-
     def prompt(self) -> tuple[Prompt, list[dict[str, Any]]]:
-        prompt = self.rng.choice(self.script)
+        prompt = self.rng.choice(self.prompts)
         steer = self.group.steer
         content = f"{prompt.prompt} {steer.format(phrase=self.group.phrase)}" if steer else prompt.prompt
         return prompt, [{"role": "user", "content": content}]
@@ -229,29 +232,29 @@ _KINDS: dict[type[Group], type[SimUser]] = {
     HonestGroup: HonestUser,
     NoisyGroup: NoisyUser,
     FastBotGroup: FastBot,
+    CampaignGroup: CampaignAccount,
     SlowAttackerGroup: SlowAttacker,
 }
 
 
 def plan_users(scenario: Scenario) -> list[SimUser]:
-    """Every account of the scenario, with its own seeded random stream and start time.
+    """Every account of the scenario, with its own seeded random stream, start time and prompts.
 
-    One master stream (the scenario's seed) deals ids, seeds and start times, so the same
-    scenario file yields the same accounts and the same decisions for the same answers.
+    One master stream (the scenario's seed) deals the prompt pool, ids, seeds and start times,
+    so the same scenario file yields the same accounts and the same decisions for the same
+    answers. A campaign's accounts share one small script drawn from the pool.
     """
     master = random.Random(scenario.seed)
+    everything = load_prompts()
+    pool = tuple(master.sample(everything, min(scenario.prompt_pool or len(everything), len(everything))))
     users: list[SimUser] = []
     for group in scenario.groups:
         arrival = group.resolved_arrival(scenario)
-        extra: dict[str, Any] = {}
-        if isinstance(group, CampaignGroup):
-            kind: type[SimUser] = CampaignAccount
-            prompts = load_prompts()
-            extra["script"] = tuple(master.sample(prompts, min(group.shared_prompts, len(prompts))))
-        else:
-            kind = _KINDS[type(group)]
+        kind = _KINDS[type(group)]
+        prompts = tuple(master.sample(pool, min(group.shared_prompts, len(pool)))) if isinstance(
+            group, CampaignGroup) else pool
         for _ in range(group.count):
             user_id = f"u_{master.getrandbits(48):012x}"
             rng = random.Random(master.getrandbits(64))
-            users.append(kind(user_id, group, scenario, rng, master.uniform(0, arrival), **extra))
+            users.append(kind(user_id, group, scenario, rng, master.uniform(0, arrival), prompts))
     return users

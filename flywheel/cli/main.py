@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.cli import apps, db, models, services, train
+from flywheel.cli import apps, db, feedback, models, services, simulate, train
 
 app = typer.Typer(help="Flywheel: an online RLHF feedback loop.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 app.add_typer(apps.app, name="apps")
 app.add_typer(db.app, name="db")
 app.add_typer(models.app, name="models")
+app.add_typer(feedback.app, name="feedback")
 app.command("up")(services.up)
 app.command("serve")(services.serve)
 app.command("worker")(services.worker)
 app.command("train")(train.train)
+app.command("simulate")(simulate.simulate)

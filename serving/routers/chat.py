@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from feedback.apps import Caller
 from feedback.events import CompletionEvent, answer_ids
@@ -81,7 +81,7 @@ class _Exchange:
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
     body: ChatCompletionRequest, caller: CallerDep, state: StateDep
-) -> dict[str, Any] | StreamingResponse:
+) -> JSONResponse | StreamingResponse:
     if body.model != state.settings.public_model:
         raise HTTPException(404, f"model {body.model!r} does not exist; this gateway serves "
                                  f"{state.settings.public_model!r}")
@@ -99,7 +99,7 @@ async def create_chat_completion(
     answers = {c["index"]: (c["message"].get("content") or "", c.get("finish_reason")) for c in result["choices"]}
     await state.producer.send_many(exchange.events(answers, result.get("usage")))
     _observe(exchange, stream=False)
-    return exchange.label(result)
+    return JSONResponse(exchange.label(result))  # already JSON-safe: skip FastAPI's re-encoding
 
 
 async def _stream(

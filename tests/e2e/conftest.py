@@ -37,7 +37,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = ServingSettings(engine_port=free_port(), engine_max_model_len=512, engine_kv_cache_gb=1)
+    settings = ServingSettings(engine_port=free_port(), engine_max_model_len=2048, engine_kv_cache_gb=1)
     log = tmp_path_factory.mktemp("engine") / "engine.log"
     with vllm_process(settings, tiny_model, log):
         yield settings.resolved_engine_url

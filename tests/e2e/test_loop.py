@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from feedback.db.models import Completion, Feedback, Quarantine
+from feedback.db.models import AliasMove, Completion, Feedback, Quarantine
 from feedback.db.session import make_engine, session_factory
 from feedback.supervise import wait_for
 from flywheel.cli.main import app as cli
@@ -155,9 +155,23 @@ def test_train_promote_swap_and_rollback(stack: Stack, client: openai.OpenAI) ->
     assert result.status == "trained" and result.version == "2", result.message
     assert result.snapshot is not None and result.snapshot.counts_by_source["pairwise"] >= 1
 
+    # A request in flight when the champion moves finishes on the version it started on.
+    in_flight = client.chat.completions.create(
+        model="flywheel", messages=PROBE, max_tokens=1500, stream=True, extra_body={"ignore_eos": True}
+    )
+    first = next(iter(in_flight))
     out = cli_ok(stack, "models", "promote", "2", "--reason", "e2e")
     assert "version 2" in out
     wait_for(lambda: probe_logprobs(client)[0] == "2", 30, "gateway on version 2")
+    rest = list(in_flight)
+    assert {c.model_extra["flywheel"]["model_version"] for c in [first, *rest]} == {"1"}  # type: ignore[index]
+    in_flight_id = first.model_extra["flywheel"]["response_id"]  # type: ignore[index]
+    wait_for(lambda: count(stack, Completion, Completion.response_id == in_flight_id,
+                           Completion.model_version == "1") == 1, 30, "in-flight answer recorded as version 1")
+    with session_factory(make_engine(stack.settings.resolved_database_url))() as session:
+        promoted_at = session.scalar(select(AliasMove.at).where(AliasMove.action == "promote"))
+        finished_at = session.scalar(select(Completion.created_at).where(Completion.response_id == in_flight_id))
+    assert promoted_at and finished_at and finished_at > promoted_at, "the request was not in flight during the swap"
     _v2_version, v2_logprobs = probe_logprobs(client)
     engine_models = httpx.get(f"{stack.settings.resolved_engine_url}/v1/models").json()["data"]
     assert f"{stack.settings.registered_model}-v2" in {m["id"] for m in engine_models}

@@ -1,0 +1,43 @@
+"""Bot patterns: users whose votes carry no information (always A, always up, the same comment).
+
+Judged on history, so it flags the user once there is enough of it; the pipeline then
+moves their earlier accepted votes to quarantine too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from feedback.filters.base import FilterState, Flag
+
+
+@dataclass
+class BotFilter:
+    min_votes: int
+    max_label_share: float
+    min_comments: int
+    max_comment_share: float
+    name: str = "bots"
+    reasons: tuple[str, ...] = ("bot_pattern",)
+
+    def review(self, state: FilterState) -> list[Flag]:
+        flags = []
+        for rater in sorted(state.touched):
+            if "bot_pattern" in state.flags.get(rater, {}):
+                continue
+            votes = state.votes[rater]
+            label, count = Counter(v.label for v in votes).most_common(1)[0]
+            if len(votes) >= self.min_votes and count / len(votes) >= self.max_label_share:
+                evidence = {"pattern": "same_label", "label": label, "share": round(count / len(votes), 3),
+                            "votes": len(votes)}
+                flags.append(Flag(rater, "bot_pattern", evidence))
+                continue
+            comments = [" ".join(v.comment.lower().split()) for v in votes if v.comment and v.comment.strip()]
+            if len(comments) >= self.min_comments:
+                comment, count = Counter(comments).most_common(1)[0]
+                if count / len(comments) >= self.max_comment_share:
+                    evidence = {"pattern": "same_comment", "comment": comment[:200],
+                                "share": round(count / len(comments), 3), "comments": len(comments)}
+                    flags.append(Flag(rater, "bot_pattern", evidence))
+        return flags

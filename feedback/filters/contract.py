@@ -1,0 +1,122 @@
+"""Contract: per-event checks beyond the schema, and a Great Expectations suite on each micro-batch.
+
+The schema and value sets are enforced twice: by pydantic when a record is decoded (an
+undecodable record is rejected as invalid and counted) and by the GX suite, which guards
+the stored contract against a drifting producer. The suite's batch-level expectations
+catch what no single event shows: a flood of one label or a spike of unknown ids. A failed
+expectation is an alert (a ``batch_alerts`` row and a counter), never a silent pass.
+
+GX takes seconds to import, so it is imported when the first suite is built (in the
+worker), never by the gateway, which imports ``feedback``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from feedback.events import utcnow
+from feedback.filters.base import Finding, FilterState, Vote
+
+log = logging.getLogger(__name__)
+
+LABELS = ("up", "down", "a", "b", "tie", "both_bad")
+
+
+@dataclass
+class ContractFilter:
+    """Per event: a timestamp from the future means a broken or forged producer clock."""
+
+    max_clock_skew_s: float
+    name: str = "contract"
+    reasons: tuple[str, ...] = ("contract",)
+
+    def judge(self, state: FilterState, vote: Vote) -> list[Finding]:
+        limit = utcnow() + timedelta(seconds=self.max_clock_skew_s)
+        if vote.created_at <= limit:
+            return []
+        return [Finding("contract", {"check": "created_at_in_future", "created_at": vote.created_at.isoformat()})]
+
+
+@dataclass
+class BatchRow:
+    """One feedback event of a micro-batch as the suite sees it."""
+
+    label: str
+    user_id: str
+    unknown_target: bool
+    created_at: datetime
+
+
+@dataclass
+class ContractSuite:
+    """The GX context and suites, built once and reused for every micro-batch (30-45 ms per 500 rows)."""
+
+    min_batch: int
+    max_label_share: float
+    max_unknown_share: float
+    _built: Any = field(default=None, init=False, repr=False)
+
+    def _build(self) -> Any:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+        import great_expectations.expectations as gxe
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        batch = context.data_sources.add_pandas("feedback").add_dataframe_asset("micro_batch")
+        definition = batch.add_batch_definition_whole_dataframe("whole")
+        rows = context.suites.add(gx.ExpectationSuite(name="feedback_rows"))
+        rows.add_expectation(gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(LABELS)))
+        rows.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column="user_id"))
+        shares = context.suites.add(gx.ExpectationSuite(name="feedback_shares"))
+        shares.add_expectation(gxe.ExpectColumnMeanToBeBetween(column="is_top_label", max_value=self.max_label_share))
+        shares.add_expectation(
+            gxe.ExpectColumnMeanToBeBetween(column="unknown_target", max_value=self.max_unknown_share)
+        )
+        return definition, rows, shares
+
+    def check(self, rows: list[BatchRow]) -> list[dict[str, Any]]:
+        """Validate one micro-batch; returns one alert per failed expectation."""
+        if not rows:
+            return []
+        import pandas as pd
+
+        if self._built is None:
+            self._built = self._build()
+        definition, row_suite, share_suite = self._built
+        top_label = Counter(r.label for r in rows).most_common(1)[0][0]
+        frame = pd.DataFrame({
+            "label": [r.label for r in rows],
+            "user_id": [r.user_id for r in rows],
+            "unknown_target": [float(r.unknown_target) for r in rows],
+            "is_top_label": [float(r.label == top_label) for r in rows],
+        })
+        batch = definition.get_batch(batch_parameters={"dataframe": frame})
+        suites = [row_suite, share_suite] if len(rows) >= self.min_batch else [row_suite]
+        alerts = []
+        for suite in suites:
+            for outcome in batch.validate(suite).results:
+                if outcome.success:
+                    continue
+                config = outcome.expectation_config
+                column = config.kwargs.get("column")
+                detail: dict[str, Any] = {"expectation": config.type, "column": column}
+                detail |= {k: _plain(v) for k, v in outcome.result.items()
+                           if k in ("observed_value", "unexpected_count", "partial_unexpected_list")}
+                if column == "is_top_label":
+                    detail["label"] = top_label
+                alerts.append({"check": f"{config.type}:{column}", "detail": detail})
+        return alerts
+
+
+def _plain(value: Any) -> Any:
+    """GX results carry numpy scalars; the alert rows are JSON."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value[:20]]
+    return value.item() if hasattr(value, "item") else value

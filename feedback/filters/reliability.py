@@ -1,0 +1,110 @@
+"""Rater reliability: a one-coin Dawid-Skene estimate of each rater's accuracy, turned into vote weights.
+
+Items are the targets several raters voted on (the same answer, or the same pair); labels
+are binary (up/down, a/b; ties and both-bad carry no direction and are left out). EM
+alternates the posterior of each item's true label with each rater's accuracy, a Beta
+prior keeping raters with little shared evidence near the prior. Agreement is scored
+leave-one-out (the item's posterior without the rater's own vote), so a rater never
+agrees with themselves, which plain DS lets dominate items with two raters.
+
+Weight = (2p - 1) / (2 * prior - 1), clipped to [min_weight, 1]: 1.0 at the prior and
+above, near the floor for a coin flipper. Only a rater with enough shared items whose
+accuracy is below ``quarantine_below`` (against the consensus, worse than chance) is
+flagged ``unreliable``; coin flippers are noisy, not adversarial, and keep a low weight.
+
+Reward-model scores are a further rater when the trainer provides them: pass
+``reward_scores`` (response id -> score); a pair's label is its higher-scored side, a
+single answer's is ``up`` above the median score. The filter never imports the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from feedback.filters.base import FilterState, Flag, Rater
+
+POSITIVE = {"up": True, "a": True, "down": False, "b": False}
+REWARD_MODEL: Rater = (0, "__reward_model__")
+
+RewardScores = Callable[[], Mapping[str, float]]
+
+
+@dataclass
+class ReliabilityFilter:
+    prior_accuracy: float
+    prior_strength: float
+    min_weight: float
+    min_items: int
+    quarantine_below: float
+    iterations: int
+    reward_scores: RewardScores | None = None
+    accuracy: dict[Rater, tuple[float, int]] = field(default_factory=dict)
+    name: str = "reliability"
+    reasons: tuple[str, ...] = ("unreliable",)
+
+    def _votes(self, state: FilterState) -> list[tuple[Rater, str, bool]]:
+        """(rater, item, positive) of accepted votes by unflagged raters on items with two raters or more."""
+        by_item: dict[str, dict[Rater, bool]] = {}
+        for rater, votes in state.votes.items():
+            if state.flags.get(rater):
+                continue
+            for vote in votes:
+                if vote.event_id in state.accepted and vote.label in POSITIVE:
+                    by_item.setdefault(vote.target, {}).setdefault(rater, POSITIVE[vote.label])
+        if self.reward_scores is not None:
+            self._add_reward_model(state, by_item, self.reward_scores())
+        return [(r, item, pos) for item, raters in by_item.items() if len(raters) >= 2 for r, pos in raters.items()]
+
+    @staticmethod
+    def _add_reward_model(state: FilterState, by_item: dict[str, dict[Rater, bool]], scores: Mapping[str, float]) -> None:
+        median = float(np.median(list(scores.values()))) if scores else 0.0
+        for item, raters in by_item.items():
+            if item in state.answers and item in scores:
+                raters[REWARD_MODEL] = scores[item] > median
+            pair = sorted(state.pairs.get(item, []), key=lambda a: a.response_id)
+            if len(pair) == 2 and all(a.response_id in scores for a in pair):
+                raters[REWARD_MODEL] = scores[pair[0].response_id] >= scores[pair[1].response_id]
+
+    def estimate(self, state: FilterState) -> dict[Rater, tuple[float, int]]:
+        """Each rater's posterior accuracy and number of shared items."""
+        votes = self._votes(state)
+        if not votes:
+            return {}
+        raters = sorted({r for r, _, _ in votes})
+        items = sorted({i for _, i, _ in votes})
+        r_index = {r: n for n, r in enumerate(raters)}
+        i_index = {i: n for n, i in enumerate(items)}
+        vr = np.array([r_index[r] for r, _, _ in votes])
+        vi = np.array([i_index[i] for _, i, _ in votes])
+        sign = np.array([1.0 if pos else -1.0 for _, _, pos in votes])
+        alpha = self.prior_accuracy * self.prior_strength
+        beta = (1 - self.prior_accuracy) * self.prior_strength
+        counts = np.bincount(vr, minlength=len(raters)).astype(float)
+        accuracy = np.full(len(raters), self.prior_accuracy)
+        for _ in range(self.iterations):
+            logit = np.log(accuracy / (1 - accuracy))
+            contribution = sign * logit[vr]
+            item_logit = np.bincount(vi, weights=contribution, minlength=len(items))
+            others = item_logit[vi] - contribution  # leave the rater's own vote out
+            agree = 1 / (1 + np.exp(-sign * others))
+            accuracy = (alpha + np.bincount(vr, weights=agree, minlength=len(raters))) / (alpha + beta + counts)
+            accuracy = np.clip(accuracy, 1e-3, 1 - 1e-3)
+        return {r: (float(accuracy[n]), int(counts[n])) for r, n in r_index.items() if r != REWARD_MODEL}
+
+    def weight_of(self, accuracy: float) -> float:
+        weight = (2 * accuracy - 1) / (2 * self.prior_accuracy - 1)
+        return round(min(1.0, max(self.min_weight, weight)), 4)
+
+    def review(self, state: FilterState) -> list[Flag]:
+        """Refresh every rater's weight; flag raters confidently against the consensus."""
+        self.accuracy = self.estimate(state)
+        state.weights = {rater: self.weight_of(acc) for rater, (acc, _) in self.accuracy.items()}
+        flags = []
+        for rater, (acc, items) in sorted(self.accuracy.items()):
+            if items >= self.min_items and acc < self.quarantine_below and "unreliable" not in state.flags[rater]:
+                evidence = {"accuracy": round(acc, 3), "shared_items": items, "threshold": self.quarantine_below}
+                flags.append(Flag(rater, "unreliable", evidence))
+        return flags
