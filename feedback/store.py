@@ -21,7 +21,7 @@ from sqlalchemy import literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from feedback.db.models import App, Base, Completion, Feedback, Quarantine
+from feedback.db.models import AdminAction, App, Base, Completion, Feedback, Quarantine
 from feedback.events import ChatMessage, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
 
 log = logging.getLogger(__name__)
@@ -177,12 +177,18 @@ def quarantine_row(event: FeedbackEvent, judged: Verdict) -> dict[str, Any]:
     }
 
 
+PURGE_ACTION = "quarantine.purge"
+
+
 def _known_event_ids(session: Session, event_ids: set[str]) -> set[str]:
-    """Event ids already stored in any table: a feedback event quarantined on its first
-    delivery must stay a no-op even if it would be accepted now."""
+    """Event ids already stored in any table, or purged by ops: a feedback event quarantined on
+    its first delivery must stay a no-op even if it would be accepted now, and a purged one
+    must not come back with a re-delivery."""
     known: set[str] = set()
     for model in (Completion, Feedback, Quarantine):
         known.update(session.scalars(select(model.event_id).where(model.event_id.in_(event_ids))))
+    purged = select(AdminAction.target).where(AdminAction.action == PURGE_ACTION, AdminAction.target.in_(event_ids))
+    known.update(session.scalars(purged))
     return known
 
 

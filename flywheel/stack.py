@@ -108,6 +108,7 @@ def _print_banner(console: Console, settings: ServingSettings, gateway: str, ui_
     table = Table(title="flywheel is up", show_header=False)
     table.add_row("gateway (OpenAI API)", f"{gateway}/v1")
     table.add_row("MLflow UI", f"http://127.0.0.1:{ui_port}")
+    table.add_row("metrics", f"{gateway}/metrics, worker: http://127.0.0.1:9101/metrics")
     table.add_row("engine (vLLM)", settings.resolved_engine_url)
     table.add_row("broker (Kafka protocol)", settings.kafka_bootstrap_servers)
     table.add_row("data dir", str(settings.data_dir))

@@ -46,13 +46,25 @@ def serve(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
                 access_log=verbose)
 
 
-def worker(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+def worker(
+    metrics_port: int = typer.Option(9101, help="Port of the worker's Prometheus /metrics (0: none)."),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address the metrics port binds to."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
     """Run the feedback worker alone: consume events, filter, store; offsets commit after the database."""
+    from prometheus_client import start_http_server
+
+    from feedback.db.session import upgrade
     from feedback.worker import Worker
+    from feedback.worker_settings import WorkerSettings
 
     setup_logging(verbose)
+    settings = WorkerSettings()
+    upgrade(settings.resolved_database_url)
+    if metrics_port:
+        start_http_server(metrics_port, addr=metrics_host)
     stop = threading.Event()
     try:
-        Worker().run(stop)
+        Worker(settings).run(stop)
     except KeyboardInterrupt:
         stop.set()
