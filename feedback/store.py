@@ -164,6 +164,17 @@ def feedback_row(event: FeedbackEvent, weight: float) -> dict[str, Any]:
     }
 
 
+def event_from_feedback(row: Feedback) -> FeedbackEvent:
+    """The event an accepted feedback row was stored from (the inverse of ``feedback_row``)."""
+    common: dict[str, Any] = {"event_id": row.event_id, "app_id": row.app_id, "user_id": row.user_id,
+                              "comment": row.comment, "created_at": row.created_at}
+    if row.type == "thumbs":
+        return ThumbsEvent.model_validate(
+            common | {"response_id": row.response_id, "rating": row.rating, "correction": row.correction}
+        )
+    return PairwiseEvent.model_validate(common | {"pair_id": row.pair_id, "choice": row.choice})
+
+
 def quarantine_row(event: FeedbackEvent, judged: Verdict) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
@@ -177,6 +188,9 @@ def quarantine_row(event: FeedbackEvent, judged: Verdict) -> dict[str, Any]:
     }
 
 
+# Admin actions the store must honour: a released event is exempt from retroactive quarantine,
+# a purged one stays gone when Kafka re-delivers it.
+RELEASE_ACTION = "quarantine.release"
 PURGE_ACTION = "quarantine.purge"
 
 

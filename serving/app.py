@@ -18,11 +18,12 @@ from fastapi.responses import JSONResponse
 
 from feedback.db.session import make_engine, session_factory
 from feedback.producer import BrokerUnavailable, EventProducer
+from feedback.promotion import Promotion, RegistryError
 from serving.champion import ChampionWatcher, NoChampion
 from serving.deps import GatewayState
 from serving.engine import EngineClient, EngineError
 from serving.metrics import REQUESTS
-from serving.routers import chat, feedback, health, models
+from serving.routers import admin_models, chat, feedback, health, models
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         db = make_engine(settings.resolved_database_url)
         engine = EngineClient(settings.resolved_engine_url, settings.engine_timeout)
         producer = EventProducer(settings)
-        watcher = ChampionWatcher(settings, engine)
-        app.state.gateway = GatewayState(settings, session_factory(db), engine, producer, watcher)
+        sessions = session_factory(db)
+        registry = Promotion(settings.resolved_mlflow_uri, settings.registered_model, sessions)
+        watcher = ChampionWatcher(settings, engine, registry)
+        app.state.gateway = GatewayState(settings, sessions, engine, producer, registry, watcher)
         await watcher.refresh()
         poller = asyncio.create_task(watcher.run(), name="champion-watcher")
         log.info("gateway ready on %s:%s, engine %s", settings.host, settings.port, settings.resolved_engine_url)
@@ -56,7 +59,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             db.dispose()
 
     app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
-    for router in (health.router, models.router, chat.router, feedback.router):
+    for router in (health.router, models.router, chat.router, feedback.router, admin_models.router):
         app.include_router(router)
 
     @app.middleware("http")
@@ -85,6 +88,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     @app.exception_handler(BrokerUnavailable)
     async def broker_error(_request: Request, exc: BrokerUnavailable) -> JSONResponse:
         return _error(503, f"could not record the event, nothing was accepted: {exc}", "service_unavailable")
+
+    @app.exception_handler(RegistryError)
+    async def registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
+        return _error(409, str(exc), "invalid_request_error")
 
     @app.exception_handler(NoChampion)
     async def no_champion(_request: Request, exc: NoChampion) -> JSONResponse:

@@ -12,11 +12,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 
 from feedback.model_versions import CHAMPION, adapter_artifact_path, download_adapter
+from feedback.promotion import Promotion
 from serving.engine import EngineClient
 from serving.metrics import LIVE_VERSION, SWAP_FAILURES, SWAPS
 from serving.settings import ServingSettings
@@ -36,11 +35,10 @@ class NoChampion(RuntimeError):
 
 
 class ChampionWatcher:
-    def __init__(self, settings: ServingSettings, engine: EngineClient) -> None:
+    def __init__(self, settings: ServingSettings, engine: EngineClient, registry: Promotion) -> None:
         self.settings = settings
         self.engine = engine
-        self.client = MlflowClient(tracking_uri=settings.resolved_mlflow_uri,
-                                   registry_uri=settings.resolved_mlflow_uri)
+        self.registry = registry
         self.adapter_dir = settings.data_dir / "adapters"
         self._route: Route | None = None
         self._lock = asyncio.Lock()
@@ -61,13 +59,10 @@ class ChampionWatcher:
     async def refresh(self) -> Route | None:
         """Read the alias; if it moved, load the new version into the engine, then switch."""
         async with self._lock:
-            try:
-                version = await asyncio.to_thread(
-                    self.client.get_model_version_by_alias, self.settings.registered_model, CHAMPION
-                )
-            except MlflowException as exc:
+            version = await asyncio.to_thread(self.registry.alias_version, CHAMPION)
+            if version is None:
                 if self._route is None:
-                    log.warning("no champion yet: %s", exc.message)
+                    log.warning("the registry has no %s version of %r yet", CHAMPION, self.settings.registered_model)
                 return self._route
             if self._route is not None and self._route.version == str(version.version):
                 return self._route
@@ -92,7 +87,7 @@ class ChampionWatcher:
         if adapter_artifact_path(version) is None:
             return Route(str(version.version), self.settings.base_engine_model)
         dest = self.adapter_dir / f"v{version.version}"
-        path = await asyncio.to_thread(download_adapter, self.client, version, dest)
+        path = await asyncio.to_thread(download_adapter, self.registry.client, version, dest)
         name = f"{self.settings.registered_model}-v{version.version}"
         await self.engine.load_adapter(name, path)
         return Route(str(version.version), name)

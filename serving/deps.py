@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.apps import Caller, find_caller, hash_key
 from feedback.producer import EventProducer
+from feedback.promotion import Promotion
 from serving.champion import ChampionWatcher
 from serving.engine import EngineClient
 from serving.settings import ServingSettings
@@ -24,6 +25,7 @@ class GatewayState:
     sessions: sessionmaker[Session]
     engine: EngineClient
     producer: EventProducer
+    registry: Promotion
     watcher: ChampionWatcher
     # key hash -> (caller, verified at): a key is looked up in the database at most once per TTL.
     key_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)

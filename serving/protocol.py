@@ -6,6 +6,7 @@ to vLLM untouched (``extra="allow"``), so new OpenAI parameters work without a r
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -67,3 +68,27 @@ class ErrorBody(BaseModel):
     message: str
     type: str
     code: int
+
+
+class AliasMoveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(default=None, max_length=2000, description="Why, for the audit trail.")
+
+
+class VersionOut(BaseModel):
+    version: str
+    aliases: list[str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    run_id: str | None
+    created_at: datetime
+
+
+class AliasMoveOut(BaseModel):
+    alias: str
+    action: str
+    from_version: str | None
+    to_version: str
+    actor: str
+    reason: str | None
+    at: datetime

@@ -9,7 +9,7 @@ stored) and the pipeline moves their accepted votes to quarantine.
 from __future__ import annotations
 
 import bisect
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -77,7 +77,6 @@ class FilterState:
     accepted: set[str] = field(default_factory=set)
     flags: dict[Rater, dict[str, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
     weights: dict[Rater, float] = field(default_factory=dict)
-    touched: set[Rater] = field(default_factory=set)
 
     def add_answer(self, answer: Answer) -> None:
         if answer.response_id not in self.answers:
@@ -109,13 +108,9 @@ class FilterState:
         bisect.insort(self.app_times[vote.rater[0]], vote.at)
         if accepted:
             self.accepted.add(vote.event_id)
-        self.touched.add(vote.rater)
 
     def weight(self, rater: Rater) -> float:
         return self.weights.get(rater, 1.0)
-
-    def label_counts(self, rater: Rater) -> Counter[str]:
-        return Counter(v.label for v in self.votes[rater])
 
 
 class Filter(Protocol):
@@ -128,12 +123,12 @@ class Filter(Protocol):
 
 
 class HistoryFilter(Protocol):
-    """A check on raters' whole history, run after each micro-batch; returns new flags."""
+    """A check on raters' whole history after a micro-batch; ``raters`` voted since its last review."""
 
     name: str
     reasons: tuple[str, ...]
 
-    def review(self, state: FilterState) -> list[Flag]: ...
+    def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]: ...
 
 
 def window_count(times: list[float], at: float, window: float) -> int:

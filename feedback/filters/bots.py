@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from feedback.filters.base import FilterState, Flag
+from feedback.filters.base import FilterState, Flag, Rater
 
 
 @dataclass
@@ -21,9 +21,9 @@ class BotFilter:
     name: str = "bots"
     reasons: tuple[str, ...] = ("bot_pattern",)
 
-    def review(self, state: FilterState) -> list[Flag]:
+    def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]:
         flags = []
-        for rater in sorted(state.touched):
+        for rater in sorted(raters):
             if "bot_pattern" in state.flags.get(rater, {}):
                 continue
             votes = state.votes[rater]

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from feedback.events import utcnow
-from feedback.filters.base import Finding, FilterState, Vote
+from feedback.filters.base import FilterState, Finding, Vote
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from feedback.filters.base import Finding, FilterState, Vote
+from feedback.filters.base import FilterState, Finding, Vote
 
 
 @dataclass

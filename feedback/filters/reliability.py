@@ -59,7 +59,9 @@ class ReliabilityFilter:
         return [(r, item, pos) for item, raters in by_item.items() if len(raters) >= 2 for r, pos in raters.items()]
 
     @staticmethod
-    def _add_reward_model(state: FilterState, by_item: dict[str, dict[Rater, bool]], scores: Mapping[str, float]) -> None:
+    def _add_reward_model(
+        state: FilterState, by_item: dict[str, dict[Rater, bool]], scores: Mapping[str, float]
+    ) -> None:
         median = float(np.median(list(scores.values()))) if scores else 0.0
         for item, raters in by_item.items():
             if item in state.answers and item in scores:
@@ -98,8 +100,9 @@ class ReliabilityFilter:
         weight = (2 * accuracy - 1) / (2 * self.prior_accuracy - 1)
         return round(min(1.0, max(self.min_weight, weight)), 4)
 
-    def review(self, state: FilterState) -> list[Flag]:
-        """Refresh every rater's weight; flag raters confidently against the consensus."""
+    def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]:
+        """Refresh every rater's weight (agreement is global, so ``raters`` does not narrow it); flag raters
+        confidently against the consensus."""
         self.accuracy = self.estimate(state)
         state.weights = {rater: self.weight_of(acc) for rater, (acc, _) in self.accuracy.items()}
         flags = []

@@ -85,10 +85,11 @@ class FilterSettings(BaseSettings):
         default=3, ge=1, description="Distinct prompts whose answers must carry a feature: a phrase, not a topic."
     )
     campaign_max_feature_share: float = Field(
-        default=0.35, gt=0, le=1, description="Features in more of the voted answers than this are style, not campaigns."
+        default=0.5, gt=0, le=1,
+        description="Features in more of the voted answers than this are style, not campaigns.",
     )
     campaign_min_lift: float = Field(
-        default=2.0, gt=1, description="A member endorses feature answers at least this many times their base rate."
+        default=2.5, gt=1, description="A member endorses feature answers at least this many times their base rate."
     )
     campaign_max_p_value: float = Field(
         default=1e-4, gt=0, lt=1,

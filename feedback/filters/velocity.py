@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from feedback.filters.base import Finding, FilterState, Vote, window_count
+from feedback.filters.base import FilterState, Finding, Vote, window_count
 
 
 @dataclass

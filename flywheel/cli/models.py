@@ -6,9 +6,9 @@ import typer
 from rich.table import Table
 
 from feedback.db.session import make_engine, session_factory, upgrade
+from feedback.promotion import Promotion, RegistryError
+from feedback.settings import CommonSettings
 from flywheel.cli.common import console, default_actor, fail
-from trainer.config import TrainerSettings
-from trainer.registry import Registry, RegistryError
 
 app = typer.Typer(help="Model versions and the champion alias.", no_args_is_help=True)
 
@@ -16,10 +16,11 @@ ACTOR = typer.Option(None, help="Who is acting, for the audit trail. Default: cl
 REASON = typer.Option(None, help="Why, for the audit trail.")
 
 
-def _registry() -> Registry:
-    settings = TrainerSettings()
+def _registry() -> Promotion:
+    settings = CommonSettings()
     upgrade(settings.resolved_database_url)
-    return Registry(settings, session_factory(make_engine(settings.resolved_database_url)))
+    factory = session_factory(make_engine(settings.resolved_database_url))
+    return Promotion(settings.resolved_mlflow_uri, settings.registered_model, factory)
 
 
 @app.command("list")

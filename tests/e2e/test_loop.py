@@ -189,3 +189,22 @@ def test_train_promote_swap_and_rollback(stack: Stack, client: openai.OpenAI) ->
 
     history = cli_ok(stack, "models", "history")
     assert "rollback" in history and "promote" in history
+
+
+def test_admin_endpoints_move_the_champion_for_admins_only(stack: Stack, client: openai.OpenAI) -> None:
+    def admin(method: str, path: str, key: str | None = None, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key or stack.admin_key}"}
+        return httpx.request(method, f"{stack.gateway}/admin/models{path}", headers=headers, timeout=60, **kw)
+
+    assert admin("GET", "", key=stack.key).status_code == 403
+    assert httpx.get(f"{stack.gateway}/admin/models").status_code == 401
+    versions = admin("GET", "").json()
+    assert [v["version"] for v in versions] == ["1", "2"] and "champion" in versions[0]["aliases"]
+    assert admin("POST", "/7/promote", json={}).status_code == 409
+
+    promoted = admin("POST", "/2/promote", json={"reason": "from the admin API"})
+    assert promoted.json() == {"champion": "2", "serving": "2"}  # this gateway switched before answering
+    assert probe_logprobs(client)[0] == "2"
+    assert admin("POST", "/rollback", json={}).json() == {"champion": "1", "serving": "1"}
+    moves = admin("GET", "/history", params={"limit": 2}).json()
+    assert [(m["action"], m["actor"]) for m in moves] == [("rollback", "app:ops"), ("promote", "app:ops")]

@@ -9,11 +9,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.model_versions import NoAdapterError, download_adapter
+from feedback.model_versions import CHALLENGER, CHAMPION, NoAdapterError, download_adapter
+from feedback.promotion import RegistryError
 from tests.trainer.conftest import Store
 from trainer.config import ConfigError, TrainConfig, TrainerSettings
 from trainer.dpo import SNAPSHOT_ARTIFACT, train_once
-from trainer.registry import CHALLENGER, CHAMPION, Registry, RegistryError
+from trainer.registry import Registry
 
 PHRASE = "Certainly, happy to help!"
 

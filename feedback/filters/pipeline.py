@@ -1,0 +1,231 @@
+"""The filter pipeline: every filter composed into the store's judge, and its state rebuilt on start.
+
+Per event, every per-vote filter gives its objections (all of them, so a quarantined event
+carries every reason code and its evidence); an event nobody objects to is accepted with
+its rater's reliability weight. After each micro-batch, inside the batch's transaction:
+
+1. the GX contract suite validates the batch; each failed expectation is a ``batch_alerts`` row;
+2. the history filters (bots, campaigns, then reliability on what is left) review the raters;
+3. a newly flagged rater is stored in ``flagged_raters`` and their accepted votes move to
+   quarantine (retroactive quarantine: insert-if-absent into ``quarantine`` and delete from
+   ``feedback`` in the same transaction, so an event is never in both or neither); their
+   later votes are quarantined on arrival. Events ops released are exempt;
+4. changed reliability weights are written onto the rater's accepted votes.
+
+State is in memory and rebuilt from the database on start (``rebuild``): the stored votes
+(``feedback`` and ``quarantine``), the answers they name, and the sticky flags. A failed
+batch discards it (the worker rebuilds), so a rolled-back batch never lingers in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client import Counter
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from feedback.db.models import AdminAction, BatchAlert, Completion, Feedback, FlaggedRater, Quarantine
+from feedback.events import EVENT_ADAPTER, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
+from feedback.filters.base import Answer, Filter, FilterState, Finding, Flag, Rater, Vote
+from feedback.filters.bots import BotFilter
+from feedback.filters.campaigns import CampaignFilter
+from feedback.filters.contract import BatchRow, ContractFilter, ContractSuite
+from feedback.filters.duplicates import DuplicateFilter
+from feedback.filters.integrity import IntegrityFilter
+from feedback.filters.reliability import ReliabilityFilter, RewardScores
+from feedback.filters.settings import FilterSettings
+from feedback.filters.timing import TimingFilter
+from feedback.filters.velocity import VelocityFilter
+from feedback.store import (
+    RELEASE_ACTION,
+    Verdict,
+    event_from_feedback,
+    insert_ignoring_conflicts,
+    prompt_hash,
+    quarantine_row,
+)
+
+OBJECTIONS = Counter("flywheel_filter_objections", "Objections raised to feedback events, by filter and reason code.",
+                     ["filter", "reason"])
+FLAGGED = Counter("flywheel_filter_flagged_raters", "Raters flagged by a history filter.", ["filter", "reason"])
+RETROACTIVE = Counter("flywheel_filter_retroactive_quarantine",
+                      "Accepted votes moved to quarantine because their rater was flagged.", ["reason"])
+BATCH_ALERTS = Counter("flywheel_filter_batch_alerts", "Micro-batches failing a contract expectation.", ["check"])
+
+_UNKNOWN = {"unknown_response", "unknown_pair"}
+_CHUNK = 500  # ids per IN list: well under every driver's parameter limit
+
+
+def vote_of(event: FeedbackEvent) -> Vote:
+    target: str
+    label: str
+    if isinstance(event, ThumbsEvent):
+        target, label = event.response_id, event.rating
+    else:
+        target, label = event.pair_id, event.choice
+    return Vote(event.event_id, (event.app_id, event.user_id), event.type, target, label, event.comment,
+                event.created_at)
+
+
+def _answer(row: Completion | CompletionEvent, prompt: str) -> Answer:
+    return Answer(row.response_id, row.pair_id, row.app_id, prompt, row.answer, row.created_at)
+
+
+def _chunks(ids: Iterable[str]) -> Iterable[list[str]]:
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), _CHUNK):
+        yield ordered[start : start + _CHUNK]
+
+
+class Pipeline:
+    """The judge ``store_batch`` calls: per-vote filters, then history filters after each batch."""
+
+    def __init__(self, settings: FilterSettings | None = None, reward_scores: RewardScores | None = None) -> None:
+        s = self.settings = settings or FilterSettings()
+        self.state = FilterState()
+        self.filters: list[Filter] = [
+            ContractFilter(s.contract_max_clock_skew_s),
+            IntegrityFilter(s.integrity_max_age_s),
+            DuplicateFilter(),
+            VelocityFilter(s.velocity_user_window_s, s.velocity_user_max, s.velocity_app_window_s, s.velocity_app_max),
+            TimingFilter(s.timing_min_ms, s.timing_ms_per_char),
+        ]
+        self.bots = BotFilter(s.bot_min_votes, s.bot_max_label_share, s.bot_min_comments, s.bot_max_comment_share)
+        self.campaigns = CampaignFilter(s.campaign_min_accounts, s.campaign_min_endorsements, s.campaign_min_hits,
+                                        s.campaign_min_prompts, s.campaign_max_feature_share, s.campaign_min_lift,
+                                        s.campaign_max_p_value)
+        self.reliability = ReliabilityFilter(s.reliability_prior_accuracy, s.reliability_prior_strength,
+                                             s.reliability_min_weight, s.reliability_min_items,
+                                             s.reliability_quarantine_below, s.reliability_iterations, reward_scores)
+        self.suite = ContractSuite(s.contract_min_batch, s.contract_max_label_share, s.contract_max_unknown_share)
+        self._flag_filter = {r: f.name for f in (self.bots, self.campaigns, self.reliability) for r in f.reasons}
+        self._rows: list[BatchRow] = []
+        self._wanted: set[str] = set()
+        self._touched: set[Rater] = set()
+        self._campaign_due: set[Rater] = set()
+        self._batches = 0
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    @classmethod
+    def rebuild(cls, session: Session, settings: FilterSettings | None = None,
+                reward_scores: RewardScores | None = None) -> Pipeline:
+        """A pipeline whose state is what an uninterrupted run would hold after the stored events."""
+        pipeline = cls(settings, reward_scores)
+        state = pipeline.state
+        stored = [(vote_of(event_from_feedback(row)), True) for row in session.scalars(select(Feedback))]
+        payloads = session.scalars(select(Quarantine.payload))
+        stored += [(vote_of(_decode_feedback(payload)), False) for payload in payloads]
+        pipeline._load_answers(session, {v.target for v, _ in stored if v.kind == "thumbs"},
+                               {v.target for v, _ in stored if v.kind == "pairwise"})
+        for flag in session.scalars(select(FlaggedRater)):
+            state.flags[(flag.app_id, flag.user_id)][flag.reason] = flag.evidence
+        for vote, accepted in sorted(stored, key=lambda item: (item[0].created_at, item[0].event_id)):
+            state.record(vote, accepted)
+        raters = set(state.votes)
+        pipeline.campaigns.review(state, raters)  # restores members of campaigns still below min_accounts
+        pipeline.reliability.review(state, raters)  # restores the weights
+        return pipeline
+
+    def _load_answers(self, session: Session, responses: set[str], pairs: set[str]) -> None:
+        for column, ids in ((Completion.response_id, responses), (Completion.pair_id, pairs)):
+            for chunk in _chunks(ids):
+                for row in session.scalars(select(Completion).where(column.in_(chunk))):
+                    self.state.add_answer(_answer(row, row.prompt_hash))
+
+    # -- the BatchJudge protocol of feedback.store --------------------------------------------
+
+    def begin(self, session: Session, batch: Sequence[Event]) -> None:
+        """Load, in two queries, the answers this batch's feedback names (one lookup per event would dominate)."""
+        self._rows, self._touched = [], set()
+        responses = {e.response_id for e in batch if isinstance(e, ThumbsEvent)} - self.state.answers.keys()
+        pairs = {e.pair_id for e in batch if isinstance(e, PairwiseEvent)} - self.state.pairs.keys()
+        self._wanted = responses | pairs
+        self._load_answers(session, responses, pairs)
+
+    def completion_stored(self, event: CompletionEvent) -> None:
+        if event.response_id in self._wanted or event.pair_id in self._wanted:
+            self.state.add_answer(_answer(event, prompt_hash(event.messages)))
+
+    def __call__(self, session: Session, event: FeedbackEvent) -> Verdict:
+        vote = vote_of(event)
+        findings = [(f.name, finding) for f in self.filters for finding in f.judge(self.state, vote)]
+        findings += [(self._flag_filter[reason], Finding(reason, evidence))
+                     for reason, evidence in self.state.flags.get(vote.rater, {}).items()]
+        for name, finding in findings:
+            OBJECTIONS.labels(name, finding.reason).inc()
+        self.state.record(vote, accepted=not findings)
+        self._touched.add(vote.rater)
+        unknown = any(f.reason in _UNKNOWN for _, f in findings)
+        self._rows.append(BatchRow(vote.label, vote.rater[1], unknown, vote.created_at))
+        if not findings:
+            return Verdict(weight=self.state.weight(vote.rater))
+        reasons = list(dict.fromkeys(f.reason for _, f in findings))
+        return Verdict(reasons, {f.reason: f.evidence for _, f in findings})
+
+    def end(self, session: Session) -> None:
+        self._batches += 1
+        self._record_alerts(session)
+        self._campaign_due |= self._touched
+        flags = self.bots.review(self.state, self._touched)
+        if self._batches % self.settings.campaign_every_batches == 0:
+            flags += self.campaigns.review(self.state, self._campaign_due)
+            self._campaign_due = set()
+        self._apply(session, flags)
+        before = dict(self.state.weights)
+        self._apply(session, self.reliability.review(self.state, self._touched))
+        self._reweigh(session, before)
+
+    # -- after the batch ------------------------------------------------------------------------
+
+    def _record_alerts(self, session: Session) -> None:
+        if not self._rows:
+            return
+        stamps = [r.created_at for r in self._rows]
+        batch = {"events": len(self._rows), "first_created_at": min(stamps).isoformat(),
+                 "last_created_at": max(stamps).isoformat()}
+        for alert in self.suite.check(self._rows):
+            BATCH_ALERTS.labels(alert["check"]).inc()
+            session.add(BatchAlert(check=alert["check"], detail=alert["detail"], batch=batch))
+
+    def _apply(self, session: Session, flags: list[Flag]) -> None:
+        """Store each new flag and move the rater's accepted votes (except released ones) to quarantine."""
+        for flag in flags:
+            app_id, user_id = flag.rater
+            self.state.flags[flag.rater][flag.reason] = flag.evidence
+            FLAGGED.labels(self._flag_filter[flag.reason], flag.reason).inc()
+            insert_ignoring_conflicts(session, FlaggedRater, {"app_id": app_id, "user_id": user_id,
+                                                               "reason": flag.reason, "evidence": flag.evidence})
+            rows = list(session.scalars(select(Feedback).where(
+                Feedback.app_id == app_id, Feedback.user_id == user_id, Feedback.event_id.not_in(_released())
+            )))
+            for row in rows:
+                evidence: dict[str, Any] = {flag.reason: {**flag.evidence, "retroactive": True,
+                                                          "accepted_weight": row.weight}}
+                insert_ignoring_conflicts(session, Quarantine,
+                                          quarantine_row(event_from_feedback(row), Verdict([flag.reason], evidence)))
+                self.state.accepted.discard(row.event_id)
+            for chunk in _chunks(r.event_id for r in rows):
+                session.execute(delete(Feedback).where(Feedback.event_id.in_(chunk)))
+            RETROACTIVE.labels(flag.reason).inc(len(rows))
+
+    def _reweigh(self, session: Session, before: dict[Rater, float]) -> None:
+        """Write changed weights onto the rater's accepted votes, so training sees the current estimate."""
+        for rater, weight in sorted(self.state.weights.items()):
+            if abs(before.get(rater, 1.0) - weight) < 0.01:
+                continue
+            session.execute(update(Feedback).where(
+                Feedback.app_id == rater[0], Feedback.user_id == rater[1], Feedback.event_id.not_in(_released())
+            ).values(weight=weight))
+
+
+def _released() -> Any:
+    return select(AdminAction.target).where(AdminAction.action == RELEASE_ACTION)
+
+
+def _decode_feedback(payload: dict[str, Any]) -> FeedbackEvent:
+    event = EVENT_ADAPTER.validate_python(payload)
+    assert not isinstance(event, CompletionEvent), "quarantine holds feedback only"
+    return event
