@@ -1,10 +1,14 @@
-"""The feedback worker: Kafka -> validate -> judge -> store, committing offsets last.
+"""The feedback worker: Kafka -> validate -> filter -> store, committing offsets last.
 
 Each poll is stored in one database transaction and only then are the offsets committed.
 A crash between the two re-delivers the batch, and the idempotent store turns the
 re-delivery into no-ops; a crash before the database commit loses nothing because the
 offsets never moved. Records that cannot be decoded are counted and skipped, so one bad
 record never blocks its partition.
+
+The filter pipeline's state is rebuilt from the database before the first batch, and again
+after a failed batch (whose events it may have seen but the database never kept), so a
+restarted worker judges the next event exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from feedback import events
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.events import Event
+from feedback.filters import FilterSettings, Pipeline
 from feedback.producer import ensure_topic
 from feedback.settings import CommonSettings
 from feedback.store import BatchResult, store_batch
@@ -51,13 +56,18 @@ class Worker:
     The consumer is created (and the topic ensured) in the constructor, so a broker that
     is down fails fast at start-up rather than inside ``run``. Any room's settings will do
     (``flywheel up`` runs the worker beside the gateway): the shared fields are kept and the
-    ``FLYWHEEL_WORKER_*`` ones come from the environment.
+    ``FLYWHEEL_WORKER_*`` ones come from the environment, and the ``FLYWHEEL_FILTER_*`` ones
+    unless ``filters`` is given. The contract suite (Great Expectations) is built here too,
+    so its few seconds of import are paid at start-up, not by the first batch.
     """
 
-    def __init__(self, settings: CommonSettings | None = None) -> None:
+    def __init__(self, settings: CommonSettings | None = None, filters: FilterSettings | None = None) -> None:
         if not isinstance(settings, WorkerSettings):
             settings = WorkerSettings(**(settings.model_dump() if settings is not None else {}))
         self.settings: WorkerSettings = settings
+        self.filter_settings = filters or FilterSettings()
+        self.pipeline: Pipeline | None = None
+        Pipeline(self.filter_settings).suite.build()
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = session_factory(self.engine)
         ensure_topic(settings)
@@ -102,9 +112,12 @@ class Worker:
         decoded = [event for batch in records.values() for event in map(self._decode, batch) if event is not None]
         try:
             with transaction(self.sessions) as session:
-                result = store_batch(session, decoded)
+                if self.pipeline is None:
+                    self.pipeline = Pipeline.rebuild(session, self.filter_settings)
+                result = store_batch(session, decoded, self.pipeline)
         except SQLAlchemyError:
             BATCHES.labels("failed").inc()
+            self.pipeline = None  # it saw events the database did not keep: rebuild from what it did
             self._rewind(records)
             raise
         self._commit(records)

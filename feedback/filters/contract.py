@@ -61,7 +61,10 @@ class ContractSuite:
     max_unknown_share: float
     _built: Any = field(default=None, init=False, repr=False)
 
-    def _build(self) -> Any:
+    def build(self) -> Any:
+        """Import GX and build the context and suites once; later calls return them."""
+        if self._built is not None:
+            return self._built
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
         import great_expectations.expectations as gxe
@@ -79,7 +82,8 @@ class ContractSuite:
         shares.add_expectation(
             gxe.ExpectColumnMeanToBeBetween(column="unknown_target", max_value=self.max_unknown_share)
         )
-        return definition, rows, shares
+        self._built = definition, rows, shares
+        return self._built
 
     def check(self, rows: list[BatchRow]) -> list[dict[str, Any]]:
         """Validate one micro-batch; returns one alert per failed expectation."""
@@ -87,9 +91,7 @@ class ContractSuite:
             return []
         import pandas as pd
 
-        if self._built is None:
-            self._built = self._build()
-        definition, row_suite, share_suite = self._built
+        definition, row_suite, share_suite = self.build()
         top_label = Counter(r.label for r in rows).most_common(1)[0][0]
         frame = pd.DataFrame({
             "label": [r.label for r in rows],
