@@ -67,7 +67,7 @@ class Worker:
         self.settings: WorkerSettings = settings
         self.filter_settings = filters or FilterSettings()
         self.pipeline: Pipeline | None = None
-        Pipeline(self.filter_settings).suite.build()
+        Pipeline(self.filter_settings).suite.build()  # cached per process: the real pipeline reuses it
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = session_factory(self.engine)
         ensure_topic(settings)

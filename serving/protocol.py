@@ -75,15 +75,6 @@ class AliasMoveRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=2000, description="Why, for the audit trail.")
 
 
-class VersionOut(BaseModel):
-    version: str
-    aliases: list[str]
-    tags: dict[str, str]
-    metrics: dict[str, float]
-    run_id: str | None
-    created_at: datetime
-
-
 class AliasMoveOut(BaseModel):
     alias: str
     action: str

@@ -7,13 +7,13 @@ its poll interval, since all of them read the same registry alias.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from feedback.promotion import VersionInfo
 from serving.deps import AdminDep, StateDep
-from serving.protocol import AliasMoveOut, AliasMoveRequest, VersionOut
+from serving.protocol import AliasMoveOut, AliasMoveRequest
 
 router = APIRouter(prefix="/admin/models", tags=["admin"])
 
@@ -23,9 +23,8 @@ def _actor(caller: AdminDep) -> str:
 
 
 @router.get("")
-async def list_versions(_admin: AdminDep, state: StateDep) -> list[VersionOut]:
-    versions = await asyncio.to_thread(state.registry.list_versions)
-    return [VersionOut(**asdict(v)) for v in versions]
+async def list_versions(_admin: AdminDep, state: StateDep) -> list[VersionInfo]:
+    return await asyncio.to_thread(state.registry.list_versions)
 
 
 @router.get("/history")
