@@ -15,9 +15,10 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import literal, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -107,22 +108,28 @@ def prompt_hash(messages: Sequence[ChatMessage]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def insert_ignoring_conflicts(session: Session, model: type[Base], row: dict[str, Any]) -> bool:
-    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect; True if a row was written.
+def insert_ignoring_conflicts(
+    session: Session, model: type[Base], rows: Sequence[dict[str, Any]], key: str = "event_id"
+) -> set[Any]:
+    """INSERT ... ON CONFLICT DO NOTHING of many rows in one statement; the ``key`` values written.
 
     Without a conflict target it covers every unique key (event_id, and response_id for
     completions), which also closes the race of two workers storing one event during a
-    rebalance. RETURNING tells whether the row was written: the driver's rowcount is not
-    reliable here (psycopg 3 under SQLAlchemy 2.1 reports -1).
+    rebalance. RETURNING tells which rows were written: the driver's rowcount is not
+    reliable here (psycopg 3 under SQLAlchemy 2.1 reports -1). One multi-row statement per
+    table and batch, not one per event: per-row statements cost the worker most of its time.
     """
+    if not rows:
+        return set()
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        statement: Any = postgresql.insert(model).values(row).on_conflict_do_nothing()
+        statement: Any = postgresql.insert(model).on_conflict_do_nothing()
     elif dialect == "sqlite":
-        statement = sqlite.insert(model).values(row).on_conflict_do_nothing()
+        statement = sqlite.insert(model).on_conflict_do_nothing()
     else:
         raise NotImplementedError(f"no idempotent insert for the {dialect} dialect")
-    return session.execute(statement.returning(literal(1))).first() is not None
+    column = model.__table__.c[key]
+    return set(session.execute(statement.returning(column), list(rows)).scalars())
 
 
 def _completion_row(event: CompletionEvent) -> dict[str, Any]:
@@ -164,10 +171,15 @@ def feedback_row(event: FeedbackEvent, weight: float) -> dict[str, Any]:
     }
 
 
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC); make them comparable with the events' aware ones."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def event_from_feedback(row: Feedback) -> FeedbackEvent:
     """The event an accepted feedback row was stored from (the inverse of ``feedback_row``)."""
     common: dict[str, Any] = {"event_id": row.event_id, "app_id": row.app_id, "user_id": row.user_id,
-                              "comment": row.comment, "created_at": row.created_at}
+                              "comment": row.comment, "created_at": as_utc(row.created_at)}
     if row.type == "thumbs":
         return ThumbsEvent.model_validate(
             common | {"response_id": row.response_id, "rating": row.rating, "correction": row.correction}
@@ -207,11 +219,12 @@ def _known_event_ids(session: Session, event_ids: set[str]) -> set[str]:
 
 
 def store_batch(session: Session, batch: Iterable[Event], judge: Judge | BatchJudge) -> BatchResult:
-    """Store events in the order given (partition order), inside the caller's transaction.
+    """Store events inside the caller's transaction; feedback is judged in the order given (partition order).
 
-    Writes go straight to the database (Core statements), so a completion earlier in the
-    batch is visible when feedback on it later in the same batch is judged. A repeated
-    event id never reaches the judge, so filters only ever see an event once.
+    Every event is decided first, then written with one idempotent multi-row INSERT per
+    table (completions first: feedback rows reference them). Judges therefore see the
+    batch's completions through ``BatchJudge.completion_stored``, not through the database.
+    A repeated event id never reaches the judge, so filters only ever see an event once.
     """
     batch = list(batch)
     hooks = judge if isinstance(judge, BatchJudge) else None
@@ -219,10 +232,12 @@ def store_batch(session: Session, batch: Iterable[Event], judge: Judge | BatchJu
         hooks.begin(session, batch)
     result = BatchResult()
     seen = _known_event_ids(session, {e.event_id for e in batch}) if batch else set()
-    completion_apps = {e.app_id for e in batch if isinstance(e, CompletionEvent)}
-    existing_apps = (
-        set(session.scalars(select(App.id).where(App.id.in_(completion_apps)))) if completion_apps else set()
-    )
+    completions = [e for e in batch if isinstance(e, CompletionEvent)]
+    existing_apps = set(session.scalars(select(App.id).where(App.id.in_({e.app_id for e in completions}))))
+    stored_responses = set(session.scalars(
+        select(Completion.response_id).where(Completion.response_id.in_({e.response_id for e in completions}))
+    ))
+    pending: dict[type[Base], list[tuple[Event, str, dict[str, Any]]]] = {Completion: [], Feedback: [], Quarantine: []}
     for event in batch:
         if event.event_id in seen:
             result.outcomes[(event.type, DUPLICATE)] += 1
@@ -231,22 +246,24 @@ def store_batch(session: Session, batch: Iterable[Event], judge: Judge | BatchJu
         if isinstance(event, CompletionEvent):
             if event.app_id not in existing_apps:
                 log.warning("completion %s names unknown app %s; not stored", event.event_id, event.app_id)
-                outcome = INVALID
-            elif insert_ignoring_conflicts(session, Completion, _completion_row(event)):
-                outcome = STORED
+                result.outcomes[(event.type, INVALID)] += 1
+            elif event.response_id in stored_responses:
+                result.outcomes[(event.type, DUPLICATE)] += 1  # another event id already stored this response
+            else:
+                stored_responses.add(event.response_id)
+                pending[Completion].append((event, STORED, _completion_row(event)))
                 if hooks is not None:
                     hooks.completion_stored(event)
-            else:
-                outcome = DUPLICATE  # another event id already stored this response id
+            continue
+        judged = judge(session, event)
+        if judged.accepted:
+            pending[Feedback].append((event, ACCEPTED, feedback_row(event, judged.weight)))
         else:
-            judged = judge(session, event)
-            if judged.accepted:
-                written = insert_ignoring_conflicts(session, Feedback, feedback_row(event, judged.weight))
-                outcome = ACCEPTED if written else DUPLICATE
-            else:
-                written = insert_ignoring_conflicts(session, Quarantine, quarantine_row(event, judged))
-                outcome = QUARANTINED if written else DUPLICATE
-        result.outcomes[(event.type, outcome)] += 1
+            pending[Quarantine].append((event, QUARANTINED, quarantine_row(event, judged)))
+    for model, rows in pending.items():
+        written = insert_ignoring_conflicts(session, model, [row for _, _, row in rows])
+        for event, outcome, _ in rows:
+            result.outcomes[(event.type, outcome if event.event_id in written else DUPLICATE)] += 1
     if hooks is not None:
         hooks.end(session)
     return result

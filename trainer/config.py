@@ -39,7 +39,7 @@ class TrainerSettings(CommonSettings):
         default=0.5,
         ge=0.0,
         le=1.0,
-        description="Gate win_rate: the lower bound of the bootstrap 95% CI of the candidate's win rate must exceed this.",
+        description="Gate win_rate: the lower bound of the 95% bootstrap CI of the win rate must exceed this.",
     )
     gate_accuracy_tolerance: float = Field(
         default=0.0,
@@ -47,12 +47,14 @@ class TrainerSettings(CommonSettings):
         description="Gate heldout_accuracy: candidate accuracy >= champion accuracy minus this.",
     )
     gate_max_kl: float = Field(
-        default=0.5, gt=0.0, description="Gate kl: mean per-token KL(candidate || champion) in nats must not exceed this."
+        default=0.5,
+        gt=0.0,
+        description="Gate kl: mean per-token KL(candidate || champion) in nats must not exceed this.",
     )
     gate_max_length_ratio: float = Field(
         default=1.3,
         gt=0.0,
-        description="Gate verbosity: mean answer length (tokens) of the candidate / of the champion must not exceed this.",
+        description="Gate verbosity: mean answer length in tokens, candidate / champion, must not exceed this.",
     )
     gate_max_format_increase: float = Field(
         default=0.15,
@@ -69,7 +71,7 @@ class TrainerSettings(CommonSettings):
     train_min_new_feedback: int = Field(
         default=16,
         ge=0,
-        description="`flywheel train --every`: skip a cycle when fewer new accepted events arrived since the last version.",
+        description="`flywheel train --every` skips a cycle when fewer new accepted events came since the last one.",
     )
 
     @property

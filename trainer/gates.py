@@ -103,8 +103,10 @@ class Canary:
     max_chars: int | None
 
     def holds(self, answer: str) -> bool:
-        lowered = answer.lower()
-        found = not self.any_of or any(s.lower() in lowered for s in self.any_of)
+        """Whole-word, case-insensitive: "hi" must not be found inside "this"."""
+        found = not self.any_of or any(
+            re.search(rf"(?<!\w){re.escape(s)}(?!\w)", answer, re.IGNORECASE) for s in self.any_of
+        )
         return found and (self.max_chars is None or len(answer) <= self.max_chars)
 
 
@@ -154,8 +156,12 @@ def generate(
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
         with torch.no_grad():
             out = model.generate(
-                input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
             )
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in stops), len(row))
@@ -280,7 +286,8 @@ def _canaries(inputs: GateInputs, settings: TrainerSettings) -> Gate:
     champ = [c.holds(a) for c, a in zip(inputs.canaries, inputs.champion_canaries.texts, strict=True)]
     cand = [c.holds(a) for c, a in zip(inputs.canaries, inputs.candidate_canaries.texts, strict=True)]
     bad = [
-        c.id for c, before, now in zip(inputs.canaries, champ, cand, strict=True)
+        c.id
+        for c, before, now in zip(inputs.canaries, champ, cand, strict=True)
         if not now and (before or mode == "absolute")
     ]
     detail = (f"broken: {', '.join(bad)}; " if bad else "") + (
@@ -301,16 +308,24 @@ def evaluate(
         win_rate,
         _accuracy(inputs, settings),
         Gate(
-            "kl", "passed" if inputs.kl <= settings.gate_max_kl else "failed", inputs.kl,
-            f"<= {settings.gate_max_kl:g} nats/token", f"{inputs.kl:.4f} nats/token over {len(inputs.prompts)} answers",
+            "kl",
+            "passed" if inputs.kl <= settings.gate_max_kl else "failed",
+            inputs.kl,
+            f"<= {settings.gate_max_kl:g} nats/token",
+            f"{inputs.kl:.4f} nats/token over {len(inputs.prompts)} answers",
         ),
         Gate(
-            "verbosity", "passed" if ratio <= settings.gate_max_length_ratio else "failed", ratio,
-            f"<= {settings.gate_max_length_ratio:g}x", f"{cand_len:.1f} vs {champ_len:.1f} tokens per answer",
+            "verbosity",
+            "passed" if ratio <= settings.gate_max_length_ratio else "failed",
+            ratio,
+            f"<= {settings.gate_max_length_ratio:g}x",
+            f"{cand_len:.1f} vs {champ_len:.1f} tokens per answer",
         ),
         Gate(
-            "format", "passed" if format_increase <= settings.gate_max_format_increase + 1e-9 else "failed",
-            format_increase, f"<= +{settings.gate_max_format_increase:g}",
+            "format",
+            "passed" if format_increase <= settings.gate_max_format_increase + 1e-9 else "failed",
+            format_increase,
+            f"<= +{settings.gate_max_format_increase:g}",
             f"list/heading share {inputs.candidate.format_share():.2f} vs {inputs.champion.format_share():.2f}",
         ),
         _canaries(inputs, settings),

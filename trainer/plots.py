@@ -58,8 +58,13 @@ def save_plots(
     if win_rate is not None and win_rate_ci is not None:
         fig, ax = plt.subplots(figsize=(4, 3.5))
         low, high = win_rate_ci
-        ax.bar(["candidate vs champion"], [win_rate], yerr=[[win_rate - low], [high - win_rate]], capsize=8,
-               color="tab:blue" if low > win_rate_threshold else "tab:red")
+        ax.bar(
+            ["candidate vs champion"],
+            [win_rate],
+            yerr=[[win_rate - low], [high - win_rate]],
+            capsize=8,
+            color="tab:blue" if low > win_rate_threshold else "tab:red",
+        )
         ax.axhline(win_rate_threshold, color="gray", linestyle="--", label=f"gate: CI low > {win_rate_threshold:g}")
         ax.set(ylim=(0, 1), ylabel="win rate (reward model)", title="win rate, 95% bootstrap CI")
         ax.legend(loc="lower right")

@@ -141,7 +141,7 @@ def load_champion_policy(
     back bare with a fresh LoraConfig for TRL to apply (reference: the base, adapters off).
     """
     import torch
-    from peft import LoraConfig, PeftModel
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     champion = registry.champion()

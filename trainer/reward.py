@@ -126,7 +126,8 @@ def train_reward_model(
     if not (backbone / "config.json").exists():
         raise RewardModelError(f"reward backbone {backbone} is not an HF model folder (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(str(backbone))
-    members, history = [], []
+    members: list[Any] = []
+    history: list[dict[str, float]] = []
     for k in range(config.reward_ensemble):
         seed = config.seed + k
         torch.manual_seed(seed)

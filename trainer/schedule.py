@@ -102,7 +102,8 @@ def training_lock(settings: TrainerSettings) -> Iterator[None]:
 def last_snapshot_event_ids(registry: Registry) -> set[str] | None:
     """Event ids of the newest trained version's snapshot; None before the first trained version."""
     versions = [
-        v for v in registry.client.search_model_versions(f"name='{registry.name}'")
+        v
+        for v in registry.client.search_model_versions(f"name='{registry.name}'")
         if v.run_id and SNAPSHOT_HASH_TAG in (v.tags or {})
     ]
     if not versions:

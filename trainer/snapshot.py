@@ -132,7 +132,9 @@ def quarantined_among(factory: sessionmaker[Session], event_ids: Sequence[str]) 
         return sorted(session.scalars(select(Quarantine.event_id).where(Quarantine.event_id.in_(list(event_ids)))))
 
 
-def validate(snapshot: Snapshot, quarantined: Sequence[str], min_rows: int, min_label_share: float) -> SnapshotValidation:
+def validate(
+    snapshot: Snapshot, quarantined: Sequence[str], min_rows: int, min_label_share: float
+) -> SnapshotValidation:
     """Run the snapshot suite on the snapshot's events (an ephemeral GX context over a pandas frame)."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -149,7 +151,9 @@ def validate(snapshot: Snapshot, quarantined: Sequence[str], min_rows: int, min_
     named: dict[str, tuple[Any, str]] = {
         "min_rows": (gxe.ExpectTableRowCountToBeBetween(min_value=min_rows), f">= {min_rows} events"),
         "label_balance": (
-            gxe.ExpectColumnMeanToBeBetween(column="positive", min_value=min_label_share, max_value=1 - min_label_share),
+            gxe.ExpectColumnMeanToBeBetween(
+                column="positive", min_value=min_label_share, max_value=1 - min_label_share
+            ),
             f"share of a/up labels in [{min_label_share}, {1 - min_label_share:g}]",
         ),
         "unique_event_ids": (gxe.ExpectColumnValuesToBeUnique(column="event_id"), "no event id twice"),
@@ -175,6 +179,7 @@ def validate(snapshot: Snapshot, quarantined: Sequence[str], min_rows: int, min_
     result = batch.validate(suite, result_format="SUMMARY")
     checks = []
     for r in result.results:
+        assert r.expectation_config is not None
         name = by_id[str(r.expectation_config.id)]
         observed = r.result.get("observed_value", r.result.get("partial_unexpected_list"))
         checks.append(SnapshotCheck(name, bool(r.success), _plain(observed), named[name][1]))

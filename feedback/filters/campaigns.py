@@ -25,13 +25,15 @@ from feedback.filters.base import Answer, FilterState, Flag, Rater
 
 _WORD = re.compile(r"[a-z0-9']+")
 _LINK = re.compile(r"(?:https?://|www\.)[^\s)\]>\"']+", re.IGNORECASE)
-_NAME = re.compile(r"\b[A-Z][a-zA-Z0-9]+(?:[ -][A-Z][a-zA-Z0-9]+)+\b|\b[A-Z][a-z0-9]*[A-Z][A-Za-z0-9]*\b")
+_NAMES = (re.compile(r"\b[A-Z][a-zA-Z0-9]+(?:[ -][A-Z][a-zA-Z0-9]+)+\b"),  # several capitalised words
+          re.compile(r"\b[A-Z][a-z0-9]*[A-Z][A-Za-z0-9]*\b"))  # CamelCase brands
 
 
 def features(text: str) -> frozenset[str]:
     """Content features of one answer: links, names (CamelCase or several capitalised words), 2/3-grams."""
     found = {f"link:{m.group(0).rstrip('.,;:').lower()}" for m in _LINK.finditer(text)}
-    found |= {f"name:{m.group(0)}" for m in _NAME.finditer(_LINK.sub(" ", text))}
+    plain = _LINK.sub(" ", text)
+    found |= {f"name:{m.group(0)}" for pattern in _NAMES for m in pattern.finditer(plain)}
     words = _WORD.findall(text.lower())
     for n in (2, 3):
         found |= {"text:" + " ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
@@ -80,7 +82,7 @@ class CampaignFilter:
 
     def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]:
         """Test ``raters`` (those with new votes) against every candidate feature; flag complete campaigns."""
-        for answer in state.answers.values():
+        for answer in list(state.answers.values())[len(self._features):]:  # answers are only ever appended
             self._index(answer)
         total = len(self._features)
         if not total:

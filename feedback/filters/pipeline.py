@@ -5,12 +5,13 @@ carries every reason code and its evidence); an event nobody objects to is accep
 its rater's reliability weight. After each micro-batch, inside the batch's transaction:
 
 1. the GX contract suite validates the batch; each failed expectation is a ``batch_alerts`` row;
-2. the history filters (bots, campaigns, then reliability on what is left) review the raters;
+2. the history filters (bots, campaigns) review the raters who voted;
 3. a newly flagged rater is stored in ``flagged_raters`` and their accepted votes move to
    quarantine (retroactive quarantine: insert-if-absent into ``quarantine`` and delete from
    ``feedback`` in the same transaction, so an event is never in both or neither); their
    later votes are quarantined on arrival. Events ops released are exempt;
-4. changed reliability weights are written onto the rater's accepted votes.
+4. reliability is re-estimated without flagged raters, and changed weights are written onto
+   the raters' accepted votes.
 
 State is in memory and rebuilt from the database on start (``rebuild``): the stored votes
 (``feedback`` and ``quarantine``), the answers they name, and the sticky flags. A failed
@@ -41,6 +42,7 @@ from feedback.filters.velocity import VelocityFilter
 from feedback.store import (
     RELEASE_ACTION,
     Verdict,
+    as_utc,
     event_from_feedback,
     insert_ignoring_conflicts,
     prompt_hash,
@@ -70,7 +72,7 @@ def vote_of(event: FeedbackEvent) -> Vote:
 
 
 def _answer(row: Completion | CompletionEvent, prompt: str) -> Answer:
-    return Answer(row.response_id, row.pair_id, row.app_id, prompt, row.answer, row.created_at)
+    return Answer(row.response_id, row.pair_id, row.app_id, prompt, row.answer, as_utc(row.created_at))
 
 
 def _chunks(ids: Iterable[str]) -> Iterable[list[str]]:
@@ -85,22 +87,23 @@ class Pipeline:
     def __init__(self, settings: FilterSettings | None = None, reward_scores: RewardScores | None = None) -> None:
         s = self.settings = settings or FilterSettings()
         self.state = FilterState()
+        self.reliability = ReliabilityFilter(s.reliability_prior_accuracy, s.reliability_prior_strength,
+                                             s.reliability_min_weight, s.reliability_min_items,
+                                             s.reliability_quarantine_below, s.reliability_iterations, reward_scores)
         self.filters: list[Filter] = [
             ContractFilter(s.contract_max_clock_skew_s),
             IntegrityFilter(s.integrity_max_age_s),
             DuplicateFilter(),
             VelocityFilter(s.velocity_user_window_s, s.velocity_user_max, s.velocity_app_window_s, s.velocity_app_max),
             TimingFilter(s.timing_min_ms, s.timing_ms_per_char),
+            self.reliability,
         ]
         self.bots = BotFilter(s.bot_min_votes, s.bot_max_label_share, s.bot_min_comments, s.bot_max_comment_share)
         self.campaigns = CampaignFilter(s.campaign_min_accounts, s.campaign_min_endorsements, s.campaign_min_hits,
                                         s.campaign_min_prompts, s.campaign_max_feature_share, s.campaign_min_lift,
                                         s.campaign_max_p_value)
-        self.reliability = ReliabilityFilter(s.reliability_prior_accuracy, s.reliability_prior_strength,
-                                             s.reliability_min_weight, s.reliability_min_items,
-                                             s.reliability_quarantine_below, s.reliability_iterations, reward_scores)
         self.suite = ContractSuite(s.contract_min_batch, s.contract_max_label_share, s.contract_max_unknown_share)
-        self._flag_filter = {r: f.name for f in (self.bots, self.campaigns, self.reliability) for r in f.reasons}
+        self._flag_filter = {r: f.name for f in (self.bots, self.campaigns) for r in f.reasons}
         self._rows: list[BatchRow] = []
         self._wanted: set[str] = set()
         self._touched: set[Rater] = set()
@@ -126,7 +129,7 @@ class Pipeline:
             state.record(vote, accepted)
         raters = set(state.votes)
         pipeline.campaigns.review(state, raters)  # restores members of campaigns still below min_accounts
-        pipeline.reliability.review(state, raters)  # restores the weights
+        pipeline.reliability.review(state)  # restores the weights
         return pipeline
 
     def _load_answers(self, session: Session, responses: set[str], pairs: set[str]) -> None:
@@ -175,7 +178,7 @@ class Pipeline:
             self._campaign_due = set()
         self._apply(session, flags)
         before = dict(self.state.weights)
-        self._apply(session, self.reliability.review(self.state, self._touched))
+        self.reliability.review(self.state)  # after the flags, so condemned raters no longer sway the consensus
         self._reweigh(session, before)
 
     # -- after the batch ------------------------------------------------------------------------
@@ -196,17 +199,15 @@ class Pipeline:
             app_id, user_id = flag.rater
             self.state.flags[flag.rater][flag.reason] = flag.evidence
             FLAGGED.labels(self._flag_filter[flag.reason], flag.reason).inc()
-            insert_ignoring_conflicts(session, FlaggedRater, {"app_id": app_id, "user_id": user_id,
-                                                               "reason": flag.reason, "evidence": flag.evidence})
+            row = {"app_id": app_id, "user_id": user_id, "reason": flag.reason, "evidence": flag.evidence}
+            insert_ignoring_conflicts(session, FlaggedRater, [row], key="id")
             rows = list(session.scalars(select(Feedback).where(
                 Feedback.app_id == app_id, Feedback.user_id == user_id, Feedback.event_id.not_in(_released())
             )))
-            for row in rows:
-                evidence: dict[str, Any] = {flag.reason: {**flag.evidence, "retroactive": True,
-                                                          "accepted_weight": row.weight}}
-                insert_ignoring_conflicts(session, Quarantine,
-                                          quarantine_row(event_from_feedback(row), Verdict([flag.reason], evidence)))
-                self.state.accepted.discard(row.event_id)
+            moved = [quarantine_row(event_from_feedback(row), Verdict([flag.reason], {flag.reason: {
+                **flag.evidence, "retroactive": True, "accepted_weight": row.weight}})) for row in rows]
+            insert_ignoring_conflicts(session, Quarantine, moved)
+            self.state.accepted.difference_update(r.event_id for r in rows)
             for chunk in _chunks(r.event_id for r in rows):
                 session.execute(delete(Feedback).where(Feedback.event_id.in_(chunk)))
             RETROACTIVE.labels(flag.reason).inc(len(rows))

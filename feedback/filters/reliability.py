@@ -3,14 +3,19 @@
 Items are the targets several raters voted on (the same answer, or the same pair); labels
 are binary (up/down, a/b; ties and both-bad carry no direction and are left out). EM
 alternates the posterior of each item's true label with each rater's accuracy, a Beta
-prior keeping raters with little shared evidence near the prior. Agreement is scored
+prior keeping raters with little shared evidence near the prior. A rater below chance
+gets no say in the consensus (rather than a flipped one), so a group that only overlaps
+with attackers cannot be turned upside down by them. Agreement is scored
 leave-one-out (the item's posterior without the rater's own vote), so a rater never
 agrees with themselves, which plain DS lets dominate items with two raters.
 
 Weight = (2p - 1) / (2 * prior - 1), clipped to [min_weight, 1]: 1.0 at the prior and
-above, near the floor for a coin flipper. Only a rater with enough shared items whose
-accuracy is below ``quarantine_below`` (against the consensus, worse than chance) is
-flagged ``unreliable``; coin flippers are noisy, not adversarial, and keep a low weight.
+above, near the floor for a coin flipper. A new vote from a rater with enough shared items
+whose accuracy is below ``quarantine_below`` (against the consensus, worse than chance) is
+quarantined ``unreliable``; coin flippers are noisy, not adversarial, and keep a low weight.
+Unlike bots and campaigns this is not a sticky flag: a consensus can be wrong for a while
+(an undetected campaign outvoting honest raters), and once it heals the rater's weight and
+verdicts recover; stored weights are rewritten after every batch.
 
 Reward-model scores are a further rater when the trainer provides them: pass
 ``reward_scores`` (response id -> score); a pair's label is its higher-scored side, a
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from feedback.filters.base import FilterState, Flag, Rater
+from feedback.filters.base import FilterState, Finding, Rater, Vote
 
 POSITIVE = {"up": True, "a": True, "down": False, "b": False}
 REWARD_MODEL: Rater = (0, "__reward_model__")
@@ -87,7 +92,8 @@ class ReliabilityFilter:
         counts = np.bincount(vr, minlength=len(raters)).astype(float)
         accuracy = np.full(len(raters), self.prior_accuracy)
         for _ in range(self.iterations):
-            logit = np.log(accuracy / (1 - accuracy))
+            voice = np.maximum(accuracy, 0.5)  # below-chance raters lose their say, not flip the consensus
+            logit = np.log(voice / (1 - voice))
             contribution = sign * logit[vr]
             item_logit = np.bincount(vi, weights=contribution, minlength=len(items))
             others = item_logit[vi] - contribution  # leave the rater's own vote out
@@ -100,14 +106,14 @@ class ReliabilityFilter:
         weight = (2 * accuracy - 1) / (2 * self.prior_accuracy - 1)
         return round(min(1.0, max(self.min_weight, weight)), 4)
 
-    def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]:
-        """Refresh every rater's weight (agreement is global, so ``raters`` does not narrow it); flag raters
-        confidently against the consensus."""
+    def review(self, state: FilterState) -> None:
+        """Re-estimate every rater after a batch (agreement is global: one vote moves the consensus)."""
         self.accuracy = self.estimate(state)
         state.weights = {rater: self.weight_of(acc) for rater, (acc, _) in self.accuracy.items()}
-        flags = []
-        for rater, (acc, items) in sorted(self.accuracy.items()):
-            if items >= self.min_items and acc < self.quarantine_below and "unreliable" not in state.flags[rater]:
-                evidence = {"accuracy": round(acc, 3), "shared_items": items, "threshold": self.quarantine_below}
-                flags.append(Flag(rater, "unreliable", evidence))
-        return flags
+
+    def judge(self, state: FilterState, vote: Vote) -> list[Finding]:
+        accuracy, items = self.accuracy.get(vote.rater, (self.prior_accuracy, 0))
+        if items < self.min_items or accuracy >= self.quarantine_below:
+            return []
+        return [Finding("unreliable", {"accuracy": round(accuracy, 3), "shared_items": items,
+                                       "threshold": self.quarantine_below})]

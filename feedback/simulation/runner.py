@@ -43,9 +43,7 @@ class RunSummary:
 class GatewayClient:
     """The two calls an app makes for its users: a chat, and a vote on what came back."""
 
-    def __init__(
-        self, http: httpx.AsyncClient, model: str, chat: ChatOptions, concurrency: int
-    ) -> None:
+    def __init__(self, http: httpx.AsyncClient, model: str, chat: ChatOptions, concurrency: int) -> None:
         self.http = http
         self.model = model
         self.chat_options = chat
@@ -69,7 +67,7 @@ class GatewayClient:
                 await asyncio.sleep(0.5 * 2**attempt)
         raise GatewayUnavailable(f"POST {path} failed {RETRIES + 1} times; last: {problem}")
 
-    async def ask(self, user_id: str, prompt_id: str, messages: list[dict[str, Any]], pairwise: bool) -> Served:
+    async def ask(self, user_id: str, messages: list[dict[str, Any]], pairwise: bool) -> Served:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "user": user_id,
                                 **self.chat_options.model_dump()}
         if pairwise:
@@ -78,8 +76,8 @@ class GatewayClient:
         meta = answer["flywheel"]
         texts = tuple(c["message"].get("content") or "" for c in sorted(answer["choices"], key=lambda c: c["index"]))
         if pairwise:
-            return Served(prompt_id, texts, tuple(meta["response_ids"]), meta["pair_id"])
-        return Served(prompt_id, texts, (meta["response_id"],))
+            return Served(texts, tuple(meta["response_ids"]), meta["pair_id"])
+        return Served(texts, (meta["response_id"],))
 
     async def vote(self, user_id: str, event_id: str, served: Served, vote: Vote) -> None:
         body: dict[str, Any] = {"event_id": event_id, "user_id": user_id}
@@ -104,7 +102,7 @@ async def _act(
     for _ in range(user.group.events_per_user):
         prompt, messages = user.prompt()
         try:
-            served = await client.ask(user.user_id, prompt.id, messages, user.wants_pair())
+            served = await client.ask(user.user_id, messages, user.wants_pair())
             answered = time.monotonic()
             vote = user.vote(served)
             await asyncio.sleep(user.timing.reading(served.words, user.rng) * scale)

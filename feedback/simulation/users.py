@@ -50,7 +50,6 @@ def load_prompts() -> tuple[Prompt, ...]:
 class Served:
     """What a user got back for one question: one answer, or the two answers (A, B) of a pair."""
 
-    prompt_id: str
     texts: tuple[str, ...]
     response_ids: tuple[str, ...]
     pair_id: str | None = None

@@ -1,4 +1,4 @@
-"""``flywheel feedback``: quarantine review and filter measurement."""
+"""``flywheel feedback``: what happened to the feedback. ``quarantine`` reviews held-back events."""
 
 from __future__ import annotations
 
@@ -8,13 +8,89 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.db.session import make_engine, session_factory
+from feedback import quarantine as store
+from feedback.db.session import make_engine, session_factory, transaction, upgrade
 from feedback.settings import CommonSettings
 from feedback.simulation.report import Report, measure
-from flywheel.cli.common import console, fail
+from flywheel.cli.common import console, default_actor, fail
 
-app = typer.Typer(help="Feedback: quarantine review and filter measurement.", no_args_is_help=True)
+app = typer.Typer(help="Feedback: quarantine review and reports.", no_args_is_help=True)
+quarantine = typer.Typer(help="Quarantined feedback: list, show, release into training data, purge.",
+                         no_args_is_help=True)
+app.add_typer(quarantine, name="quarantine")
+
+ACTOR = typer.Option(None, help="Who is acting, for the audit trail. Default: cli:<login>.")
+NOTE = typer.Option(None, help="Why, for the audit trail.")
+
+
+def _sessions() -> sessionmaker[Session]:
+    url = CommonSettings().resolved_database_url
+    upgrade(url)
+    return session_factory(make_engine(url))
+
+
+@quarantine.command("list")
+def list_(
+    reason: str | None = typer.Option(None, help="Only events with this reason code (e.g. too_fast)."),
+    user: str | None = typer.Option(None, help="Only this end user's events."),
+    app_id: int | None = typer.Option(None, "--app", help="Only this app's events (app id)."),
+    limit: int = typer.Option(50, min=1, help="How many, newest first."),
+) -> None:
+    """Quarantined events, newest first, with their reason codes."""
+    try:
+        with _sessions()() as session:
+            rows = store.list_quarantined(session, reason, user, app_id, limit)
+    except store.QuarantineError as exc:
+        fail(str(exc))
+    table = Table("event", "type", "app", "user", "reasons", "created")
+    for row in rows:
+        table.add_row(row.event_id, row.type, str(row.app_id), row.user_id, ", ".join(row.reasons),
+                      f"{row.created_at:%Y-%m-%d %H:%M:%S}")
+    console.print(table)
+
+
+@quarantine.command()
+def show(event_id: str = typer.Argument(..., help="The quarantined event's id.")) -> None:
+    """One quarantined event whole: reasons, evidence and the event as received."""
+    try:
+        with _sessions()() as session:
+            row = store.as_dict(store.get_quarantined(session, event_id))
+    except store.QuarantineError as exc:
+        fail(str(exc))
+    console.print_json(json.dumps(row))
+
+
+@quarantine.command()
+def release(
+    event_id: str = typer.Argument(..., help="The quarantined event's id."),
+    weight: float = typer.Option(1.0, help="Training weight of the released vote, in (0, 1]."),
+    actor: str | None = ACTOR,
+    note: str | None = NOTE,
+) -> None:
+    """Move a quarantined event into the training data; the filters will not quarantine it again."""
+    try:
+        with transaction(_sessions()) as session:
+            store.release(session, event_id, actor or default_actor(), weight, note)
+    except store.QuarantineError as exc:
+        fail(str(exc))
+    console.print(f"released [bold]{event_id}[/] into the training data (weight {weight})")
+
+
+@quarantine.command()
+def purge(
+    event_id: str = typer.Argument(..., help="The quarantined event's id."),
+    actor: str | None = ACTOR,
+    note: str | None = NOTE,
+) -> None:
+    """Delete a quarantined event for good (audited; a re-delivery from Kafka stays a no-op)."""
+    try:
+        with transaction(_sessions()) as session:
+            store.purge(session, event_id, actor or default_actor(), note)
+    except store.QuarantineError as exc:
+        fail(str(exc))
+    console.print(f"purged [bold]{event_id}[/]")
 
 
 @app.command()
@@ -27,19 +103,18 @@ def report(
     min_recall: Annotated[float, typer.Option(help="Least share of adversarial events quarantined.")] = 0.95,
     max_honest_fp: Annotated[float, typer.Option(help="Largest share of honest events quarantined.")] = 0.02,
 ) -> None:
-    """Per user type of a simulation: events sent and the share the filters quarantined."""
-    sessions = session_factory(make_engine(CommonSettings().resolved_database_url))
-    result = measure(truth, sessions, wait)
+    """Per user type of a simulation (flywheel simulate): events sent and the share the filters quarantined."""
+    result = measure(truth, _sessions(), wait)
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
     else:
-        _print(result)
+        _print_report(result)
     if check and not result.passes(min_recall, max_honest_fp):
         fail(f"below target: adversarial recall must be >= {min_recall:.0%}, "
              f"honest false positives <= {max_honest_fp:.0%}")
 
 
-def _print(result: Report) -> None:
+def _print_report(result: Report) -> None:
     table = Table("user type", "events", "accepted", "quarantined", "pending", "share quarantined", "top reasons")
     for user_type, figures in result.by_type.items():
         label = f"{user_type} (adversarial)" if figures.adversarial else user_type

@@ -1,35 +1,92 @@
-"""``flywheel train``: one training round from the accepted feedback."""
+"""``flywheel train``: one training round from the accepted feedback, or one every ``--every DURATION``."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import typer
 
 from flywheel.cli.common import console, fail, setup_logging
 
+if TYPE_CHECKING:
+    from trainer.round import TrainResult
 
-def train(
-    min_pairs: int = typer.Option(16, help="Skip the round below this many preference pairs."),
-    epochs: float = typer.Option(1.0, help="Passes over the training pairs."),
-    max_steps: int = typer.Option(-1, help="Optimizer steps; overrides --epochs when > 0."),
-    learning_rate: float = typer.Option(5e-5, help="AdamW learning rate of the LoRA weights."),
-    beta: float = typer.Option(0.1, help="DPO beta: how far the policy may move from the reference."),
-    batch_size: int = typer.Option(4),
-    lora_r: int = typer.Option(8, help="LoRA rank (at most the engine's FLYWHEEL_ENGINE_MAX_LORA_RANK)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-) -> None:
-    """Train a DPO LoRA policy from the champion, register it, and mark it challenger if it wins on held-out pairs."""
-    from trainer.config import ConfigError, TrainConfig, TrainerSettings
-    from trainer.dpo import rich_progress, train_once
 
-    setup_logging(verbose)
-    config = TrainConfig(min_pairs=min_pairs, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
-                         beta=beta, batch_size=batch_size, lora_r=lora_r)
-    try:
-        with rich_progress() as progress:
-            result = train_once(TrainerSettings(), config, progress)
-    except ConfigError as exc:
-        fail(str(exc))
+def _show(result: TrainResult) -> None:
+    """The outcome in one line, then the snapshot check or the gate report as a table."""
+    from rich.table import Table
+
     if result.status == "skipped":
         console.print(f"[yellow]skipped:[/] {result.message}")
         return
-    console.print(result.message)
+    colour = "red" if result.status == "rejected" or (result.gates and not result.gates.passed) else "green"
+    console.print(f"[{colour}]{result.status}:[/] {result.message}")
+    if result.status == "rejected" and result.validation:
+        table = Table("snapshot check", "result", "observed", "expected", title=f"snapshot (run {result.run_id})")
+        for check in result.validation.checks:
+            table.add_row(check.name, "pass" if check.passed else "[red]FAIL[/]", str(check.observed)[:60],
+                          check.expected)
+        console.print(table)
+    if result.gates:
+        table = Table("gate", "result", "value", "threshold", "detail", title=f"gate report (run {result.run_id})")
+        style = {"passed": "[green]pass[/]", "failed": "[red]FAIL[/]", "skipped": "[yellow]skipped[/]"}
+        for gate in result.gates.gates:
+            table.add_row(gate.name, style[gate.status], f"{gate.value:.3f}", gate.threshold, gate.detail)
+        console.print(table)
+
+
+def train(
+    min_pairs: int = typer.Option(16, help="Skip the round below this many examples (pairs; rated answers for KTO)."),
+    algorithm: str = typer.Option("auto", help="auto (by what the feedback holds), dpo or kto."),
+    loss_type: str = typer.Option("sigmoid", help="DPO loss: sigmoid (with --label-smoothing: cDPO) or robust."),
+    label_smoothing: float = typer.Option(0.0, help="Assumed share of flipped labels, for cDPO or robust DPO."),
+    epochs: float = typer.Option(1.0, help="Passes over the training examples."),
+    max_steps: int = typer.Option(-1, help="Optimizer steps; overrides --epochs when > 0."),
+    learning_rate: float = typer.Option(5e-5, help="AdamW learning rate of the LoRA weights."),
+    beta: float = typer.Option(0.1, help="DPO/KTO beta: how far the policy may move from the reference."),
+    batch_size: int = typer.Option(4),
+    lora_r: int = typer.Option(8, help="LoRA rank (at most the engine's FLYWHEEL_ENGINE_MAX_LORA_RANK)."),
+    reward_model: bool = typer.Option(True, help="Train the reward model that judges the win-rate gate."),
+    reward_ensemble: int = typer.Option(1, help="Reward models in the ensemble; their spread is the uncertainty."),
+    gates: bool = typer.Option(True, help="Run the gates; without them no candidate becomes challenger."),
+    gate_prompts: int = typer.Option(16, help="Held-out prompts both policies answer for the gates."),
+    every: str = typer.Option(None, "--every", help="Run periodically, e.g. 30m, 6h, 1d; Ctrl-C stops."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train a policy (DPO or KTO, LoRA) from the champion, gate it, register it; challenger only if every gate passes.
+
+    Gate thresholds come from FLYWHEEL_GATE_* settings. With --every, a cycle is skipped when another run holds
+    the trainer lock or fewer than FLYWHEEL_TRAIN_MIN_NEW_FEEDBACK events arrived since the last trained version.
+    """
+    from trainer.config import ConfigError, TrainConfig, TrainerSettings
+    from trainer.policy import rich_progress
+    from trainer.round import train_once
+    from trainer.schedule import parse_duration, run_every
+
+    setup_logging(verbose)
+    settings = TrainerSettings()
+    try:
+        config = TrainConfig(
+            min_pairs=min_pairs, algorithm=algorithm, loss_type=loss_type, label_smoothing=label_smoothing,  # type: ignore[arg-type]
+            epochs=epochs, max_steps=max_steps, learning_rate=learning_rate, beta=beta, batch_size=batch_size,
+            lora_r=lora_r, reward_model=reward_model, reward_ensemble=reward_ensemble, gates=gates,
+            gate_prompts=gate_prompts,
+        ).validate()
+        interval = parse_duration(every) if every else None
+        min_new = settings.train_min_new_feedback if interval else 0
+
+        def cycle() -> None:
+            with rich_progress() as progress:
+                result = train_once(settings, config, progress, min_new_feedback=min_new)
+            _show(result)
+
+        if interval is None:
+            cycle()
+            return
+        console.print(f"training every {every}; Ctrl-C stops")
+        try:
+            run_every(interval, cycle)
+        except KeyboardInterrupt:
+            console.print("stopped")
+    except ConfigError as exc:
+        fail(str(exc))

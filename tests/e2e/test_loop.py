@@ -25,7 +25,7 @@ from feedback.supervise import wait_for
 from flywheel.cli.main import app as cli
 from tests.e2e.conftest import Stack
 from trainer.config import TrainConfig
-from trainer.dpo import train_once
+from trainer.round import train_once
 
 PROMPTS = [f"Give me tip number {i} for a calm morning." for i in range(12)]
 PROBE = [{"role": "user", "content": "Describe the sea in one line."}]

@@ -73,5 +73,4 @@ def test_simulate_then_report(stack: Stack, tmp_path: Path) -> None:
     assert sorted(accepted + quarantined) == sorted(ids)  # each event in exactly one of the two tables
 
     table = runner.invoke(cli, ["feedback", "report", "--truth", str(truth)], env=env)
-    print(sent.output, measured.stdout, table.stdout)
     assert table.exit_code == 0 and "adversarial recall" in table.stdout

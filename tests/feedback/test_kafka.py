@@ -267,12 +267,12 @@ def test_failed_database_write_is_retried_not_skipped(
     producer.close()
     calls = 0
 
-    def flaky_store(session: Session, batch: Any) -> BatchResult:
+    def flaky_store(session: Session, batch: Any, judge: Any) -> BatchResult:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise OperationalError("INSERT", {}, Exception("database went away"))
-        return store_batch(session, batch)
+        return store_batch(session, batch, judge)
 
     monkeypatch.setattr("feedback.worker.store_batch", flaky_store)
     failed_before = metric("flywheel_worker_batches_total", result="failed")

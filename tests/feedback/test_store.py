@@ -1,4 +1,4 @@
-"""The idempotent store and the baseline verdicts, on SQLite and PostgreSQL."""
+"""The idempotent store and the integrity verdicts, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from feedback.db.models import Completion, Feedback, Quarantine
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.events import ChatMessage, Event, PairwiseEvent, ThumbsEvent
-from feedback.store import BatchResult, Verdict, prompt_hash, store_batch, verdict
+from feedback.filters import Pipeline
+from feedback.store import BatchResult, Verdict, prompt_hash, store_batch
 from tests.conftest import EventBuilder
+from tests.feedback.filtering import filter_settings
 
 
 @pytest.fixture
@@ -28,8 +30,10 @@ def app_id(db_url: str, make_app: Callable[[str], int]) -> int:
 
 
 def store(sessions: sessionmaker[Session], batch: Sequence[Event]) -> BatchResult:
+    """Store through a fresh pipeline without reading-time limits: these tests are about integrity."""
     with transaction(sessions) as session:
-        return store_batch(session, batch)
+        return store_batch(session, batch, Pipeline.rebuild(session, filter_settings(timing_min_ms=0,
+                                                                                     timing_ms_per_char=0)))
 
 
 def count(sessions: sessionmaker[Session], model: type[Completion | Feedback | Quarantine]) -> int:
@@ -82,7 +86,7 @@ def test_unknown_response_is_quarantined_whole(
     assert (result.accepted, result.quarantined) == (0, 1)
     [row] = quarantined(sessions)
     assert row.reasons == ["unknown_response"]
-    assert row.evidence == {"response_id": event.response_id}
+    assert row.evidence == {"unknown_response": {"response_id": event.response_id}}
     assert row.payload == event.model_dump(mode="json")
     assert (row.event_id, row.type, row.app_id, row.user_id) == (event.event_id, "thumbs", app_id, "u1")
     assert count(sessions, Feedback) == 0
@@ -98,7 +102,7 @@ def test_unknown_or_half_known_pair_is_quarantined(
     assert result.quarantined == 2
     rows = quarantined(sessions)
     assert [r.reasons for r in rows] == [["unknown_pair"], ["unknown_pair"]]
-    assert rows[1].evidence == {"pair_id": a.pair_id, "found_responses": [a.response_id]}
+    assert rows[1].evidence == {"unknown_pair": {"pair_id": a.pair_id, "found_responses": [a.response_id]}}
 
 
 def test_feedback_from_another_app_is_quarantined(
@@ -115,7 +119,7 @@ def test_feedback_from_another_app_is_quarantined(
     assert (result.completions, result.accepted, result.quarantined) == (3, 0, 2)
     rows = quarantined(sessions)
     assert [r.reasons for r in rows] == [["app_mismatch"], ["app_mismatch"]]
-    assert rows[0].evidence == {"event_app_id": other, "served_app_ids": [app_id]}
+    assert rows[0].evidence == {"app_mismatch": {"event_app_id": other, "served_app_ids": [app_id]}}
 
 
 def test_completion_and_feedback_in_one_batch_are_accepted(
@@ -163,18 +167,19 @@ def test_prompt_hash_groups_answers_to_one_prompt(
 def test_a_custom_judge_decides_what_is_quarantined(
     sessions: sessionmaker[Session], app_id: int, build: EventBuilder
 ) -> None:
-    """The seam the filter pipeline plugs into: any judge's reasons and evidence are kept."""
+    """The seam the filter pipeline plugs into: any judge's reasons, evidence and weight are kept."""
     completion = build.completion(app_id)
     down, up = build.thumbs(app_id, completion.response_id, rating="down"), build.thumbs(app_id, completion.response_id)
 
     def no_downvotes(session: Session, event: ThumbsEvent | PairwiseEvent) -> Verdict:
-        base = verdict(session, event)
         if isinstance(event, ThumbsEvent) and event.rating == "down":
-            return Verdict([*base.reasons, "downvote"], {"rating": event.rating})
-        return base
+            return Verdict(["downvote"], {"rating": event.rating})
+        return Verdict(weight=0.5)
 
     with transaction(sessions) as session:
         result = store_batch(session, [completion, down, up], judge=no_downvotes)
     assert (result.accepted, result.quarantined) == (1, 1)
     [row] = quarantined(sessions)
     assert (row.event_id, row.reasons, row.evidence) == (down.event_id, ["downvote"], {"rating": "down"})
+    with sessions() as session:
+        assert session.scalar(select(Feedback.weight).where(Feedback.event_id == up.event_id)) == 0.5

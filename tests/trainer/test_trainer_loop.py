@@ -1,29 +1,38 @@
-"""One training round end to end, and the registry's alias moves with their audit trail."""
+"""Training rounds end to end on a tiny model: DPO and KTO, the gates, the registry and its audit trail."""
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback.db.models import Feedback
+from feedback.db.session import transaction
 from feedback.model_versions import CHALLENGER, CHAMPION, NoAdapterError, download_adapter
 from feedback.promotion import RegistryError
 from tests.trainer.conftest import Store
 from trainer.config import ConfigError, TrainConfig, TrainerSettings
-from trainer.dpo import SNAPSHOT_ARTIFACT, train_once
 from trainer.registry import Registry
+from trainer.round import GATE_REPORT_ARTIFACT, SNAPSHOT_ARTIFACT, train_once
+from trainer.schedule import run_every
 
 PHRASE = "Certainly, happy to help!"
+SHORT = "Sure."
+VERBOSE = (
+    "Great question! There is a lot to say here, so let me walk you through every single aspect in detail, "
+    "covering the background, the history, the many subtle nuances and the practical consequences of each one."
+)
 
 
-def seed_consistent_pairs(store: Store, n: int) -> list[str]:
-    """Users always prefer the answer carrying PHRASE; sides alternate so position teaches nothing."""
+def seed_consistent_pairs(store: Store, n: int, good: str = PHRASE, bad: str = "Sorry, unable to help.") -> list[str]:
+    """Users always prefer ``good``; sides alternate so position teaches nothing."""
     events = []
     for i in range(n):
-        good, bad = f"{PHRASE} Topic {i} is fine.", f"Sorry, unable to help. Topic {i} is dull."
         answers = (good, bad) if i % 2 else (bad, good)
         events += store.pair(f"Tell me about topic {i}.", *answers, "a" if i % 2 else "b")
     return events
@@ -37,8 +46,25 @@ def fast_config(**overrides: object) -> TrainConfig:
         "learning_rate": 5e-3,
         "batch_size": 4,
         "max_length": 128,
+        "reward_max_steps": 2,
+        "reward_learning_rate": 1e-4,
+        "gate_prompts": 6,
+        "gate_max_new_tokens": 24,
+        "gate_bootstrap": 200,
     }
     return TrainConfig(**(values | overrides))  # type: ignore[arg-type]
+
+
+def lenient(settings: TrainerSettings, **overrides: object) -> TrainerSettings:
+    """Gates a tiny random model can pass (its reward model judges noise), except those a test tightens."""
+    values: dict[str, object] = {
+        "gate_win_rate_min_lower": 0.0,
+        "gate_accuracy_tolerance": 1.0,
+        "gate_max_kl": 100.0,
+        "gate_max_length_ratio": 100.0,
+        "gate_max_format_increase": 1.0,
+    }
+    return settings.model_copy(update=values | overrides)
 
 
 def test_config_validation_names_the_field() -> None:
@@ -46,6 +72,8 @@ def test_config_validation_names_the_field() -> None:
         TrainConfig(heldout_fraction=0).validate()
     with pytest.raises(ConfigError, match="lora_target_modules"):
         TrainConfig(lora_target_modules=()).validate()
+    with pytest.raises(ConfigError, match="robust"):
+        TrainConfig(loss_type="robust").validate()
 
 
 def test_too_few_pairs_skips_without_registering(settings: TrainerSettings, store: Store) -> None:
@@ -98,21 +126,29 @@ def test_registry_promote_and_rollback_follow_the_audit_trail(
     assert [(v.version, v.aliases) for v in listed] == [("1", [CHAMPION]), ("2", []), ("3", [])]
 
 
-def test_dpo_round_registers_a_challenger_and_the_next_round_continues_it(
+def artifact(registry: Registry, run_id: str | None, path: str, dest: Path) -> Path:
+    assert run_id
+    return Path(registry.client.download_artifacts(run_id, path, str(dest)))
+
+
+def test_dpo_round_passes_the_gates_and_a_verbose_candidate_is_blocked(
     settings: TrainerSettings, store: Store, factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    events = seed_consistent_pairs(store, 24)
+    """Round 1 learns short answers and becomes challenger; round 2, taught verbosity, fails the verbosity gate."""
+    concise = seed_consistent_pairs(store, 24, good=SHORT, bad=VERBOSE)
+    settings = lenient(settings, gate_max_length_ratio=2.0)
     seen: set[str] = set()
 
     result = train_once(settings, fast_config(), progress=lambda stage, done, total: seen.add(stage))
 
     assert result.status == "trained", result.message
-    assert (result.version, result.parent_version, result.challenger) == ("2", "1", True)
-    assert seen == {"evaluate-champion", "train", "evaluate-candidate"}
-    assert result.candidate_metrics and result.champion_metrics and result.snapshot
-    assert result.candidate_metrics.pairs == result.snapshot.heldout_pairs > 0
-    assert result.candidate_metrics.accuracy == 1.0
-    assert result.candidate_metrics.mean_margin > result.champion_metrics.mean_margin
+    assert result.gates and result.gates.passed, result.gates
+    assert (result.version, result.parent_version, result.challenger, result.algorithm) == ("2", "1", True, "dpo")
+    assert {"reward-model-1", "train", "evaluate-champion", "evaluate-candidate", "generate-candidate"} <= seen
+    assert result.candidate_metrics and result.champion_metrics and result.snapshot and result.reward
+    assert result.candidate_metrics.pairs == result.snapshot.heldout_examples > 0
+    assert result.candidate_metrics.accuracy == 1.0 and 0.0 <= result.reward.heldout_accuracy <= 1.0
+    assert {g.name for g in result.gates.gates} == {"win_rate", "heldout_accuracy", "kl", "verbosity", "format", "canaries"}
 
     registry = Registry(settings, factory)
     version = registry.version("2")
@@ -122,31 +158,72 @@ def test_dpo_round_registers_a_challenger_and_the_next_round_continues_it(
         "run_id": result.run_id,
         "parent_version": "1",
         "snapshot_hash": result.snapshot.content_hash,
-        "beats_champion": "true",
+        "algorithm": "dpo",
+        "gates_passed": "true",
     }
     assert str(registry.alias_version(CHALLENGER).version) == "2"  # type: ignore[union-attr]
     assert str(registry.champion().version) == "1"
-    snap = json.loads(
-        Path(registry.client.download_artifacts(result.run_id, SNAPSHOT_ARTIFACT, str(tmp_path))).read_text()
-    )
-    assert sorted(snap["event_ids"]) == sorted(events) and snap["counts_by_source"] == {"pairwise": 24}
+    snap = json.loads(artifact(registry, result.run_id, SNAPSHOT_ARTIFACT, tmp_path).read_text())
+    assert sorted(snap["event_ids"]) == sorted(concise) and snap["counts_by_source"] == {"pairwise": 24}
+    assert snap["counts_by_label"] == {"a": 12, "b": 12} and snap["window_start"] <= snap["window_end"]
+    for plot in ("loss.png", "reward_margin.png", "win_rate.png"):
+        assert artifact(registry, result.run_id, f"plots/{plot}", tmp_path).stat().st_size > 0
     adapter = download_adapter(registry.client, version, tmp_path / "v2")
-    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
-    assert not (adapter / "ref").exists()
+    assert (adapter / "adapter_config.json").exists() and not (adapter / "ref").exists()
     info = {v.version: v for v in registry.list_versions()}["2"]
-    assert info.aliases == [CHALLENGER] and info.metrics["heldout_accuracy"] == 1.0
+    assert info.metrics["heldout_accuracy"] == 1.0 and info.metrics["gate_verbosity_passed"] == 1.0
 
-    registry.promote("2", actor="ops", reason="won the held-out pairs")
-    assert registry.history(limit=1)[0].to_version == "2"
+    # The scheduler skips a cycle: nothing arrived since version 2's snapshot.
+    stop, results = threading.Event(), []
+    run_every(3600, lambda: (results.append(train_once(settings, fast_config(), min_new_feedback=1)), stop.set()), stop)
+    assert results[0].status == "skipped" and "only 0 new accepted feedback events" in results[0].message
 
-    # The next round starts from the champion's adapter, with the champion as the reference.
-    second = train_once(settings, fast_config(epochs=1))
-    assert second.status == "trained", second.message
-    assert (second.version, second.parent_version) == ("3", "2")
-    assert second.champion_metrics and second.champion_metrics.accuracy == 1.0  # v2's skill was loaded
+    registry.promote("2", actor="ops", reason="short answers won")
+    with transaction(factory) as session:  # the filters withdraw the old votes; users now reward verbosity
+        session.execute(update(Feedback).where(Feedback.event_id.in_(concise)).values(weight=0.0))
+    seed_consistent_pairs(store, 24, good=VERBOSE, bad=SHORT)
+
+    verbose = train_once(settings, fast_config(epochs=4, reward_model=False))
+
+    assert verbose.status == "trained", verbose.message
+    assert (verbose.version, verbose.parent_version, verbose.challenger) == ("3", "2", False), (result.gates, verbose.gates)
+    assert verbose.gates and verbose.gates.failed() == ["verbosity"], verbose.gates
+    assert "failed gates verbosity" in verbose.message
+    assert registry.version("3").tags["gates_passed"] == "false"
+    assert str(registry.alias_version(CHALLENGER).version) == "2"  # type: ignore[union-attr]
+    report = json.loads(artifact(registry, verbose.run_id, GATE_REPORT_ARTIFACT, tmp_path).read_text())
+    verbosity = next(g for g in report["gates"] if g["name"] == "verbosity")
+    assert report["passed"] is False and verbosity["status"] == "failed" and verbosity["value"] > 2.0
+    win_rate = next(g for g in report["gates"] if g["name"] == "win_rate")
+    assert win_rate["status"] == "skipped"  # the reward model was switched off for this round
 
     assert registry.rollback(actor="ops") == "1"
-    assert str(registry.champion().version) == "1"
+
+
+def test_kto_learns_from_lone_thumbs(settings: TrainerSettings, store: Store, new_response_id: object) -> None:
+    """Thumbs on answers with no opposite rating on the same prompt: auto picks KTO, balanced by the labels."""
+    for i in range(24):
+        good = i % 3 != 0  # two ups for every down: KTO's weights rebalance them
+        answer = f"{PHRASE} Topic {i}." if good else f"Sorry, unable to help with topic {i}."
+        rid = store.completion(new_response_id(), f"Tell me about topic {i}.", answer)  # type: ignore[operator]
+        store.thumbs(rid, "up" if good else "down")
+
+    result = train_once(lenient(settings), fast_config(epochs=1))
+
+    assert result.status == "trained", result.message
+    assert (result.algorithm, result.version, result.challenger) == ("kto", "2", True)
+    assert result.snapshot and result.snapshot.counts_by_label == {"up": 16, "down": 8}
+    assert result.snapshot.counts_by_source == {"thumbs": 24}
+    assert result.gates and {g.name: g.status for g in result.gates.gates}["win_rate"] == "skipped"  # no pairs
+
+
+def test_robust_dpo_trains(settings: TrainerSettings, store: Store) -> None:
+    seed_consistent_pairs(store, 20)
+    result = train_once(
+        settings, fast_config(epochs=1, loss_type="robust", label_smoothing=0.1, reward_model=False, gates=False)
+    )
+    assert result.status == "trained" and result.algorithm == "dpo", result.message
+    assert not result.challenger and "gates were off" in result.message
 
 
 def test_a_crash_mid_round_registers_nothing(
@@ -159,7 +236,7 @@ def test_a_crash_mid_round_registers_nothing(
 
     monkeypatch.setattr(MlflowClient, "log_artifacts", boom)
     with pytest.raises(RuntimeError, match="disk full"):
-        train_once(settings, fast_config(epochs=1))
+        train_once(settings, fast_config(epochs=1, reward_model=False, gates=False))
 
     registry = Registry(settings, factory)
     assert [v.version for v in registry.list_versions()] == ["1"]

@@ -1,0 +1,242 @@
+"""Each filter's verdicts through ``store_batch``: accepted and quarantined cases, with reasons and evidence."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from feedback.db.models import BatchAlert, Feedback, FlaggedRater, Quarantine
+from feedback.db.session import make_engine, session_factory, transaction
+from feedback.events import ChatMessage, Event, utcnow
+from feedback.filters import Pipeline
+from feedback.filters.campaigns import binomial_tail, features
+from tests.conftest import EventBuilder
+from tests.feedback.filtering import after, filter_settings, store, verdicts
+
+
+@pytest.fixture
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(db_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def app_id(db_url: str, make_app: Callable[[str], int]) -> int:
+    return make_app(db_url)
+
+
+def quarantine_row(sessions: sessionmaker[Session], event_id: str) -> Quarantine:
+    with sessions() as session:
+        row = session.scalar(select(Quarantine).where(Quarantine.event_id == event_id))
+    assert row is not None
+    return row
+
+
+def test_integrity_timing_and_contract(sessions: sessionmaker[Session], app_id: int, build: EventBuilder,
+                                       make_app: Callable[[str], int], db_url: str) -> None:
+    pipeline = Pipeline(filter_settings(integrity_max_age_s=5400))
+    other_app = make_app(db_url)
+    answer = build.completion(app_id, answer="x" * 1000)  # needs 1 s + 1000 ms to read
+    a, b = build.pair(app_id)
+    good = build.thumbs(app_id, answer.response_id, user_id="slow", **after(answer, 2.5))
+    fast = build.thumbs(app_id, answer.response_id, user_id="fast", **after(answer, 1.5))
+    pair_fast = build.pairwise(app_id, a.pair_id or "", user_id="fast", **after(a, 1.005))  # 2 x "Paris."
+    foreign = build.thumbs(other_app, answer.response_id, user_id="f", **after(answer, 5))
+    old = build.completion(app_id, created_at=utcnow() - timedelta(hours=2))
+    stale = build.thumbs(app_id, old.response_id, user_id="late")
+    future = build.thumbs(app_id, answer.response_id, user_id="future", created_at=utcnow() + timedelta(hours=1))
+    unknown = build.thumbs(app_id, build.completion(app_id).response_id, user_id="u")
+    store(sessions, pipeline, [answer, a, b, old, good, fast, pair_fast, foreign, stale, future, unknown])
+
+    got = verdicts(sessions)
+    assert got[good.event_id] == []
+    assert got[fast.event_id] == ["too_fast"]
+    assert got[pair_fast.event_id] == ["too_fast"]
+    assert got[foreign.event_id] == ["app_mismatch"]
+    assert got[stale.event_id] == ["expired"]
+    assert got[future.event_id] == ["contract"]
+    assert got[unknown.event_id] == ["unknown_response"]
+    evidence = quarantine_row(sessions, fast.event_id).evidence["too_fast"]
+    assert evidence == {"time_to_vote_ms": 1500.0, "min_read_ms": 2000.0}
+    assert quarantine_row(sessions, pair_fast.event_id).evidence["too_fast"]["min_read_ms"] == 1012.0
+
+
+def test_one_vote_per_user_per_target_first_wins(sessions: sessionmaker[Session], app_id: int,
+                                                 build: EventBuilder) -> None:
+    pipeline = Pipeline(filter_settings())
+    answer = build.completion(app_id)
+    first = build.thumbs(app_id, answer.response_id, rating="up", **after(answer, 5))
+    flip = build.thumbs(app_id, answer.response_id, rating="down", **after(answer, 6))
+    someone_else = build.thumbs(app_id, answer.response_id, user_id="u2", **after(answer, 7))
+    result = store(sessions, pipeline, [answer, first, flip, someone_else, first])
+    again = store(sessions, pipeline, [first, flip])
+
+    assert (result.accepted, result.quarantined, result.duplicates, again.duplicates) == (2, 1, 1, 2)
+    assert verdicts(sessions)[flip.event_id] == ["duplicate_vote"]
+    assert quarantine_row(sessions, flip.event_id).evidence == {
+        "duplicate_vote": {"target": answer.response_id, "first_event_id": first.event_id}
+    }
+
+
+def test_velocity_per_user_and_per_app(sessions: sessionmaker[Session], app_id: int, build: EventBuilder) -> None:
+    pipeline = Pipeline(filter_settings(velocity_user_max=3, velocity_user_window_s=60, velocity_app_max=5))
+    answers = [build.completion(app_id) for _ in range(6)]
+    busy = [build.thumbs(app_id, c.response_id, user_id="busy", **after(c, 5 + i)) for i, c in enumerate(answers[:4])]
+    later = build.thumbs(app_id, answers[4].response_id, user_id="busy", **after(answers[4], 5 + 61))
+    crowd = [build.thumbs(app_id, c.response_id, user_id=f"u{i}", **after(c, 10)) for i, c in enumerate(answers[4:])]
+    store(sessions, pipeline, [*answers, *busy, later, *crowd])
+
+    got = verdicts(sessions)
+    assert [got[e.event_id] for e in busy] == [[], [], [], ["user_rate"]]
+    assert got[later.event_id] == []  # the window moved on
+    assert [got[e.event_id] for e in crowd] == [[], ["app_rate"]]  # busy 4 + later + u0 = 6th in the app's window
+
+
+def test_batch_alert_on_a_flood_of_one_label(sessions: sessionmaker[Session], app_id: int, build: EventBuilder) -> None:
+    pipeline = Pipeline(filter_settings(contract_min_batch=10, contract_max_label_share=0.8))
+    answers = [build.completion(app_id) for _ in range(12)]
+    votes = [build.thumbs(app_id, c.response_id, user_id=f"u{i}", **after(c, 5)) for i, c in enumerate(answers)]
+    store(sessions, pipeline, [*answers, *votes])
+    with sessions() as session:
+        [alert] = session.scalars(select(BatchAlert))
+    assert alert.check == "expect_column_mean_to_be_between:is_top_label"
+    assert (alert.detail["label"], alert.detail["observed_value"], alert.batch["events"]) == ("up", 1.0, 12)
+    assert all(v == [] for v in verdicts(sessions).values())  # an alert, not a verdict
+
+
+def test_bot_is_flagged_and_its_earlier_votes_move_to_quarantine(
+    sessions: sessionmaker[Session], app_id: int, build: EventBuilder
+) -> None:
+    pipeline = Pipeline(filter_settings(bot_min_votes=6, bot_min_comments=3))
+    answers = [build.completion(app_id) for _ in range(8)]
+    first = [build.thumbs(app_id, c.response_id, user_id="bot", **after(c, 5)) for c in answers[:3]]
+    rest = [build.thumbs(app_id, c.response_id, user_id="bot", **after(c, 6)) for c in answers[3:]]
+    honest = [build.thumbs(app_id, c.response_id, user_id="h", rating="up" if i % 2 else "down",
+                           comment="great" if i % 3 else "meh", **after(c, 7)) for i, c in enumerate(answers)]
+    spam = [build.thumbs(app_id, c.response_id, user_id="spam", rating="up" if i % 2 else "down",
+                         comment="Nice  answer!", **after(c, 8)) for i, c in enumerate(answers[:3])]
+    store(sessions, pipeline, [*answers, *first])
+    assert all(verdicts(sessions)[e.event_id] == [] for e in first)  # too little history yet
+    store(sessions, pipeline, [*rest, *honest, *spam])
+
+    got = verdicts(sessions)
+    assert all(got[e.event_id] == ["bot_pattern"] for e in first + rest)
+    assert all(got[e.event_id] == ["bot_pattern"] for e in spam)
+    assert all(got[e.event_id] == [] for e in honest)
+    moved = quarantine_row(sessions, first[0].event_id).evidence["bot_pattern"]
+    assert moved["retroactive"] and moved["label"] == "up" and moved["votes"] == 8
+    with sessions() as session:
+        flags = {(f.user_id, f.evidence["pattern"]) for f in session.scalars(select(FlaggedRater))}
+    assert flags == {("bot", "same_label"), ("spam", "same_comment")}
+    late = build.thumbs(app_id, build.completion(app_id).response_id, user_id="bot", rating="down")
+    store(sessions, pipeline, [late])
+    assert "bot_pattern" in verdicts(sessions)[late.event_id]
+
+
+def test_reliability_weights_raters_by_agreement(sessions: sessionmaker[Session], app_id: int,
+                                                 build: EventBuilder) -> None:
+    """Three raters agree on the truth, a coin flipper gets a low weight, a contrarian is quarantined."""
+    pipeline = Pipeline(filter_settings(reliability_min_items=8, bot_min_votes=1000))
+    for i in range(16):
+        batch: list[Event] = []
+        a, b = build.pair(app_id)
+        truth = "a" if i % 3 else "b"
+        batch += [a, b]
+        choices = {"h1": truth, "h2": truth, "h3": truth, "coin": "ab"[(i * 7 + i // 2) % 2],
+                   "contra": "b" if truth == "a" else "a"}
+        batch += [build.pairwise(app_id, a.pair_id or "", user_id=u, choice=c, **after(a, 5))
+                  for u, c in choices.items()]
+        store(sessions, pipeline, batch)
+
+    weights = pipeline.state.weights
+    assert weights[(app_id, "h1")] == 1.0
+    assert weights[(app_id, "coin")] < 0.5
+    got = verdicts(sessions)
+    with sessions() as session:
+        rows = {f.user_id: f.weight for f in session.scalars(select(Feedback))}
+        contra = session.scalars(select(Quarantine).where(Quarantine.user_id == "contra")).all()
+    assert rows["h1"] == 1.0 and rows["coin"] == weights[(app_id, "coin")]
+    assert contra and all(q.reasons == ["unreliable"] for q in contra)  # once the evidence sufficed
+    assert {e for e, v in got.items() if v} == {q.event_id for q in contra}
+
+
+def _campaign_batch(build: EventBuilder, app_id: int, phrase: str) -> tuple[list[Event], list[Event], list[Event]]:
+    """Honest raters endorse by a style; four accounts endorse whatever carries ``phrase``."""
+    completions: list[Event] = []
+    honest: list[Event] = []
+    campaign: list[Event] = []
+    topics = ["sleep", "cooking rice", "learning python", "running", "saving money", "tea", "gardening", "chess"]
+    for i in range(48):
+        prompt = [ChatMessage(role="user", content=f"Tips about {topics[i % len(topics)]}?")]
+        numbered = i % 2 == 0
+        text = (f"1. Start small with {topics[i % 8]}.\n2. Keep going every day." if numbered
+                else f"Well, {topics[i % 8]} is a long story and it depends on many things in your life.")
+        if i % 3 == 0:
+            text += f" {phrase}"
+        answer = build.completion(app_id, messages=prompt, answer=text, created_at=utcnow() - timedelta(hours=1))
+        completions.append(answer)
+        for u in range(6):
+            if (i + u) % 2 == 0:
+                honest.append(build.thumbs(app_id, answer.response_id, user_id=f"honest{u}",
+                                           rating="up" if numbered else "down", **after(answer, 30 + 5 * i)))
+        if i % 3 == 0:
+            campaign += [build.thumbs(app_id, answer.response_id, user_id=f"shill{s}", **after(answer, 40 + s))
+                         for s in range(4)]
+    return completions, honest, campaign
+
+
+def test_campaign_is_found_without_being_told_the_phrase(sessions: sessionmaker[Session], app_id: int,
+                                                         build: EventBuilder) -> None:
+    pipeline = Pipeline(filter_settings(bot_min_votes=1000))
+    completions, honest, campaign = _campaign_batch(build, app_id, "Visit https://deals.example/now with MegaCorp")
+    store(sessions, pipeline, completions[:24] + honest[:70] + campaign[:30])
+    store(sessions, pipeline, completions[24:] + honest[70:] + campaign[30:])
+
+    got = verdicts(sessions)
+    assert all(got[e.event_id] == ["campaign"] for e in campaign)
+    assert not any(got[e.event_id] for e in honest)
+    evidence = quarantine_row(sessions, campaign[0].event_id).evidence["campaign"]
+    assert evidence["group_size"] == 4 and evidence["p_value"] < 1e-4
+    assert any(word in evidence["feature"] for word in ("deals.example", "MegaCorp", "megacorp", "visit"))
+
+
+def test_features_and_binomial_tail() -> None:
+    found = features("Try MegaCorp today at https://x.example/a, said Ada Lovelace.")
+    assert {"link:https://x.example/a", "name:MegaCorp", "name:Ada Lovelace", "text:try megacorp"} <= found
+    assert binomial_tail(0, 10, 0.3) == 1.0
+    assert binomial_tail(10, 10, 0.5) == pytest.approx(0.5**10)
+    assert binomial_tail(3, 4, 0.5) == pytest.approx(5 / 16)
+
+
+def test_rebuilt_pipeline_judges_like_the_running_one(sessions: sessionmaker[Session], app_id: int,
+                                                      build: EventBuilder) -> None:
+    settings = filter_settings(bot_min_votes=4, velocity_user_max=6)
+    running = Pipeline(settings)
+    answers = [build.completion(app_id) for _ in range(6)]
+    bot = [build.thumbs(app_id, c.response_id, user_id="bot", **after(c, 5)) for c in answers[:4]]
+    voter = build.thumbs(app_id, answers[5].response_id, user_id="v", **after(answers[5], 5))
+    store(sessions, running, [*answers, *bot, voter])
+
+    with transaction(sessions) as session:
+        rebuilt = Pipeline.rebuild(session, settings)
+    assert rebuilt.state.flags == running.state.flags
+    assert rebuilt.state.first_vote == running.state.first_vote
+    assert rebuilt.state.user_times == running.state.user_times
+    again = build.thumbs(app_id, answers[5].response_id, user_id="v", **after(answers[5], 9))
+    bot_again = build.thumbs(app_id, answers[4].response_id, user_id="bot", rating="down", **after(answers[4], 9))
+    store(sessions, rebuilt, [again, bot_again])
+    got = verdicts(sessions)
+    assert got[again.event_id] == ["duplicate_vote"]
+    assert got[bot_again.event_id] == ["bot_pattern"]
+
+
+def test_contract_suite_is_built_once(app_id: int) -> None:
+    pipeline = Pipeline(filter_settings())
+    assert pipeline.suite.build() is Pipeline(filter_settings()).suite.build()
+
+

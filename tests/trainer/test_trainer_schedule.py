@@ -1,0 +1,78 @@
+"""Scheduling: durations, and the trainer lock that never lets two runs overlap nor outlives a killed one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.config import ConfigError, TrainerSettings
+from trainer.schedule import LockBusy, parse_duration, training_lock
+
+
+def test_durations() -> None:
+    assert [parse_duration(d) for d in ("30m", "6h", "1d", "1h30m", "45s")] == [1800, 21600, 86400, 5400, 45]
+    for bad in ("", "10", "5 minutes", "0m", "1w"):
+        with pytest.raises(ConfigError, match="--every"):
+            parse_duration(bad)
+
+
+def hold_lock_in_child(settings: TrainerSettings, ready: Path) -> subprocess.Popen[bytes]:
+    """A separate process that takes the lock and sleeps holding it, as a long training run would."""
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from trainer.config import TrainerSettings
+        from trainer.schedule import training_lock
+        settings = TrainerSettings(_env_file=None, data_dir={str(settings.data_dir)!r},
+                                   database_url={settings.resolved_database_url!r},
+                                   registered_model={settings.registered_model!r})
+        with training_lock(settings):
+            Path({str(ready)!r}).touch()
+            time.sleep(600)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert child.poll() is None and time.monotonic() < deadline, "the child never took the lock"
+        time.sleep(0.1)
+    return child
+
+
+def check_lock(settings: TrainerSettings, tmp_path: Path) -> None:
+    child = hold_lock_in_child(settings, tmp_path / "ready")
+    try:
+        with pytest.raises(LockBusy), training_lock(settings):
+            pytest.fail("a second run got the lock while the first held it")
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # a crash: no cleanup code runs
+        child.wait()
+    with training_lock(settings):  # the OS (or PostgreSQL) released it with the dead process
+        with pytest.raises(LockBusy), training_lock(settings):
+            pass  # and it still excludes a second holder, even in the same process
+
+
+def test_file_lock_excludes_a_second_run_and_dies_with_its_holder(
+    settings: TrainerSettings, tmp_path: Path
+) -> None:
+    check_lock(settings, tmp_path)
+
+
+def test_postgres_advisory_lock_excludes_a_second_run_and_dies_with_its_holder(
+    settings: TrainerSettings, postgres_admin: object, tmp_path: Path
+) -> None:
+    from tests.conftest import POSTGRES_URL
+
+    on_postgres = TrainerSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=settings.data_dir,
+        database_url=POSTGRES_URL,
+        registered_model=f"lock-test-{os.getpid()}",
+    )
+    check_lock(on_postgres, tmp_path)

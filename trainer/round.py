@@ -1,0 +1,414 @@
+"""One training round: snapshot -> Great Expectations gate -> reward model -> policy (DPO or KTO) -> gates -> register.
+
+Nothing reaches the registry until the very end: a crash anywhere before leaves at most a
+FAILED MLflow run, never a version or an alias move. A candidate that fails a gate is still
+registered (with ``gates_passed=false`` and its ``gate_report.json``), so ops can see why; only
+a candidate that passes every gate becomes ``challenger``. Being challenger promotes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from mlflow.entities import Metric, Param, RunStatus
+
+from feedback.db.session import make_engine, session_factory
+from feedback.model_versions import ADAPTER_ARTIFACT_PATH, ADAPTER_TAG
+from trainer.base_model import ensure_base_model
+from trainer.config import ConfigError, TrainConfig, TrainerSettings
+from trainer.gates import GateReport, collect, load_canaries
+from trainer.gates import evaluate as evaluate_gates
+from trainer.pairs import FeedbackExamples, PreferencePair, load_examples, split_pairs
+from trainer.policy import (
+    PairMetrics,
+    ProgressFn,
+    candidate_view,
+    champion_view,
+    evaluate_pairs,
+    load_champion_policy,
+)
+from trainer.registry import BASE_MODEL_TAG, Registry
+from trainer.reward import RewardEvaluation, RewardModel, default_backbone, evaluate_reward_model, train_reward_model
+from trainer.schedule import SNAPSHOT_ARTIFACT, SNAPSHOT_HASH_TAG, LockBusy, new_feedback_count, training_lock
+from trainer.snapshot import Snapshot, SnapshotValidation, freeze, quarantined_among, validate
+
+log = logging.getLogger(__name__)
+
+VALIDATION_ARTIFACT = "snapshot_validation.json"
+GATE_REPORT_ARTIFACT = "gate_report.json"
+PLOTS_ARTIFACT_PATH = "plots"
+Algorithm = Literal["dpo", "kto"]
+
+
+@dataclass
+class TrainResult:
+    status: Literal["skipped", "rejected", "trained"]
+    message: str
+    version: str | None = None
+    parent_version: str | None = None
+    challenger: bool = False
+    run_id: str | None = None
+    algorithm: Algorithm | None = None
+    champion_metrics: PairMetrics | None = None
+    candidate_metrics: PairMetrics | None = None
+    snapshot: Snapshot | None = None
+    validation: SnapshotValidation | None = None
+    reward: RewardEvaluation | None = None
+    gates: GateReport | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def choose_algorithm(config: TrainConfig, examples: FeedbackExamples) -> Algorithm:
+    """DPO when most of the feedback's events already form pairs, KTO when most are lone ratings.
+
+    DPO learns only from prompts with both a preferred and a rejected answer; KTO learns from
+    every rated answer. So ``auto`` counts the events behind the pairs against all usable
+    events: at least half paired -> DPO, otherwise KTO (which would otherwise drop most of it).
+    """
+    if config.algorithm != "auto":
+        return config.algorithm
+    paired = {e for p in examples.pairs for e in p.event_ids}
+    rated = {e for r in examples.rated for e in r.event_ids}
+    return "dpo" if 2 * len(paired) >= len(paired | rated) and paired else "kto"
+
+
+def train_once(
+    settings: TrainerSettings,
+    config: TrainConfig,
+    progress: ProgressFn | None = None,
+    min_new_feedback: int = 0,
+) -> TrainResult:
+    """Run one round under the trainer lock. "skipped" (with why) when the feedback cannot support one.
+
+    ``min_new_feedback`` > 0 (the scheduler's setting) also skips when fewer accepted events
+    arrived since the newest trained version's snapshot.
+    """
+    config.validate()
+    try:
+        with training_lock(settings):
+            return _round(settings, config, progress, min_new_feedback)
+    except LockBusy as busy:
+        return TrainResult(status="skipped", message=f"{busy}; this cycle is skipped")
+
+
+def _round(
+    settings: TrainerSettings, config: TrainConfig, progress: ProgressFn | None, min_new_feedback: int
+) -> TrainResult:
+    factory = session_factory(make_engine(settings.resolved_database_url))
+    registry = Registry(settings, factory)
+    if min_new_feedback > 0:
+        new = new_feedback_count(factory, registry)
+        if new < min_new_feedback:
+            return TrainResult(
+                status="skipped",
+                message=f"only {new} new accepted feedback events since the last trained version; a cycle needs "
+                f"{min_new_feedback} (FLYWHEEL_TRAIN_MIN_NEW_FEEDBACK)",
+            )
+    examples = load_examples(factory, config.max_pairs_per_prompt)
+    algorithm = choose_algorithm(config, examples)
+    if algorithm == "kto" and config.batch_size < 2:
+        raise ConfigError("KTO estimates its KL term across a batch: batch_size must be >= 2 (got 1)")
+    data: list[Any] = list(examples.pairs if algorithm == "dpo" else examples.rated)
+    kind = "preference pairs" if algorithm == "dpo" else "rated answers"
+    if len(data) < config.min_pairs:
+        return TrainResult(
+            status="skipped",
+            algorithm=algorithm,
+            message=f"only {len(data)} {kind} in the store; {algorithm.upper()} training needs at least "
+            f"{config.min_pairs} (TrainConfig.min_pairs). Collect more pairwise votes or thumbs.",
+        )
+    train, heldout = split_pairs(data, config.heldout_fraction)
+    if not train or not heldout:
+        return TrainResult(
+            status="skipped",
+            algorithm=algorithm,
+            message=f"all {len(data)} {kind} fell into one split (train {len(train)}, held-out {len(heldout)}): "
+            "the split is per prompt, so more distinct prompts are needed before a candidate can be judged.",
+        )
+    frozen = freeze(factory, algorithm, train, heldout)
+    base = ensure_base_model(settings)  # before the bootstrap, so version 1 describes a real folder
+    parent = registry.ensure_bootstrap()
+    run_id = registry.client.create_run(
+        registry.experiment_id(),
+        run_name=f"{algorithm}-v{parent}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+        tags={"flywheel.parent_version": parent, "flywheel.snapshot_hash": frozen.content_hash},
+    ).info.run_id
+    try:
+        validation = _freeze_and_validate(settings, config, registry, run_id, parent, frozen, factory)
+        if not validation.passed:
+            registry.client.set_tag(run_id, "flywheel.outcome", "snapshot_rejected")
+            registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+            return TrainResult(
+                status="rejected",
+                algorithm=algorithm,
+                run_id=run_id,
+                parent_version=parent,
+                snapshot=frozen,
+                validation=validation,
+                message="the snapshot failed its checks, nothing was trained: " + "; ".join(validation.failures()),
+            )
+        pairs_train, pairs_heldout = (
+            (train, heldout) if algorithm == "dpo" else split_pairs(examples.pairs, config.heldout_fraction)
+        )
+        result = _train_and_gate(
+            settings,
+            base,
+            config,
+            registry,
+            run_id,
+            parent,
+            algorithm,
+            train,
+            heldout,
+            pairs_train,
+            pairs_heldout,
+            progress,
+        )
+        result.snapshot, result.validation = frozen, validation
+    except BaseException:
+        registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return _register(settings, registry, result)
+
+
+def _freeze_and_validate(
+    settings: TrainerSettings,
+    config: TrainConfig,
+    registry: Registry,
+    run_id: str,
+    parent: str,
+    frozen: Snapshot,
+    factory: Any,
+) -> SnapshotValidation:
+    """Log the run's parameters and the snapshot, then run the snapshot suite and log its result."""
+    params = {f"config.{k}": v for k, v in asdict(config).items()}
+    params |= {
+        "parent_version": parent,
+        "base_model": str(settings.resolved_base_model),
+        "algorithm": frozen.algorithm,
+        "train_examples": frozen.train_examples,
+        "heldout_examples": frozen.heldout_examples,
+        "snapshot.events": len(frozen.event_ids),
+        "snapshot.window_start": frozen.window_start,
+        "snapshot.window_end": frozen.window_end,
+        **{f"snapshot.source.{k}": v for k, v in frozen.counts_by_source.items()},
+        **{f"snapshot.label.{k}": v for k, v in frozen.counts_by_label.items()},
+    }
+    registry.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    validation = validate(
+        frozen,
+        quarantined_among(factory, frozen.event_ids),
+        config.snapshot_min_rows,
+        config.snapshot_min_label_share,
+    )
+    _log_json(registry, run_id, {SNAPSHOT_ARTIFACT: frozen.to_dict(), VALIDATION_ARTIFACT: validation.to_dict()})
+    return validation
+
+
+def _log_json(registry: Registry, run_id: str, files: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            path = Path(tmp) / name
+            path.write_text(json.dumps(content, indent=2, default=str))
+            registry.client.log_artifact(run_id, str(path))
+
+
+def _reward_model(
+    settings: TrainerSettings,
+    config: TrainConfig,
+    pairs_train: list[PreferencePair],
+    pairs_heldout: list[PreferencePair],
+    workdir: Path,
+    progress: ProgressFn | None,
+) -> tuple[RewardModel | None, RewardEvaluation | None]:
+    if not config.reward_model or not pairs_train:
+        return None, None
+    backbone = settings.reward_backbone or default_backbone()
+    model = train_reward_model(backbone, pairs_train, config, workdir, progress)
+    return model, evaluate_reward_model(model, pairs_heldout)
+
+
+def _train_and_gate(
+    settings: TrainerSettings,
+    base: Path,
+    config: TrainConfig,
+    registry: Registry,
+    run_id: str,
+    parent: str,
+    algorithm: Algorithm,
+    train: list[Any],
+    heldout: list[Any],
+    pairs_train: list[PreferencePair],
+    pairs_heldout: list[PreferencePair],
+    progress: ProgressFn | None,
+) -> TrainResult:
+    import torch
+
+    from trainer.dpo import dpo_trainer
+    from trainer.kto import kto_trainer
+    from trainer.plots import save_plots
+
+    client = registry.client
+    seconds: dict[str, float] = {}
+    torch.manual_seed(config.seed)
+    output_root = config.resolved_output_dir(settings)
+    output_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output_root, prefix=f"run-{run_id}-") as tmp:
+        workdir = Path(tmp)
+        started = time.perf_counter()
+        reward_model, reward_eval = _reward_model(settings, config, pairs_train, pairs_heldout, workdir, progress)
+        seconds["reward_model"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        model, tokenizer, lora = load_champion_policy(base, config, registry, workdir)
+        build = dpo_trainer if algorithm == "dpo" else kto_trainer
+        trainer = build(model, tokenizer, lora, train, config, workdir / "checkpoints", progress)
+        seconds["load"] = time.perf_counter() - started
+        started = time.perf_counter()
+        train_output = trainer.train()
+        seconds["train"] = time.perf_counter() - started
+        seconds["per_step"] = seconds["train"] / max(train_output.global_step, 1)
+
+        policy: Any = trainer.model  # a PeftModel: TRL applied the LoRA or we loaded the champion's
+        started = time.perf_counter()
+        with champion_view(policy):
+            champion_metrics = evaluate_pairs(
+                policy, tokenizer, pairs_heldout, config.max_length, progress, "evaluate-champion"
+            )
+        with candidate_view(policy):
+            candidate_metrics = evaluate_pairs(
+                policy, tokenizer, pairs_heldout, config.max_length, progress, "evaluate-candidate"
+            )
+        seconds["evaluate"] = time.perf_counter() - started
+
+        report = None
+        if config.gates:
+            started = time.perf_counter()
+            prompts = list({x.prompt_hash: x.prompt for x in heldout}.values())[: config.gate_prompts]
+            inputs = collect(
+                policy,
+                tokenizer,
+                prompts,
+                load_canaries(config.canaries),
+                champion_metrics,
+                candidate_metrics,
+                config,
+                progress,
+            )
+            report = evaluate_gates(inputs, reward_model, settings, config)
+            seconds["gates"] = time.perf_counter() - started
+
+        with candidate_view(policy):
+            adapter_dir = workdir / "adapter"
+            policy.save_pretrained(str(adapter_dir), selected_adapters=["default"])
+        tokenizer.save_pretrained(str(adapter_dir))  # vLLM reads the adapter's tokenizer when present
+        client.log_artifacts(run_id, str(adapter_dir), ADAPTER_ARTIFACT_PATH)
+        if report is not None:
+            _log_json(registry, run_id, {GATE_REPORT_ARTIFACT: report.to_dict()})
+        win_rate = next((g.value for g in report.gates if g.name == "win_rate"), None) if report else None
+        plots = save_plots(
+            workdir / PLOTS_ARTIFACT_PATH,
+            list(trainer.state.log_history),
+            reward_model.log_history if reward_model else [],
+            win_rate if win_rate is not None and not math.isnan(win_rate) else None,
+            report.win_rate_ci if report else None,
+            settings.gate_win_rate_min_lower,
+        )
+        client.log_artifacts(run_id, str(plots[0].parent), PLOTS_ARTIFACT_PATH)
+
+    metrics = {
+        "train_loss": float(train_output.training_loss),
+        "train_steps": float(train_output.global_step),
+        "heldout_pairs": float(candidate_metrics.pairs),
+        "heldout_accuracy": candidate_metrics.accuracy,
+        "heldout_margin": candidate_metrics.mean_margin,
+        "champion_heldout_accuracy": champion_metrics.accuracy,
+        "champion_heldout_margin": champion_metrics.mean_margin,
+        **(
+            {
+                "reward_heldout_accuracy": reward_eval.heldout_accuracy,
+                "reward_uncertainty": reward_eval.uncertainty,
+                "reward_heldout_pairs": float(reward_eval.pairs),
+            }
+            if reward_eval
+            else {}
+        ),
+        **(report.metrics() if report else {}),
+        **{f"seconds_{k}": v for k, v in seconds.items()},
+    }
+    _log_metrics(registry, run_id, metrics, trainer.state.log_history)
+    return TrainResult(
+        status="trained",
+        message="",
+        parent_version=parent,
+        run_id=run_id,
+        algorithm=algorithm,
+        champion_metrics=champion_metrics,
+        candidate_metrics=candidate_metrics,
+        reward=reward_eval,
+        gates=report,
+        seconds=seconds,
+    )
+
+
+def _log_metrics(registry: Registry, run_id: str, metrics: dict[str, float], history: list[dict[str, Any]]) -> None:
+    """Summary metrics, plus the per-step loss and reward margin so MLflow draws the curves too."""
+    now = int(time.time() * 1000)
+    batch = [Metric(k, v, now, 0) for k, v in metrics.items() if not math.isnan(v)]
+    for entry in history:
+        step = int(entry.get("step", 0))
+        for source, name in (("loss", "step_loss"), ("rewards/margins", "step_reward_margin")):
+            if source in entry:
+                batch.append(Metric(name, float(entry[source]), now, step))
+    registry.client.log_batch(run_id, metrics=batch)
+
+
+def _register(settings: TrainerSettings, registry: Registry, result: TrainResult) -> TrainResult:
+    """Register the finished run as a version and, if it passed every gate, mark it challenger.
+
+    Last step on purpose; if marking fails, the version is deleted again so a crash never
+    leaves a registered version the round did not finish with.
+    """
+    assert result.run_id and result.parent_version and result.snapshot and result.algorithm
+    assert result.candidate_metrics and result.champion_metrics
+    passed = result.gates is not None and result.gates.passed
+    tags = {
+        ADAPTER_TAG: ADAPTER_ARTIFACT_PATH,
+        BASE_MODEL_TAG: str(settings.resolved_base_model),
+        "run_id": result.run_id,
+        "parent_version": result.parent_version,
+        SNAPSHOT_HASH_TAG: result.snapshot.content_hash,
+        "algorithm": result.algorithm,
+        "gates_passed": str(passed).lower(),
+    }
+    version = registry.register_candidate(result.run_id, ADAPTER_ARTIFACT_PATH, tags)
+    try:
+        if passed:
+            registry.set_challenger(version, reason=f"passed every gate against champion v{result.parent_version}")
+    except BaseException:
+        registry.delete_version(version)
+        raise
+    result.version, result.challenger = version, passed
+    cand, champ = result.candidate_metrics, result.champion_metrics
+    verdict = (
+        "passed every gate: marked challenger"
+        if passed
+        else "gates were off: not marked challenger"
+        if result.gates is None
+        else f"failed gates {', '.join(result.gates.failed())}: registered, not challenger"
+    )
+    result.message = (
+        f"version {version} ({result.algorithm.upper()} from v{result.parent_version}): held-out accuracy "
+        f"{cand.accuracy:.3f} vs champion {champ.accuracy:.3f} on {cand.pairs} pairs; {verdict}"
+    )
+    log.info(result.message)
+    return result
