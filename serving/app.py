@@ -23,7 +23,7 @@ from serving.champion import ChampionWatcher, NoChampion
 from serving.deps import GatewayState
 from serving.engine import EngineClient, EngineError
 from serving.metrics import REQUESTS
-from serving.routers import admin_models, chat, feedback, health, models
+from serving.routers import admin_models, admin_quarantine, chat, feedback, health, models
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             db.dispose()
 
     app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
-    for router in (health.router, models.router, chat.router, feedback.router, admin_models.router):
+    for router in (health.router, models.router, chat.router, feedback.router, admin_models.router,
+                   admin_quarantine.router):
         app.include_router(router)
 
     @app.middleware("http")

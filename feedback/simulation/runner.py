@@ -1,9 +1,10 @@
 """Drive a real gateway with a scenario's users and record the ground truth of every vote.
 
 Each account is one asyncio task: ask, read (really wait, scaled by ``time_scale``), vote,
-pause, repeat. Waiting costs nothing, so hundreds of accounts read concurrently; only the
-HTTP requests are bounded (``concurrency``), which keeps the CPU engine from being swamped
-and keeps reading times honest (a vote is never delayed by a queue the user would not see).
+pause, repeat. Waiting costs nothing, so hundreds of accounts read concurrently. Only chats
+are bounded (``concurrency``), which keeps the CPU engine from being swamped; votes are cheap
+and never queue behind chats, so the gap the gateway sees between an answer and its vote is
+the user's own (a bot's vote arrives at once, as it would in the wild).
 """
 
 from __future__ import annotations
@@ -52,8 +53,7 @@ class GatewayClient:
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(RETRIES + 1):
             try:
-                async with self.slots:
-                    response = await self.http.post(path, json=body)
+                response = await self.http.post(path, json=body)
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             else:
@@ -72,7 +72,8 @@ class GatewayClient:
                                 **self.chat_options.model_dump()}
         if pairwise:
             body["flywheel"] = {"pairwise": True}
-        answer = await self._post("/v1/chat/completions", body)
+        async with self.slots:
+            answer = await self._post("/v1/chat/completions", body)
         meta = answer["flywheel"]
         texts = tuple(c["message"].get("content") or "" for c in sorted(answer["choices"], key=lambda c: c["index"]))
         if pairwise:
@@ -105,7 +106,7 @@ async def _act(
             served = await client.ask(user.user_id, messages, user.wants_pair())
             answered = time.monotonic()
             vote = user.vote(served)
-            await asyncio.sleep(user.timing.reading(served.words, user.rng) * scale)
+            await asyncio.sleep(user.timing.reading(served.chars, user.rng) * scale)
             event_id = new_event_id()
             read = time.monotonic() - answered
             await client.vote(user.user_id, event_id, served, vote)
@@ -140,9 +141,10 @@ async def run_scenario(
     summary = RunSummary()
     started = time.monotonic()
     headers = {"Authorization": f"Bearer {key}"}
-    # No pool timeout: requests queue on our semaphore, and a chat may take the engine's full timeout.
+    # Chats queue on the client's semaphore, not in the pool (which would hold votes back behind them);
+    # a chat may take the engine's full timeout.
     timeout = httpx.Timeout(330.0, connect=10.0, pool=None)
-    limits = httpx.Limits(max_connections=scenario.concurrency, max_keepalive_connections=scenario.concurrency)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=scenario.concurrency * 2)
     async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=timeout, limits=limits) as http:
         client = GatewayClient(http, model, scenario.chat, scenario.concurrency)
         tasks = [

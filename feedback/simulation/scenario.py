@@ -25,12 +25,13 @@ class _Strict(BaseModel):
 class Timing(_Strict):
     """How long a user takes: reading an answer before voting, then pausing before the next question.
 
-    Reading time is ``base_seconds + seconds_per_word * words`` (both answers' words for a pair),
+    Reading time is ``base_seconds + seconds_per_char * characters`` (both answers for a pair),
     times a log-normal jitter, so long answers take longer to judge, as they do for people.
+    Characters, not words: a small model's odd tokens can make few, very long "words".
     """
 
     base_seconds: float = Field(default=3.0, ge=0, description="Time to glance at any answer.")
-    seconds_per_word: float = Field(default=0.25, ge=0, description="About 240 words per minute.")
+    seconds_per_char: float = Field(default=0.05, ge=0, description="20 characters a second: ~240 words a minute.")
     jitter: float = Field(default=0.35, ge=0, description="Sigma of the log-normal factor on the reading time.")
     think_seconds: tuple[float, float] = Field(
         default=(2.0, 12.0), description="Uniform range of the pause before the next question."
@@ -43,9 +44,9 @@ class Timing(_Strict):
             raise ValueError("think_seconds must be [low, high] with 0 <= low <= high")
         return self
 
-    def reading(self, words: int, rng: random.Random) -> float:
-        """Human seconds spent reading ``words`` words before voting."""
-        seconds = self.base_seconds + self.seconds_per_word * words
+    def reading(self, chars: int, rng: random.Random) -> float:
+        """Human seconds spent reading ``chars`` characters before voting."""
+        seconds = self.base_seconds + self.seconds_per_char * chars
         return seconds * rng.lognormvariate(0.0, self.jitter) if self.jitter else seconds
 
     def think(self, rng: random.Random) -> float:
@@ -53,7 +54,7 @@ class Timing(_Strict):
 
 
 # Bots act as fast as the gateway answers: no reading, no pause worth the name.
-BOT_TIMING = Timing(base_seconds=0, seconds_per_word=0, jitter=0, think_seconds=(0.0, 0.2))
+BOT_TIMING = Timing(base_seconds=0, seconds_per_char=0, jitter=0, think_seconds=(0.0, 0.2))
 
 
 class Preference(_Strict):
@@ -155,7 +156,7 @@ class Scenario(_Strict):
     description: str = ""
     seed: int = 0
     time_scale: float = Field(default=1.0, gt=0, description="Multiplies every wait: 0.01 runs 100 times faster.")
-    concurrency: int = Field(default=8, ge=1, description="Requests in flight at once (waits are not requests).")
+    concurrency: int = Field(default=8, ge=1, description="Chats in flight at once; votes never wait for a slot.")
     arrival_seconds: float = Field(default=60.0, ge=0, description="Users start at uniform times in this window.")
     prompt_pool: int | None = Field(
         default=None, ge=1,

@@ -55,8 +55,8 @@ class Served:
     pair_id: str | None = None
 
     @property
-    def words(self) -> int:
-        return sum(word_count(text) for text in self.texts)
+    def chars(self) -> int:
+        return sum(len(text) for text in self.texts)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ from feedback.supervise import free_port
 from feedback.worker import Worker
 from feedback.worker_settings import WorkerSettings
 
-WORDS = "water sleep light early walk tea plan list rest screen cool dark quiet routine steps note".split()
+WORDS = ["water", "sleep", "light", "early", "walk", "tea", "plan", "list", "rest", "screen", "cool", "dark", "quiet",
+         "routine", "steps", "note"]
 
 
 def make_events(total: int, app_id: int, seed: int = 7) -> list[Event]:
@@ -74,7 +75,8 @@ def bare_consume_and_insert(settings: WorkerSettings, url: str, expected: int) -
     """The baseline: decode and plain INSERTs, one transaction per poll, offsets committed after it."""
     sessions = session_factory(make_engine(url))
     consumer = KafkaConsumer(settings.kafka_topic, bootstrap_servers=settings.bootstrap_servers,
-                             group_id=f"bench-bare-{uuid.uuid4().hex[:6]}", enable_auto_commit=False, auto_offset_reset="earliest",
+                             group_id=f"bench-bare-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
+                             auto_offset_reset="earliest",
                              max_poll_records=settings.worker_max_batch, session_timeout_ms=2000,
                              heartbeat_interval_ms=500)
     done, started = 0, 0.0
@@ -114,7 +116,7 @@ def filtering_worker(settings: WorkerSettings, expected: int) -> tuple[float, di
             result = worker.step()
             if result is None:
                 continue
-            started = started or time.perf_counter() - 0.0
+            started = started or time.perf_counter()
             for (_kind, outcome), n in result.outcomes.items():
                 outcomes[outcome] = outcomes.get(outcome, 0) + n
                 done += n
@@ -133,11 +135,12 @@ def measure(url: str, bootstrap: str, topic: str, expected: int, make_url: Calla
     common: dict[str, Any] = {"kafka_bootstrap_servers": bootstrap, "kafka_topic": topic,
                               "worker_poll_timeout_ms": 200, "worker_session_timeout_ms": 2000,
                               "worker_heartbeat_interval_ms": 500}
-    bare = bare_consume_and_insert(WorkerSettings(_env_file=None, database_url=bare_url, **common),  # type: ignore[call-arg]
-                                   bare_url, expected)
-    rate, outcomes = filtering_worker(
-        WorkerSettings(_env_file=None, database_url=worker_url, worker_group_id=f"bench-worker-{uuid.uuid4().hex[:6]}", **common),  # type: ignore[call-arg]
-        expected)
+    bare_settings = WorkerSettings(_env_file=None, database_url=bare_url, **common)  # type: ignore[call-arg]
+    bare = bare_consume_and_insert(bare_settings, bare_url, expected)
+    group = f"bench-worker-{uuid.uuid4().hex[:6]}"
+    worker_settings = WorkerSettings(_env_file=None, database_url=worker_url, worker_group_id=group,  # type: ignore[call-arg]
+                                     **common)
+    rate, outcomes = filtering_worker(worker_settings, expected)
     print(f"[{url}] bare consume-and-insert: {bare:8.0f} events/s")
     print(f"[{url}] worker, all filters on:  {rate:8.0f} events/s  outcomes {outcomes}")
     print(f"[{url}] ratio worker/bare: {rate / bare:.2f} (target >= 0.5)")
@@ -170,7 +173,7 @@ def main() -> None:
                     conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
                 return admin.url.set(database=database).render_as_string(hide_password=False)
 
-            measure("postgresql", bootstrap, topic + "", len(batch), pg)
+            measure("postgresql", bootstrap, topic, len(batch), pg)
 
 
 if __name__ == "__main__":

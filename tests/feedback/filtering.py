@@ -35,7 +35,7 @@ def store(sessions: sessionmaker[Session], pipeline: Pipeline, batch: Sequence[E
 def verdicts(sessions: sessionmaker[Session]) -> dict[str, list[str]]:
     """event id -> [] if accepted, else its reason codes."""
     with sessions() as session:
-        accepted = {e: [] for e in session.scalars(select(Feedback.event_id))}
+        accepted: dict[str, list[str]] = {e: [] for e in session.scalars(select(Feedback.event_id))}
         held = {q.event_id: list(q.reasons) for q in session.scalars(select(Quarantine))}
     assert not accepted.keys() & held.keys(), "an event is both training data and quarantined"
     return accepted | held

@@ -29,8 +29,11 @@ from feedback.supervise import free_port
 from feedback.worker import Worker
 from feedback.worker_settings import WorkerSettings
 from tests.conftest import EventBuilder
+from tests.feedback.filtering import filter_settings
 
 Settings = Callable[..., WorkerSettings]
+# These tests send feedback right after its answer: no reading-time limit here (test_filters_* cover it).
+NO_READING_TIME = filter_settings(timing_min_ms=0, timing_ms_per_char=0)
 
 
 def read_all(settings: WorkerSettings, expected: int, timeout: float = 10.0) -> list[Any]:
@@ -108,7 +111,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def run_worker_until(settings: WorkerSettings, condition: Callable[[], bool]) -> RunningWorker:
-    running = RunningWorker(Worker(settings))
+    running = RunningWorker(Worker(settings, NO_READING_TIME))
     try:
         wait_until(lambda: condition() or not running.thread.is_alive())
     finally:
@@ -234,7 +237,7 @@ def test_crash_between_db_commit_and_offset_commit_duplicates_nothing(
     class Crash(Exception):
         pass
 
-    crashing = Worker(config)
+    crashing = Worker(config, NO_READING_TIME)
 
     def crash(*_args: Any, **_kwargs: Any) -> None:
         raise Crash("process died after the database commit")

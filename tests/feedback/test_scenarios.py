@@ -66,8 +66,8 @@ def test_hidden_preference_prefers_steps_then_brevity() -> None:
     assert preference.rate(STEPS) == "up" and preference.rate("tiny") == "up" and preference.rate(long_plain) == "down"
 
 
-def test_timing_scales_with_words() -> None:
-    timing = Timing(base_seconds=2, seconds_per_word=0.5, jitter=0)
+def test_timing_scales_with_length() -> None:
+    timing = Timing(base_seconds=2, seconds_per_char=0.5, jitter=0)
     assert timing.reading(10, random.Random(0)) == 7
     assert Timing(think_seconds=(1, 1)).think(random.Random(0)) == 1
 

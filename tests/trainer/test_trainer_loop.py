@@ -148,7 +148,9 @@ def test_dpo_round_passes_the_gates_and_a_verbose_candidate_is_blocked(
     assert result.candidate_metrics and result.champion_metrics and result.snapshot and result.reward
     assert result.candidate_metrics.pairs == result.snapshot.heldout_examples > 0
     assert result.candidate_metrics.accuracy == 1.0 and 0.0 <= result.reward.heldout_accuracy <= 1.0
-    assert {g.name for g in result.gates.gates} == {"win_rate", "heldout_accuracy", "kl", "verbosity", "format", "canaries"}
+    assert [g.name for g in result.gates.gates] == [
+        "win_rate", "heldout_accuracy", "kl", "verbosity", "format", "canaries"
+    ]
 
     registry = Registry(settings, factory)
     version = registry.version("2")
@@ -186,7 +188,9 @@ def test_dpo_round_passes_the_gates_and_a_verbose_candidate_is_blocked(
     verbose = train_once(settings, fast_config(epochs=4, reward_model=False))
 
     assert verbose.status == "trained", verbose.message
-    assert (verbose.version, verbose.parent_version, verbose.challenger) == ("3", "2", False), (result.gates, verbose.gates)
+    assert (verbose.version, verbose.parent_version, verbose.challenger) == ("3", "2", False), [
+        [(g.name, g.value, g.detail) for g in r.gates.gates] for r in (result, verbose) if r.gates
+    ]
     assert verbose.gates and verbose.gates.failed() == ["verbosity"], verbose.gates
     assert "failed gates verbosity" in verbose.message
     assert registry.version("3").tags["gates_passed"] == "false"

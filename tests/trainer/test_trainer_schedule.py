@@ -53,26 +53,27 @@ def check_lock(settings: TrainerSettings, tmp_path: Path) -> None:
     finally:
         os.kill(child.pid, signal.SIGKILL)  # a crash: no cleanup code runs
         child.wait()
-    with training_lock(settings):  # the OS (or PostgreSQL) released it with the dead process
-        with pytest.raises(LockBusy), training_lock(settings):
-            pass  # and it still excludes a second holder, even in the same process
+    # The OS (or PostgreSQL) released it with the dead process, and it still excludes a second holder.
+    with training_lock(settings), pytest.raises(LockBusy), training_lock(settings):
+        pass
 
 
-def test_file_lock_excludes_a_second_run_and_dies_with_its_holder(
-    settings: TrainerSettings, tmp_path: Path
-) -> None:
-    check_lock(settings, tmp_path)
+def lock_settings(tmp_path: Path, database_url: str) -> TrainerSettings:
+    return TrainerSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        registered_model=f"lock-test-{tmp_path.name}",
+    )
+
+
+def test_file_lock_excludes_a_second_run_and_dies_with_its_holder(tmp_path: Path) -> None:
+    check_lock(lock_settings(tmp_path, f"sqlite:///{tmp_path / 'flywheel.db'}"), tmp_path)
 
 
 def test_postgres_advisory_lock_excludes_a_second_run_and_dies_with_its_holder(
-    settings: TrainerSettings, postgres_admin: object, tmp_path: Path
+    postgres_admin: object, tmp_path: Path
 ) -> None:
     from tests.conftest import POSTGRES_URL
 
-    on_postgres = TrainerSettings(
-        _env_file=None,  # type: ignore[call-arg]
-        data_dir=settings.data_dir,
-        database_url=POSTGRES_URL,
-        registered_model=f"lock-test-{os.getpid()}",
-    )
-    check_lock(on_postgres, tmp_path)
+    check_lock(lock_settings(tmp_path, POSTGRES_URL), tmp_path)
