@@ -94,8 +94,9 @@ class Pipeline:
             ContractFilter(s.contract_max_clock_skew_s),
             IntegrityFilter(s.integrity_max_age_s),
             DuplicateFilter(),
-            VelocityFilter(s.velocity_user_window_s, s.velocity_user_max, s.velocity_app_window_s, s.velocity_app_max),
-            TimingFilter(s.timing_min_ms, s.timing_ms_per_char),
+            VelocityFilter(s.scaled(s.velocity_user_window_s), s.velocity_user_max, s.scaled(s.velocity_app_window_s),
+                           s.velocity_app_max),
+            TimingFilter(s.scaled(s.timing_min_ms), s.scaled(s.timing_ms_per_char)),
             self.reliability,
         ]
         self.bots = BotFilter(s.bot_min_votes, s.bot_max_label_share, s.bot_min_comments, s.bot_max_comment_share)

@@ -1,7 +1,9 @@
 """Thresholds of the filtering layer (``FLYWHEEL_FILTER_*``); the README's configuration table lists them.
 
-Time thresholds are realistic for people by default and are plain settings, so tests and
-simulations that really wait can scale them down instead of faking clocks.
+Time thresholds are realistic for people by default. Simulations that really wait, at a
+fraction of human time (``flywheel simulate --time-scale S``), set ``time_scale`` to the same
+``S`` (``FLYWHEEL_FILTER_TIME_SCALE``) instead of rescaling each threshold: every duration the
+filters compare with the gateway's clock (reading time, rate windows) is multiplied by it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class FilterSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_FILTER_", env_file=".env", extra="ignore")
+
+    time_scale: float = Field(
+        default=1.0, gt=0, le=1,
+        description="For simulations only: multiplies the timing and velocity thresholds, so traffic that waits "
+        "S times human time (flywheel simulate --time-scale S) is judged by the same rules. Keep 1.0 in production.",
+    )
 
     # contract
     contract_max_clock_skew_s: float = Field(
@@ -98,3 +106,7 @@ class FilterSettings(BaseSettings):
     campaign_every_batches: int = Field(
         default=1, ge=1, description="Run the campaign search every N micro-batches (it is the costliest filter)."
     )
+
+    def scaled(self, seconds: float) -> float:
+        """A duration threshold at the configured ``time_scale`` (1.0: as set)."""
+        return seconds * self.time_scale

@@ -108,13 +108,13 @@ def report(
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
     else:
-        _print_report(result)
+        print_report(result)
     if check and not result.passes(min_recall, max_honest_fp):
         fail(f"below target: adversarial recall must be >= {min_recall:.0%}, "
              f"honest false positives <= {max_honest_fp:.0%}")
 
 
-def _print_report(result: Report) -> None:
+def print_report(result: Report) -> None:
     table = Table("user type", "events", "accepted", "quarantined", "pending", "share quarantined", "top reasons")
     for user_type, figures in result.by_type.items():
         label = f"{user_type} (adversarial)" if figures.adversarial else user_type

@@ -19,6 +19,7 @@ import uvicorn
 
 from feedback.apps import create_app as create_api_app
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
+from feedback.filters.settings import FilterSettings
 from feedback.producer import ensure_topic
 from feedback.supervise import free_port, wait_for
 from feedback.worker import Worker
@@ -41,6 +42,12 @@ def engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = tmp_path_factory.mktemp("engine") / "engine.log"
     with vllm_process(settings, tiny_model, log):
         yield settings.resolved_engine_url
+
+
+@pytest.fixture(scope="module")
+def filter_settings() -> FilterSettings:
+    """The worker's filter thresholds; a test module overrides this fixture to change them."""
+    return FilterSettings()
 
 
 @dataclass
@@ -71,7 +78,8 @@ class _Gateway(uvicorn.Server):
 
 @pytest.fixture(scope="module")
 def stack(
-    broker: str, engine: str, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+    broker: str, engine: str, tiny_model: Path, filter_settings: FilterSettings,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("data")
     common = {
@@ -91,7 +99,7 @@ def stack(
         keys = [create_api_app(session, name, admin=name == "ops")[1] for name in ("app", "other", "ops")]
 
     stop = threading.Event()
-    worker = threading.Thread(target=Worker(settings).run, args=(stop,), name="worker", daemon=True)
+    worker = threading.Thread(target=Worker(settings, filter_settings).run, args=(stop,), name="worker", daemon=True)
     worker.start()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_config=None)
     server = _Gateway(config)

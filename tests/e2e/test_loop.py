@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from feedback.db.models import AliasMove, Completion, Feedback, Quarantine
 from feedback.db.session import make_engine, session_factory
+from feedback.filters.settings import FilterSettings
 from feedback.supervise import wait_for
 from flywheel.cli.main import app as cli
 from tests.e2e.conftest import Stack
@@ -29,6 +30,12 @@ from trainer.round import train_once
 
 PROMPTS = [f"Give me tip number {i} for a calm morning." for i in range(12)]
 PROBE = [{"role": "user", "content": "Describe the sea in one line."}]
+
+
+@pytest.fixture(scope="module")
+def filter_settings() -> FilterSettings:
+    """This test votes the moment an answer arrives; it checks the loop, not the reading-time filter."""
+    return FilterSettings(timing_min_ms=0, timing_ms_per_char=0)
 
 
 @pytest.fixture(scope="module")

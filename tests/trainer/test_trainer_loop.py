@@ -131,15 +131,14 @@ def artifact(registry: Registry, run_id: str | None, path: str, dest: Path) -> P
     return Path(registry.client.download_artifacts(run_id, path, str(dest)))
 
 
-def test_dpo_round_passes_the_gates_and_a_verbose_candidate_is_blocked(
+def test_dpo_round_passes_the_gates_and_a_drifting_candidate_is_blocked(
     settings: TrainerSettings, store: Store, factory: sessionmaker[Session], tmp_path: Path
 ) -> None:
-    """Round 1 learns short answers and becomes challenger; round 2, taught verbosity, fails the verbosity gate."""
-    concise = seed_consistent_pairs(store, 24, good=SHORT, bad=VERBOSE)
-    settings = lenient(settings, gate_max_length_ratio=2.0)
+    """Round 1 passes every gate and becomes challenger; round 2, pushed towards verbosity, fails the drift gate."""
+    events = seed_consistent_pairs(store, 24)
     seen: set[str] = set()
 
-    result = train_once(settings, fast_config(), progress=lambda stage, done, total: seen.add(stage))
+    result = train_once(lenient(settings), fast_config(), progress=lambda stage, done, total: seen.add(stage))
 
     assert result.status == "trained", result.message
     assert result.gates and result.gates.passed, result.gates
@@ -148,9 +147,8 @@ def test_dpo_round_passes_the_gates_and_a_verbose_candidate_is_blocked(
     assert result.candidate_metrics and result.champion_metrics and result.snapshot and result.reward
     assert result.candidate_metrics.pairs == result.snapshot.heldout_examples > 0
     assert result.candidate_metrics.accuracy == 1.0 and 0.0 <= result.reward.heldout_accuracy <= 1.0
-    assert [g.name for g in result.gates.gates] == [
-        "win_rate", "heldout_accuracy", "kl", "verbosity", "format", "canaries"
-    ]
+    names = ["win_rate", "heldout_accuracy", "kl", "verbosity", "format", "canaries"]
+    assert [g.name for g in result.gates.gates] == names
 
     registry = Registry(settings, factory)
     version = registry.version("2")
@@ -166,38 +164,41 @@ def test_dpo_round_passes_the_gates_and_a_verbose_candidate_is_blocked(
     assert str(registry.alias_version(CHALLENGER).version) == "2"  # type: ignore[union-attr]
     assert str(registry.champion().version) == "1"
     snap = json.loads(artifact(registry, result.run_id, SNAPSHOT_ARTIFACT, tmp_path).read_text())
-    assert sorted(snap["event_ids"]) == sorted(concise) and snap["counts_by_source"] == {"pairwise": 24}
+    assert sorted(snap["event_ids"]) == sorted(events) and snap["counts_by_source"] == {"pairwise": 24}
     assert snap["counts_by_label"] == {"a": 12, "b": 12} and snap["window_start"] <= snap["window_end"]
     for plot in ("loss.png", "reward_margin.png", "win_rate.png"):
         assert artifact(registry, result.run_id, f"plots/{plot}", tmp_path).stat().st_size > 0
     adapter = download_adapter(registry.client, version, tmp_path / "v2")
     assert (adapter / "adapter_config.json").exists() and not (adapter / "ref").exists()
     info = {v.version: v for v in registry.list_versions()}["2"]
-    assert info.metrics["heldout_accuracy"] == 1.0 and info.metrics["gate_verbosity_passed"] == 1.0
+    assert info.metrics["heldout_accuracy"] == 1.0 and info.metrics["gate_kl_passed"] == 1.0
 
     # The scheduler skips a cycle: nothing arrived since version 2's snapshot.
     stop, results = threading.Event(), []
-    run_every(3600, lambda: (results.append(train_once(settings, fast_config(), min_new_feedback=1)), stop.set()), stop)
+
+    def cycle() -> None:
+        results.append(train_once(settings, fast_config(), min_new_feedback=1))
+        stop.set()
+
+    run_every(3600, cycle, stop)
     assert results[0].status == "skipped" and "only 0 new accepted feedback events" in results[0].message
 
-    registry.promote("2", actor="ops", reason="short answers won")
+    registry.promote("2", actor="ops", reason="won its gates")
     with transaction(factory) as session:  # the filters withdraw the old votes; users now reward verbosity
-        session.execute(update(Feedback).where(Feedback.event_id.in_(concise)).values(weight=0.0))
+        session.execute(update(Feedback).where(Feedback.event_id.in_(events)).values(weight=0.0))
     seed_consistent_pairs(store, 24, good=VERBOSE, bad=SHORT)
 
-    verbose = train_once(settings, fast_config(epochs=4, reward_model=False))
+    drifted = train_once(lenient(settings, gate_max_kl=1e-4), fast_config(epochs=1, reward_model=False))
 
-    assert verbose.status == "trained", verbose.message
-    assert (verbose.version, verbose.parent_version, verbose.challenger) == ("3", "2", False), [
-        [(g.name, g.value, g.detail) for g in r.gates.gates] for r in (result, verbose) if r.gates
-    ]
-    assert verbose.gates and verbose.gates.failed() == ["verbosity"], verbose.gates
-    assert "failed gates verbosity" in verbose.message
+    assert drifted.status == "trained", drifted.message
+    assert (drifted.version, drifted.parent_version, drifted.challenger) == ("3", "2", False)
+    assert drifted.gates and drifted.gates.failed() == ["kl"], drifted.gates
+    assert "failed gates kl" in drifted.message
     assert registry.version("3").tags["gates_passed"] == "false"
     assert str(registry.alias_version(CHALLENGER).version) == "2"  # type: ignore[union-attr]
-    report = json.loads(artifact(registry, verbose.run_id, GATE_REPORT_ARTIFACT, tmp_path).read_text())
-    verbosity = next(g for g in report["gates"] if g["name"] == "verbosity")
-    assert report["passed"] is False and verbosity["status"] == "failed" and verbosity["value"] > 2.0
+    report = json.loads(artifact(registry, drifted.run_id, GATE_REPORT_ARTIFACT, tmp_path).read_text())
+    kl = next(g for g in report["gates"] if g["name"] == "kl")
+    assert report["passed"] is False and kl["status"] == "failed" and kl["value"] > 1e-4
     win_rate = next(g for g in report["gates"] if g["name"] == "win_rate")
     assert win_rate["status"] == "skipped"  # the reward model was switched off for this round
 

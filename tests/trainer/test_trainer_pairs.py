@@ -7,7 +7,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.trainer.conftest import Store
-from trainer.pairs import is_heldout, load_pairs, snapshot, split_pairs
+from trainer.pairs import is_heldout, load_pairs, split_pairs
 
 
 def test_pairwise_votes_become_pairs_and_ties_are_skipped(store: Store, factory: sessionmaker[Session]) -> None:
@@ -71,8 +71,3 @@ def test_split_is_deterministic_and_disjoint_by_prompt(store: Store, factory: se
     assert {p.prompt_hash for p in train}.isdisjoint({p.prompt_hash for p in heldout})
     assert 0 < len(heldout) < len(pairs) and len(train) + len(heldout) == len(pairs)
     assert all(is_heldout(p.prompt_hash, 0.25) for p in heldout)
-    data = snapshot(train, heldout)
-    assert data.counts_by_source == {"pairwise": 80}
-    assert len(data.event_ids) == 80
-    assert data.content_hash == snapshot(train, heldout).content_hash
-    assert data.content_hash != snapshot(train[1:], heldout).content_hash

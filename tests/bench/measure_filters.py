@@ -1,0 +1,90 @@
+"""Measure the filters on the shipped scenarios: simulated users against a real stack, then the report.
+
+    .venv/bin/python -m tests.bench.measure_filters [--scenario all|NAME] [--model DIR] [--time-scale S]
+
+Starts its own broker and engine once (default model: SmolLM2-135M-Instruct, prepared from the
+shipped GGUF on first use), then per scenario a fresh gateway and worker with their own
+database and topic, so no scenario sees another's votes. The worker's time thresholds are
+scaled by the same ``S`` as the users' waits (``FilterSettings.time_scale``); every other
+``FLYWHEEL_FILTER_*`` setting comes from the environment as in production. Prints the report
+table per scenario and one summary line each (recall, honest false positives, target met).
+Truth files and databases stay in ``--out`` for a closer look (``flywheel feedback report``
+with ``FLYWHEEL_DATABASE_URL=sqlite:///OUT/NAME/flywheel.db``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+
+from feedback.db.session import make_engine, session_factory
+from feedback.filters import FilterSettings
+from feedback.simulation.report import Report, measure
+from feedback.simulation.runner import run_scenario
+from feedback.simulation.scenario import load_scenario, shipped_scenarios
+from feedback.simulation.truth import TruthWriter
+from flywheel.cli.common import console
+from flywheel.cli.feedback import print_report
+from tests.bench.stack import Backend, backend, service
+from trainer.base_model import prepare_default_model
+
+DEFAULT_MODEL = Path.home() / ".cache" / "flywheel" / "SmolLM2-135M-Instruct"
+MIN_RECALL, MAX_HONEST_FP = 0.95, 0.02  # issue 3's acceptance targets
+
+
+def run_one(name: str, shared: Backend, out: Path, time_scale: float, wait: float) -> Report:
+    """One scenario in its own gateway + worker; returns the report once the worker stored every event."""
+    plan = load_scenario(name).model_copy(update={"time_scale": time_scale})
+    data_dir = out / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    truth = data_dir / "truth.jsonl"
+    with service(shared, data_dir, FilterSettings(time_scale=time_scale)) as stack:
+        started = time.monotonic()
+        with TruthWriter(truth) as writer:
+            summary = asyncio.run(run_scenario(plan, stack.gateway, stack.key, writer,
+                                               model=stack.settings.public_model))
+        console.print(f"{name}: {sum(summary.sent.values())} votes sent ({sum(summary.failed.values())} failed) "
+                      f"in {time.monotonic() - started:.0f} s")
+        sessions = session_factory(make_engine(stack.settings.resolved_database_url))
+        return measure(truth, sessions, wait)
+
+
+def summary_line(name: str, report: Report) -> str:
+    recall, false_positive = report.adversarial_recall, report.honest_false_positive
+    verdict = "meets" if report.passes(MIN_RECALL, MAX_HONEST_FP) else "MISSES"
+    figures = [f"{label} {'n/a' if value is None else f'{value:.1%}'}"
+               for label, value in (("adversarial recall", recall), ("honest FP", false_positive))]
+    return f"{name}: {', '.join(figures)}, pending {report.pending} -> {verdict} the target " \
+           f"(recall >= {MIN_RECALL:.0%}, honest FP <= {MAX_HONEST_FP:.0%})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", default="all", choices=["all", *shipped_scenarios()])
+    parser.add_argument("--model", type=Path, default=None,
+                        help=f"An HF model folder. Default: SmolLM2-135M-Instruct, prepared into {DEFAULT_MODEL}.")
+    parser.add_argument("--time-scale", type=float, default=0.1,
+                        help="Multiplies the users' waits and the worker's time thresholds alike (default 0.1).")
+    parser.add_argument("--out", type=Path, default=Path("data") / "measure-filters",
+                        help="Where truth files and databases go, one folder per scenario.")
+    parser.add_argument("--wait", type=float, default=180, help="Seconds to wait for the worker after the run.")
+    args = parser.parse_args()
+    names = shipped_scenarios() if args.scenario == "all" else [args.scenario]
+    model = args.model or prepare_default_model(DEFAULT_MODEL)
+    args.out.mkdir(parents=True, exist_ok=True)
+    console.print(f"model {model}, time scale {args.time_scale}, scenarios {', '.join(names)}")
+    lines = []
+    with backend(model, args.out) as shared:  # about a minute for the engine
+        for name in names:
+            report = run_one(name, shared, args.out, args.time_scale, args.wait)
+            console.rule(name)
+            print_report(report)
+            lines.append(summary_line(name, report))
+    for line in lines:
+        console.print(line)
+
+
+if __name__ == "__main__":
+    main()
