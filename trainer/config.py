@@ -37,9 +37,12 @@ class TrainerSettings(CommonSettings):
     )
     gate_win_rate_min_lower: float = Field(
         default=0.5,
-        ge=0.0,
+        ge=-1.0,
         le=1.0,
-        description="Gate win_rate: the lower bound of the 95% bootstrap CI of the win rate must exceed this.",
+        description=(
+            "Gate win_rate: the lower bound of the 95% bootstrap CI of the win rate must exceed this. "
+            "A negative value measures and reports the win rate without ever blocking on it."
+        ),
     )
     gate_accuracy_tolerance: float = Field(
         default=0.0,

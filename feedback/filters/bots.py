@@ -1,5 +1,10 @@
 """Bot patterns: users whose votes carry no information (always A, always up, the same comment).
 
+Labels are compared within each kind of vote: thumbs and pairs have different label sets, so
+a script that always says "up" to single answers and "A" to pairs has two labels overall
+but no information in either kind. The share that counts is the votes carrying their kind's
+most common label, over all votes.
+
 Judged on history, so it flags the user once there is enough of it; the pipeline then
 moves their earlier accepted votes to quarantine too.
 """
@@ -27,10 +32,12 @@ class BotFilter:
             if "bot_pattern" in state.flags.get(rater, {}):
                 continue
             votes = state.votes[rater]
-            label, count = Counter(v.label for v in votes).most_common(1)[0]
-            if len(votes) >= self.min_votes and count / len(votes) >= self.max_label_share:
-                evidence = {"pattern": "same_label", "label": label, "share": round(count / len(votes), 3),
-                            "votes": len(votes)}
+            top = {kind: Counter(v.label for v in votes if v.kind == kind).most_common(1)[0]
+                   for kind in sorted({v.kind for v in votes})}
+            share = sum(count for _, count in top.values()) / len(votes)
+            if len(votes) >= self.min_votes and share >= self.max_label_share:
+                evidence = {"pattern": "same_label", "labels": {kind: label for kind, (label, _) in top.items()},
+                            "share": round(share, 3), "votes": len(votes)}
                 flags.append(Flag(rater, "bot_pattern", evidence))
                 continue
             comments = [" ".join(v.comment.lower().split()) for v in votes if v.comment and v.comment.strip()]

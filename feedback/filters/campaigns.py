@@ -12,6 +12,19 @@ answers): a member has at least ``min_hits`` hits, ``k/m >= min_lift * q`` and a
 tail ``P(X >= k | m, q) <= max_p_value``. A campaign is a feature with ``min_accounts``
 members or more; each member is flagged with the feature, its statistics and the accounts.
 A lone account with such a pattern stays a pending member until others join.
+
+A campaign of many small accounts (a few votes each) leaves too little history per account
+for that test, so coordination is tested as well: accounts whose votes fall on the same
+prompts (the prompts they share carry at least ``cohort_overlap`` of each one's votes, as
+when a script hands every account the same questions) form a cohort, and a cohort of
+``min_accounts`` or more is tested as one rater, its members' endorsements pooled. People
+who happen to ask the same popular questions form cohorts too; what condemns a cohort is
+the pooled test, the same as for one account (corrected for the number of features a pool
+carries): its endorsements concentrate on a feature travelling across prompts far beyond
+chance. Only accounts with ``min_endorsements`` votes join cohorts. Then each member whose
+own endorsements carry the feature at ``min_lift`` times its base rate or more is a member of
+the campaign, however few its votes; one who shares the prompts but not the pattern (an
+honest rater of the same popular questions) is not.
 """
 
 from __future__ import annotations
@@ -64,6 +77,7 @@ class CampaignFilter:
     max_feature_share: float
     min_lift: float
     max_p_value: float
+    cohort_overlap: float
     name: str = "campaigns"
     reasons: tuple[str, ...] = ("campaign",)
     _features: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -88,25 +102,82 @@ class CampaignFilter:
         if not total:
             return []
         for rater in sorted(raters):
-            endorsed = [a for a in map(state.endorsed, state.votes[rater]) if a is not None]
-            if len(endorsed) < self.min_endorsements:
-                continue
-            hits = Counter(f for a in endorsed for f in self._features[a.response_id])
-            for feature, k in hits.items():
-                if k < self.min_hits:
-                    continue
-                q = self._answers_with[feature] / total
-                if q > self.max_feature_share or len(self._prompts_with[feature]) < self.min_prompts:
-                    continue
-                share = k / len(endorsed)
-                if share < self.min_lift * q:
-                    continue
-                p_value = binomial_tail(k, len(endorsed), q)
-                if p_value <= self.max_p_value:
-                    self.members[feature][rater] = {
-                        "hits": k, "endorsements": len(endorsed), "base_rate": round(q, 4), "p_value": p_value
-                    }
+            endorsed = self._endorsed(state, rater)
+            for feature, stats in self._beyond_chance(endorsed, total).items():
+                self.members[feature][rater] = stats
+        for cohort in self._cohorts(state):
+            pooled = [a for rater in cohort for a in self._endorsed(state, rater)]
+            for feature, stats in self._beyond_chance(pooled, total, corrected=True).items():
+                cohort_stats = {"cohort_hits": stats["hits"], "cohort_endorsements": stats["endorsements"],
+                                "base_rate": stats["base_rate"], "p_value": stats["p_value"]}
+                for rater in cohort:
+                    endorsed = self._endorsed(state, rater)
+                    hits = sum(feature in self._features[a.response_id] for a in endorsed)
+                    if endorsed and hits / len(endorsed) >= self.min_lift * stats["base_rate"]:
+                        self.members[feature][rater] = {"hits": hits, "endorsements": len(endorsed), **cohort_stats}
         return self._flags(state)
+
+    def _endorsed(self, state: FilterState, rater: Rater) -> list[Answer]:
+        return [a for a in map(state.endorsed, state.votes[rater]) if a is not None]
+
+    def _beyond_chance(
+        self, endorsed: list[Answer], total: int, corrected: bool = False
+    ) -> dict[str, dict[str, float]]:
+        """Candidate features these endorsements carry far beyond their base rate, with the statistics.
+
+        ``corrected`` divides ``max_p_value`` by the number of features tested (Bonferroni): a
+        pooled cohort carries thousands of n-grams, and one of them is bound to look rare by chance.
+        """
+        found: dict[str, dict[str, float]] = {}
+        if len(endorsed) < self.min_endorsements:
+            return found
+        hits = Counter(f for a in endorsed for f in self._features[a.response_id])
+        max_p_value = self.max_p_value / max(1, len(hits)) if corrected else self.max_p_value
+        for feature, k in hits.items():
+            if k < self.min_hits:
+                continue
+            q = self._answers_with[feature] / total
+            if q > self.max_feature_share or len(self._prompts_with[feature]) < self.min_prompts:
+                continue
+            if k / len(endorsed) < self.min_lift * q:
+                continue
+            p_value = binomial_tail(k, len(endorsed), q)
+            if p_value <= max_p_value:
+                found[feature] = {"hits": k, "endorsements": len(endorsed), "base_rate": round(q, 4),
+                                  "p_value": p_value}
+        return found
+
+    def _cohorts(self, state: FilterState) -> list[list[Rater]]:
+        """Groups of ``min_accounts`` or more raters linked by votes on the same prompts (see the module doc)."""
+        prompts: dict[Rater, Counter[str]] = {}
+        for rater, votes in state.votes.items():
+            asked = Counter(answers[0].prompt_hash for answers in map(state.answers_of, votes) if answers)
+            if sum(asked.values()) >= self.min_endorsements:  # a vote or two share prompts by chance
+                prompts[rater] = asked
+        askers: dict[str, list[Rater]] = defaultdict(list)
+        for rater, asked in prompts.items():
+            for prompt in asked:
+                askers[prompt].append(rater)
+        root = {rater: rater for rater in prompts}
+
+        def find(rater: Rater) -> Rater:
+            while root[rater] != rater:
+                root[rater] = root[root[rater]]
+                rater = root[rater]
+            return rater
+
+        def covered(asked: Counter[str], shared: set[str]) -> bool:
+            return sum(asked[p] for p in shared) >= self.cohort_overlap * sum(asked.values())
+
+        for rater, asked in prompts.items():
+            for other in {o for prompt in asked for o in askers[prompt] if o > rater}:
+                shared = asked.keys() & prompts[other].keys()
+                if covered(asked, shared) and covered(prompts[other], shared):
+                    root[find(other)] = find(rater)
+        groups: dict[Rater, list[Rater]] = defaultdict(list)
+        for rater in sorted(prompts):
+            groups[find(rater)].append(rater)
+        return [group for group in groups.values() if len(group) >= self.min_accounts]
 
     def _flags(self, state: FilterState) -> list[Flag]:
         best: dict[Rater, tuple[float, str]] = {}

@@ -102,7 +102,7 @@ class Pipeline:
         self.bots = BotFilter(s.bot_min_votes, s.bot_max_label_share, s.bot_min_comments, s.bot_max_comment_share)
         self.campaigns = CampaignFilter(s.campaign_min_accounts, s.campaign_min_endorsements, s.campaign_min_hits,
                                         s.campaign_min_prompts, s.campaign_max_feature_share, s.campaign_min_lift,
-                                        s.campaign_max_p_value)
+                                        s.campaign_max_p_value, s.campaign_cohort_overlap)
         self.suite = ContractSuite(s.contract_min_batch, s.contract_max_label_share, s.contract_max_unknown_share)
         self._flag_filter = {r: f.name for f in (self.bots, self.campaigns) for r in f.reasons}
         self._rows: list[BatchRow] = []

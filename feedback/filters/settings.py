@@ -103,6 +103,11 @@ class FilterSettings(BaseSettings):
         default=1e-4, gt=0, lt=1,
         description="Binomial tail probability under which a user's endorsements of a feature are beyond chance.",
     )
+    campaign_cohort_overlap: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Two accounts are in one cohort when the prompts they share carry at least this share of each "
+        "one's votes; a cohort of campaign_min_accounts or more is tested with its endorsements pooled.",
+    )
     campaign_every_batches: int = Field(
         default=1, ge=1, description="Run the campaign search every N micro-batches (it is the costliest filter)."
     )

@@ -123,16 +123,19 @@ class CampaignGroup(_Group):
 
     Pairwise: the answer with more occurrences of the phrase (case-insensitive); a coin when
     both have as many. Thumbs: up if the answer contains the phrase, down if not. With
-    ``steer`` the accounts also ask the model to mention it (the real SmolLM2 often does; the
-    tiny random test model never does, so there the votes degrade to downs and coins, still
-    coordinated in time and prompts). They ask only a few scripted prompts.
+    ``steer`` the accounts also ask the model to open with it (SmolLM2-135M writes it in about a
+    third of its answers when asked to begin with it, and almost never when merely asked to
+    mention it, so the default steer is the stronger one). The tiny random test model never
+    writes it, so there the votes degrade to downs and coins, still coordinated in time and
+    prompts. They ask only a few scripted prompts.
     """
 
     type: Literal["campaign"] = "campaign"
     adversarial: ClassVar[bool] = True
     phrase: str = Field(min_length=1)
     steer: str | None = Field(
-        default="In your answer, mention {phrase}.", description="Appended to each prompt; None to ask plainly."
+        default='Begin your answer with the words "Visit {phrase}".',
+        description="Appended to each prompt; None to ask plainly.",
     )
     shared_prompts: int = Field(default=3, ge=1, description="How many prompts the whole campaign draws from.")
     arrival_seconds: float | None = Field(default=30.0, ge=0, description="The accounts arrive in a burst.")

@@ -129,7 +129,7 @@ def test_bot_is_flagged_and_its_earlier_votes_move_to_quarantine(
     assert all(got[e.event_id] == ["bot_pattern"] for e in spam)
     assert all(got[e.event_id] == [] for e in honest)
     moved = quarantine_row(sessions, first[0].event_id).evidence["bot_pattern"]
-    assert moved["retroactive"] and moved["label"] == "up" and moved["votes"] == 8
+    assert moved["retroactive"] and moved["labels"] == {"thumbs": "up"} and moved["votes"] == 8
     with sessions() as session:
         flags = {(f.user_id, f.evidence["pattern"]) for f in session.scalars(select(FlaggedRater))}
     assert flags == {("bot", "same_label"), ("spam", "same_comment")}
@@ -240,3 +240,77 @@ def test_contract_suite_is_built_once(app_id: int) -> None:
     assert pipeline.suite.build() is Pipeline(filter_settings()).suite.build()
 
 
+
+
+def test_bot_answering_up_and_a_is_judged_per_kind_of_vote(sessions: sessionmaker[Session], app_id: int,
+                                                           build: EventBuilder) -> None:
+    """Always "up" to single answers and always "A" to pairs: two labels overall, no information in either."""
+    pipeline = Pipeline(filter_settings(bot_min_votes=8))
+    events: list[Event] = []
+    for i in range(6):
+        answer, (a, b) = build.completion(app_id), build.pair(app_id)
+        events += [answer, a, b,
+                   build.thumbs(app_id, answer.response_id, user_id="bot", **after(answer, 5)),
+                   build.pairwise(app_id, a.pair_id or "", user_id="bot", **after(a, 5)),
+                   build.thumbs(app_id, answer.response_id, user_id="h", rating="up" if i % 3 else "down",
+                                **after(answer, 6)),
+                   build.pairwise(app_id, a.pair_id or "", user_id="h", choice="ab"[i % 2], **after(a, 6))]
+    store(sessions, pipeline, events)
+
+    got = verdicts(sessions)
+    bot = [e for e in events if getattr(e, "user_id", None) == "bot" and e.type != "completion"]
+    assert all(got[e.event_id] == ["bot_pattern"] for e in bot)
+    assert not any(v for e, v in got.items() if e not in {b.event_id for b in bot})
+    evidence = quarantine_row(sessions, bot[0].event_id).evidence["bot_pattern"]
+    assert evidence["labels"] == {"pairwise": "a", "thumbs": "up"} and evidence["share"] == 1.0
+
+
+def test_campaign_of_small_accounts_is_found_as_a_cohort(sessions: sessionmaker[Session], app_id: int,
+                                                         build: EventBuilder) -> None:
+    """Ten accounts with six votes each, all on the same three scripted prompts, upvote the answers that
+    carry a phrase and downvote the rest. No single account has the history to pass the per-account test;
+    pooled as the cohort their shared prompts make them, they do, and the nine whose own endorsements carry
+    the phrase are flagged; the one whose answers never carried it endorsed nothing and stays. Honest
+    raters asking the same popular prompts, voting by length, are left alone."""
+    pipeline = Pipeline(filter_settings(bot_min_votes=1000))
+    scripted = [[ChatMessage(role="user", content=f"Scripted question {n}?")] for n in range(3)]
+    popular = [[ChatMessage(role="user", content=f"Popular question {n}?")] for n in range(3)]
+    completions: list[Event] = []
+    shills: list[Event] = []
+    honest: list[Event] = []
+    old = utcnow() - timedelta(hours=1)
+    for account in range(10):
+        for i in range(6):
+            carries = account > 0 and i < 2  # on two of the three prompts, which differ between accounts
+            text = f"Visit deals-{'now' if carries else 'x'} example {i}: answer {account} {'long ' * i}."
+            if carries:
+                text = f"Visit bestdeals example, question {i} of {account}."
+            answer = build.completion(app_id, messages=scripted[(account + i) % 3], answer=text, created_at=old)
+            completions.append(answer)
+            shills.append(build.thumbs(app_id, answer.response_id, user_id=f"shill{account}",
+                                       rating="up" if carries else "down", **after(answer, 30)))
+    for rater in range(6):
+        for i in range(8):
+            text = f"Done {rater}{i}." if i % 2 else f"A much longer answer {rater} {i} " + "word " * 40
+            answer = build.completion(app_id, messages=popular[(rater + i) % 3], answer=text, created_at=old)
+            completions.append(answer)
+            honest.append(build.thumbs(app_id, answer.response_id, user_id=f"honest{rater}",
+                                       rating="up" if i % 2 else "down", **after(answer, 30)))
+    store(sessions, pipeline, completions + shills + honest)
+
+    got = verdicts(sessions)
+    assert all(got[e.event_id] == ["campaign"] for e in shills[6:])
+    assert not any(got[e.event_id] for e in shills[:6] + honest)
+    evidence = quarantine_row(sessions, shills[6].event_id).evidence["campaign"]
+    assert evidence["hits"] == 2 and evidence["group_size"] == 9 and "bestdeals" in evidence["feature"]
+    assert evidence["cohort_hits"] == 18 and evidence["p_value"] < 1e-4
+
+
+def test_time_scale_scales_the_time_thresholds() -> None:
+    """A simulation waiting a tenth of human time is judged by a tenth of the human thresholds."""
+    pipeline = Pipeline(filter_settings(time_scale=0.1, timing_min_ms=1000, timing_ms_per_char=10,
+                                        velocity_user_window_s=60, velocity_app_window_s=120))
+    timing = next(f for f in pipeline.filters if f.name == "timing")
+    velocity = next(f for f in pipeline.filters if f.name == "velocity")
+    assert (timing.min_ms, timing.ms_per_char) == (100, 1)  # type: ignore[attr-defined]
+    assert (velocity.user_window_s, velocity.app_window_s) == (6, 12)  # type: ignore[attr-defined]
