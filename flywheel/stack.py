@@ -32,22 +32,26 @@ from trainer.tracking_server import mlflow_ui_process
 log = logging.getLogger(__name__)
 
 
-def _child_env(settings: ServingSettings) -> dict[str, str]:
-    """Pin every resolved location so the children see exactly what ``up`` prepared."""
+def child_env(settings: ServingSettings) -> dict[str, str]:
+    """The FLYWHEEL_* environment under which a child process sees exactly these settings."""
     return {
         "FLYWHEEL_DATA_DIR": str(settings.data_dir),
         "FLYWHEEL_DATABASE_URL": settings.resolved_database_url,
         "FLYWHEEL_MLFLOW_TRACKING_URI": settings.resolved_mlflow_uri,
         "FLYWHEEL_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "FLYWHEEL_KAFKA_TOPIC": settings.kafka_topic,
         "FLYWHEEL_BASE_MODEL": str(settings.resolved_base_model),
         "FLYWHEEL_ENGINE_URL": settings.resolved_engine_url,
+        "FLYWHEEL_HOST": settings.host,
+        "FLYWHEEL_PORT": str(settings.port),
     }
 
 
-def _flywheel(command: str, settings: ServingSettings, ready: Callable[[], bool]) -> ManagedProcess:
+def flywheel_process(command: str, settings: ServingSettings, ready: Callable[[], bool]) -> ManagedProcess:
+    """``python -m flywheel COMMAND`` as a child, configured like this process."""
     return ManagedProcess(
         command, [sys.executable, "-m", "flywheel", command], settings.data_dir / "logs" / f"{command}.log",
-        ready=ready, env=_child_env(settings), startup_timeout=120,
+        ready=ready, env=child_env(settings), startup_timeout=120,
     )
 
 
@@ -81,8 +85,8 @@ def run_stack(settings: ServingSettings, console: Console, mlflow_ui_port: int) 
               vllm_process(settings, model_dir, logs / "engine.log"))
         key = _first_app_key(settings)
         gateway = f"http://{settings.host}:{settings.port}"
-        start("starting the worker…", _flywheel("worker", settings, ready=lambda: True))
-        start("starting the gateway…", _flywheel(
+        start("starting the worker…", flywheel_process("worker", settings, ready=lambda: True))
+        start("starting the gateway…", flywheel_process(
             "serve", settings, ready=lambda: httpx.get(f"{gateway}/readyz", timeout=2).is_success))
         _print_banner(console, settings, gateway, mlflow_ui_port, key)
         try:

@@ -24,7 +24,12 @@ carries): its endorsements concentrate on a feature travelling across prompts fa
 chance. Only accounts with ``min_endorsements`` votes join cohorts. Then each member whose
 own endorsements carry the feature at ``min_lift`` times its base rate or more is a member of
 the campaign, however few its votes; one who shares the prompts but not the pattern (an
-honest rater of the same popular questions) is not.
+honest rater of the same popular questions) is not, unless the cohort is a campaign's script:
+when at least ``cohort_majority`` of a cohort are members of one campaign, the rest of it
+(accounts whose few votes fell on answers without the feature, so they had nothing of it to
+endorse) ride with it and are flagged too, their evidence marked ``rider``. An honest rater
+would have to ask mostly the campaign's scripted questions, among a cohort that is nearly all
+campaign, to be caught this way.
 """
 
 from __future__ import annotations
@@ -78,12 +83,14 @@ class CampaignFilter:
     min_lift: float
     max_p_value: float
     cohort_overlap: float
+    cohort_majority: float = 1.0
     name: str = "campaigns"
     reasons: tuple[str, ...] = ("campaign",)
     _features: dict[str, frozenset[str]] = field(default_factory=dict)
     _answers_with: Counter[str] = field(default_factory=Counter)
     _prompts_with: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     members: dict[str, dict[Rater, dict[str, float]]] = field(default_factory=lambda: defaultdict(dict))
+    riders: dict[str, dict[Rater, dict[str, float]]] = field(default_factory=lambda: defaultdict(dict))
 
     def _index(self, answer: Answer) -> frozenset[str]:
         cached = self._features.get(answer.response_id)
@@ -115,6 +122,12 @@ class CampaignFilter:
                     hits = sum(feature in self._features[a.response_id] for a in endorsed)
                     if endorsed and hits / len(endorsed) >= self.min_lift * stats["base_rate"]:
                         self.members[feature][rater] = {"hits": hits, "endorsements": len(endorsed), **cohort_stats}
+                found = [rater for rater in cohort if rater in self.members[feature]]
+                if len(found) >= self.cohort_majority * len(cohort):
+                    for rater in cohort:
+                        if rater not in self.members[feature]:
+                            self.riders[feature][rater] = {"rider": True, "cohort_members": len(found),
+                                                           "cohort_size": len(cohort), **cohort_stats}
         return self._flags(state)
 
     def _endorsed(self, state: FilterState, rater: Rater) -> list[Answer]:
@@ -187,6 +200,9 @@ class CampaignFilter:
             for rater, stats in members.items():
                 if rater not in best or (stats["p_value"], feature) < best[rater]:
                     best[rater] = (stats["p_value"], feature)
+            for rater, stats in self.riders[feature].items():
+                if rater not in members and rater not in best:
+                    best[rater] = (stats["p_value"], feature)
         flags = []
         for rater, (_p, feature) in sorted(best.items()):
             if "campaign" in state.flags.get(rater, {}):
@@ -194,7 +210,7 @@ class CampaignFilter:
             accounts = sorted(self.members[feature])
             evidence = {
                 "feature": feature,
-                **self.members[feature][rater],
+                **(self.members[feature].get(rater) or self.riders[feature][rater]),
                 "accounts": [f"{app}:{user}" for app, user in accounts[:50]],
                 "group_size": len(accounts),
             }

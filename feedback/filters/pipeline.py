@@ -5,7 +5,7 @@ carries every reason code and its evidence); an event nobody objects to is accep
 its rater's reliability weight. After each micro-batch, inside the batch's transaction:
 
 1. the GX contract suite validates the batch; each failed expectation is a ``batch_alerts`` row;
-2. the history filters (bots, campaigns) review the raters who voted;
+2. the history filters (bots, campaigns, then consensus) review the raters who voted;
 3. a newly flagged rater is stored in ``flagged_raters`` and their accepted votes move to
    quarantine (retroactive quarantine: insert-if-absent into ``quarantine`` and delete from
    ``feedback`` in the same transaction, so an event is never in both or neither); their
@@ -32,6 +32,7 @@ from feedback.events import EVENT_ADAPTER, CompletionEvent, Event, FeedbackEvent
 from feedback.filters.base import Answer, Filter, FilterState, Finding, Flag, Rater, Vote
 from feedback.filters.bots import BotFilter
 from feedback.filters.campaigns import CampaignFilter
+from feedback.filters.consensus import ConsensusFilter
 from feedback.filters.contract import BatchRow, ContractFilter, ContractSuite
 from feedback.filters.duplicates import DuplicateFilter
 from feedback.filters.integrity import IntegrityFilter
@@ -102,13 +103,18 @@ class Pipeline:
         self.bots = BotFilter(s.bot_min_votes, s.bot_max_label_share, s.bot_min_comments, s.bot_max_comment_share)
         self.campaigns = CampaignFilter(s.campaign_min_accounts, s.campaign_min_endorsements, s.campaign_min_hits,
                                         s.campaign_min_prompts, s.campaign_max_feature_share, s.campaign_min_lift,
-                                        s.campaign_max_p_value, s.campaign_cohort_overlap)
+                                        s.campaign_max_p_value, s.campaign_cohort_overlap,
+                                        s.campaign_cohort_majority)
+        self.consensus = ConsensusFilter(s.consensus_min_votes, s.consensus_min_population,
+                                         s.consensus_min_confidence, s.consensus_min_base_rate, s.consensus_min_rate,
+                                         s.consensus_max_p_value)
         self.suite = ContractSuite(s.contract_min_batch, s.contract_max_label_share, s.contract_max_unknown_share)
-        self._flag_filter = {r: f.name for f in (self.bots, self.campaigns) for r in f.reasons}
+        self._flag_filter = {r: f.name for f in (self.bots, self.campaigns, self.consensus) for r in f.reasons}
         self._rows: list[BatchRow] = []
         self._wanted: set[str] = set()
         self._touched: set[Rater] = set()
         self._campaign_due: set[Rater] = set()
+        self._consensus_due: set[Rater] = set()
         self._batches = 0
 
     # -- start-up -------------------------------------------------------------------------------
@@ -173,11 +179,16 @@ class Pipeline:
         self._batches += 1
         self._record_alerts(session)
         self._campaign_due |= self._touched
+        self._consensus_due |= self._touched
         flags = self.bots.review(self.state, self._touched)
         if self._batches % self.settings.campaign_every_batches == 0:
             flags += self.campaigns.review(self.state, self._campaign_due)
             self._campaign_due = set()
         self._apply(session, flags)
+        if self._batches % self.settings.consensus_every_batches == 0:
+            # after bots and campaigns are out, so the consensus is learnt from the raters still trusted
+            self._apply(session, self.consensus.review(self.state, self._consensus_due))
+            self._consensus_due = set()
         before = dict(self.state.weights)
         self.reliability.review(self.state)  # after the flags, so condemned raters no longer sway the consensus
         self._reweigh(session, before)

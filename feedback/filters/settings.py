@@ -108,8 +108,40 @@ class FilterSettings(BaseSettings):
         description="Two accounts are in one cohort when the prompts they share carry at least this share of each "
         "one's votes; a cohort of campaign_min_accounts or more is tested with its endorsements pooled.",
     )
+    campaign_cohort_majority: float = Field(
+        default=0.8, gt=0, le=1,
+        description="When at least this share of a cohort are members of one campaign, its other accounts (the same "
+        "scripted prompts, nothing of the feature to endorse) are flagged with it.",
+    )
     campaign_every_batches: int = Field(
         default=1, ge=1, description="Run the campaign search every N micro-batches (it is the costliest filter)."
+    )
+    # consensus (raters against the others' taste; see feedback/filters/consensus.py)
+    consensus_min_votes: int = Field(
+        default=10, ge=2,
+        description="Votes a rater needs on which the consensus model is confident before they are tested.",
+    )
+    consensus_min_population: int = Field(
+        default=60, ge=2, description="Judged votes of other raters needed before the consensus model is used.",
+    )
+    consensus_min_confidence: float = Field(
+        default=0.65, ge=0.5, lt=1,
+        description="A vote is judged only where the consensus model gives one side at least this probability.",
+    )
+    consensus_min_base_rate: float = Field(
+        default=0.05, gt=0, lt=1,
+        description="Floor of the population's disagreement rate (the slips an honest rater makes).",
+    )
+    consensus_min_rate: float = Field(
+        default=0.25, gt=0, le=1, description="Share of judged votes against the consensus a flagged rater reaches.",
+    )
+    consensus_max_p_value: float = Field(
+        default=0.01, gt=0, lt=1,
+        description="Binomial tail probability of a rater's disagreements at the population rate under which "
+        "they are flagged against_consensus.",
+    )
+    consensus_every_batches: int = Field(
+        default=1, ge=1, description="Run the consensus test every N micro-batches (one model fit per rater tested).",
     )
 
     def scaled(self, seconds: float) -> float:

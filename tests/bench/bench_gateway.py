@@ -44,20 +44,28 @@ async def _chat_rate(url: str, headers: dict[str, str], model: str, requests: in
         return requests / (time.perf_counter() - started)
 
 
-async def _feedback_rate(stack: BenchStack, events: int, concurrency: int) -> float:
-    """Feedback events per second accepted (202, broker acknowledged) by the gateway."""
+async def _feedback_rate(stack: BenchStack, events: int, concurrency: int, per_request: int) -> float:
+    """Feedback events per second accepted (202, broker acknowledged) by the gateway.
+
+    ``per_request`` 1 posts to ``/v1/feedback``; more posts lists of that size to ``/v1/feedback/batch``.
+    """
     limit = asyncio.Semaphore(concurrency)
     headers = {"Authorization": f"Bearer {stack.key}"}
+    path = "/v1/feedback" if per_request == 1 else "/v1/feedback/batch"
+
+    def vote() -> dict[str, str]:
+        return {"type": "thumbs", "response_id": f"resp_{new_root()}", "rating": "up", "user_id": "bench"}
+
     async with httpx.AsyncClient(timeout=60, headers=headers) as client:
 
         async def one() -> None:
             async with limit:
-                body = {"type": "thumbs", "response_id": f"resp_{new_root()}", "rating": "up", "user_id": "bench"}
-                response = await client.post(f"{stack.gateway}/v1/feedback", json=body)
+                body = vote() if per_request == 1 else [vote() for _ in range(per_request)]
+                response = await client.post(f"{stack.gateway}{path}", json=body)
                 response.raise_for_status()
 
         started = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(events)))
+        await asyncio.gather(*(one() for _ in range(events // per_request)))
         return events / (time.perf_counter() - started)
 
 
@@ -97,6 +105,7 @@ def main() -> None:
         gateway: list[float] = []
         bare: list[float] = []
         ingest: list[float] = []
+        batched: list[float] = []
         asyncio.run(_chat_rate(stack.settings.resolved_engine_url, {}, stack.settings.base_engine_model, 8, 4))
         for round_ in range(args.rounds):
             console.print(f"round {round_ + 1}/{args.rounds}")
@@ -105,11 +114,13 @@ def main() -> None:
             gateway.append(asyncio.run(_chat_rate(stack.gateway, pass_through, stack.settings.public_model,
                                                   args.requests, args.concurrency)))
             bare.append(_bare_producer_rate(stack, args.events, args.concurrency))
-            ingest.append(asyncio.run(_feedback_rate(stack, args.events, args.concurrency)))
+            ingest.append(asyncio.run(_feedback_rate(stack, args.events, args.concurrency, 1)))
+            batched.append(asyncio.run(_feedback_rate(stack, args.events, args.concurrency, 50)))
 
     table = Table("what", "baseline (median/s)", "flywheel (median/s)", "ratio")
     for name, base, ours in (("chat requests: vLLM direct vs gateway", direct, gateway),
-                             ("feedback events: bare producer vs POST /v1/feedback", bare, ingest)):
+                             ("feedback events: bare producer vs POST /v1/feedback", bare, ingest),
+                             ("feedback events: bare producer vs /v1/feedback/batch of 50", bare, batched)):
         b, o = statistics.median(base), statistics.median(ours)
         table.add_row(name, f"{b:.1f}", f"{o:.1f}", f"{o / b:.2f}")
     console.print(table)

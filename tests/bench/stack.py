@@ -18,16 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from feedback.apps import create_app as create_api_app
 from feedback.broker import tansu_process
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
 from feedback.filters import FilterSettings
 from feedback.producer import ensure_topic
-from feedback.supervise import free_port, wait_for
+from feedback.supervise import free_port
 from feedback.worker import Worker
-from serving.app import create_app
+from flywheel.stack import flywheel_process
 from serving.engine import vllm_process
 from serving.settings import ServingSettings
 from trainer.base_model import build_tiny_model
@@ -49,11 +48,6 @@ class BenchStack:
     settings: ServingSettings
     gateway: str
     key: str
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:
-        pass
 
 
 @contextmanager
@@ -83,22 +77,20 @@ def service(shared: Backend, data_dir: Path, worker: FilterSettings | None = Non
     with transaction(sessions) as session:
         _, key = create_api_app(session, "bench")
     stop = threading.Event()
-    threads = []
-    if worker is not None:
-        threads.append(threading.Thread(target=Worker(settings, worker).run, args=(stop,), daemon=True))
-    server = _Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_config=None))
-    threads.append(threading.Thread(target=server.run, daemon=True))
-    for thread in threads:
-        thread.start()
+    worker_thread = threading.Thread(target=Worker(settings, worker).run, args=(stop,), daemon=True) if worker else None
+    if worker_thread is not None:
+        worker_thread.start()
     gateway = f"http://127.0.0.1:{settings.port}"
+    # The gateway is its own process, as in production: a thread would share this process's GIL
+    # with the load generator and make the gateway look slower than it is.
+    serve = flywheel_process("serve", settings, ready=lambda: httpx.get(f"{gateway}/readyz", timeout=2).is_success)
     try:
-        wait_for(lambda: httpx.get(f"{gateway}/readyz", timeout=2).is_success, 60, "gateway")
-        yield BenchStack(settings, gateway, key)
+        with serve:
+            yield BenchStack(settings, gateway, key)
     finally:
-        server.should_exit = True
         stop.set()
-        for thread in threads:
-            thread.join(30)
+        if worker_thread is not None:
+            worker_thread.join(30)
 
 
 @contextmanager

@@ -270,8 +270,9 @@ def test_campaign_of_small_accounts_is_found_as_a_cohort(sessions: sessionmaker[
     """Ten accounts with six votes each, all on the same three scripted prompts, upvote the answers that
     carry a phrase and downvote the rest. No single account has the history to pass the per-account test;
     pooled as the cohort their shared prompts make them, they do, and the nine whose own endorsements carry
-    the phrase are flagged; the one whose answers never carried it endorsed nothing and stays. Honest
-    raters asking the same popular prompts, voting by length, are left alone."""
+    the phrase are flagged; the one whose answers never carried it endorsed nothing, but nine in ten of its
+    cohort are the campaign, so it rides with them (``rider``). Honest raters asking the same popular
+    prompts, voting by length, are left alone."""
     pipeline = Pipeline(filter_settings(bot_min_votes=1000))
     scripted = [[ChatMessage(role="user", content=f"Scripted question {n}?")] for n in range(3)]
     popular = [[ChatMessage(role="user", content=f"Popular question {n}?")] for n in range(3)]
@@ -299,11 +300,36 @@ def test_campaign_of_small_accounts_is_found_as_a_cohort(sessions: sessionmaker[
     store(sessions, pipeline, completions + shills + honest)
 
     got = verdicts(sessions)
-    assert all(got[e.event_id] == ["campaign"] for e in shills[6:])
-    assert not any(got[e.event_id] for e in shills[:6] + honest)
+    assert all(got[e.event_id] == ["campaign"] for e in shills)
+    assert not any(got[e.event_id] for e in honest)
     evidence = quarantine_row(sessions, shills[6].event_id).evidence["campaign"]
     assert evidence["hits"] == 2 and evidence["group_size"] == 9 and "bestdeals" in evidence["feature"]
     assert evidence["cohort_hits"] == 18 and evidence["p_value"] < 1e-4
+    rider = quarantine_row(sessions, shills[0].event_id).evidence["campaign"]
+    assert rider["rider"] and rider["cohort_members"] == 9 and rider["cohort_size"] == 10
+
+
+def test_campaign_cohort_riders_need_a_majority(sessions: sessionmaker[Session], app_id: int,
+                                                build: EventBuilder) -> None:
+    """With ``cohort_majority`` above the cohort's campaign share, the account without hits is left alone."""
+    pipeline = Pipeline(filter_settings(bot_min_votes=1000, campaign_cohort_majority=0.95))
+    scripted = [[ChatMessage(role="user", content=f"Scripted question {n}?")] for n in range(3)]
+    old = utcnow() - timedelta(hours=1)
+    events: list[Event] = []
+    shills: list[Event] = []
+    for account in range(10):
+        for i in range(6):
+            carries = account > 0 and i < 2
+            text = (f"Visit bestdeals example, question {i} of {account}." if carries
+                    else f"Visit deals-x example {i}: answer {account} {'long ' * i}.")
+            answer = build.completion(app_id, messages=scripted[(account + i) % 3], answer=text, created_at=old)
+            shills.append(build.thumbs(app_id, answer.response_id, user_id=f"shill{account}",
+                                       rating="up" if carries else "down", **after(answer, 30)))
+            events.append(answer)
+    store(sessions, pipeline, events + shills)
+    got = verdicts(sessions)
+    assert all(got[e.event_id] == ["campaign"] for e in shills[6:])
+    assert not any(got[e.event_id] for e in shills[:6])
 
 
 def test_time_scale_scales_the_time_thresholds() -> None:

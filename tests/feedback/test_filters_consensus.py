@@ -1,0 +1,116 @@
+"""The consensus filter: raters who vote only on their own answers, judged against the others' learnt taste."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from feedback.db.models import FlaggedRater
+from feedback.db.session import make_engine, session_factory
+from feedback.events import Event
+from feedback.filters import Pipeline
+from feedback.filters.consensus import describe, fit_logistic
+from tests.conftest import EventBuilder
+from tests.feedback.filtering import after, filter_settings, store, verdicts
+
+WORDS = ("the a cup of water salt pan heat then add stir wait serve cool rinse dry fold cut mix"  # noqa: SIM905
+         .split())
+
+
+@pytest.fixture
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(db_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def app_id(db_url: str, make_app: Callable[[str], int]) -> int:
+    return make_app(db_url)
+
+
+def _text(rng: random.Random) -> str:
+    words = rng.randint(4, 50)
+    if rng.random() < 0.3:
+        lines = [f"{n + 1}. " + " ".join(rng.choices(WORDS, k=max(1, words // 3))) for n in range(3)]
+        return "\n".join(lines)
+    return " ".join(rng.choices(WORDS, k=words)) + "."
+
+
+def _steps(text: str) -> bool:
+    return text.startswith("1. ")
+
+
+def _likes(text: str) -> bool:
+    """The taste nobody tells the filter: numbered steps, or short."""
+    return _steps(text) or len(text.split()) <= 20
+
+
+def _prefers_a(a: str, b: str) -> bool | None:
+    rank_a, rank_b = (_steps(a), -len(a.split())), (_steps(b), -len(b.split()))
+    return None if rank_a == rank_b else rank_a > rank_b
+
+
+def test_describe_and_fit_learn_a_threshold() -> None:
+    assert describe("1. Boil water\n2. Add salt")[0] == 1.0 and describe("Just boil it.")[0] == 0.0
+    x = np.array([[1.0, float(n <= 20)] for n in range(40)])
+    w = fit_logistic(x, np.array([float(n <= 20) for n in range(40)]))
+    assert w[1] > 2  # the band feature carries the decision
+
+
+def test_rater_against_the_consensus_is_flagged_without_shared_items(
+        sessions: sessionmaker[Session], app_id: int, build: EventBuilder) -> None:
+    """Honest raters (5 % slips), a slow attacker (40 % inverted) and a coin flipper, each on their own answers."""
+    pipeline = Pipeline(filter_settings(bot_min_votes=1000, campaign_min_accounts=1000))
+    rng = random.Random(7)
+    kinds = {f"honest{n}": 0.05 for n in range(14)} | {"attacker": 0.4}
+    events: dict[str, list[str]] = {user: [] for user in kinds}
+    for _round in range(4):
+        batch: list[Event] = []
+        for user, against in kinds.items():
+            for _ in range(4):
+                flip = rng.random() < against
+                if rng.random() < 0.5:
+                    answer = build.completion(app_id, answer=_text(rng))
+                    up = _likes(answer.answer) != flip
+                    vote: Event = build.thumbs(app_id, answer.response_id, user_id=user, rating="up" if up else "down",
+                                               **after(answer, 30))
+                    batch += [answer, vote]
+                else:
+                    a, b = build.pair(app_id)
+                    a, b = a.model_copy(update={"answer": _text(rng)}), b.model_copy(update={"answer": _text(rng)})
+                    prefers_a = _prefers_a(a.answer, b.answer)
+                    choice = "tie" if prefers_a is None else "a" if prefers_a != flip else "b"
+                    vote = build.pairwise(app_id, a.pair_id or "", user_id=user, choice=choice, **after(a, 30))
+                    batch += [a, b, vote]
+                events[user].append(vote.event_id)
+        store(sessions, pipeline, batch)
+
+    got = verdicts(sessions)
+    assert all(got[e] == ["against_consensus"] for e in events["attacker"])  # retroactively, honest-looking ones too
+    assert not any(got[e] for user, ids in events.items() if user != "attacker" for e in ids)
+    with sessions() as session:
+        flag = session.scalars(select(FlaggedRater)).one()
+    assert flag.user_id == "attacker" and flag.reason == "against_consensus"
+    assert flag.evidence["disagreements"] / flag.evidence["judged_votes"] >= 0.25
+    assert flag.evidence["p_value"] <= 0.01
+
+
+def test_no_consensus_without_a_population(sessions: sessionmaker[Session], app_id: int, build: EventBuilder) -> None:
+    """One contrarian among too few votes of others is not judged: the model needs min_population."""
+    pipeline = Pipeline(filter_settings(bot_min_votes=1000, consensus_min_population=1000))
+    rng = random.Random(3)
+    batch: list[Event] = []
+    for user, flip in (("h", False), ("c", True)):
+        for _ in range(12):
+            answer = build.completion(app_id, answer=_text(rng))
+            up = _likes(answer.answer) != flip
+            batch += [answer, build.thumbs(app_id, answer.response_id, user_id=user, rating="up" if up else "down",
+                                           **after(answer, 30))]
+    store(sessions, pipeline, batch)
+    assert not any(verdicts(sessions).values())
