@@ -23,6 +23,7 @@ from feedback.filters.settings import FilterSettings
 from feedback.producer import ensure_topic
 from feedback.supervise import free_port, wait_for
 from feedback.worker import Worker
+from flywheel.stack import child_env
 from serving.app import create_app
 from serving.engine import vllm_process
 from serving.settings import ServingSettings
@@ -61,14 +62,7 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         """The FLYWHEEL_* environment under which the CLI sees this stack."""
-        return {
-            "FLYWHEEL_DATA_DIR": str(self.settings.data_dir),
-            "FLYWHEEL_DATABASE_URL": self.settings.resolved_database_url,
-            "FLYWHEEL_MLFLOW_TRACKING_URI": self.settings.resolved_mlflow_uri,
-            "FLYWHEEL_KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka_bootstrap_servers,
-            "FLYWHEEL_KAFKA_TOPIC": self.settings.kafka_topic,
-            "FLYWHEEL_BASE_MODEL": str(self.settings.resolved_base_model),
-        }
+        return child_env(self.settings)
 
 
 class _Gateway(uvicorn.Server):
