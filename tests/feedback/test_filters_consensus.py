@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
 
 import numpy as np
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import FlaggedRater
-from feedback.db.session import make_engine, session_factory
 from feedback.events import Event
 from feedback.filters import Pipeline
 from feedback.filters.consensus import describe, fit_logistic
@@ -20,18 +17,6 @@ from tests.feedback.filtering import after, filter_settings, store, verdicts
 
 WORDS = ("the a cup of water salt pan heat then add stir wait serve cool rinse dry fold cut mix"  # noqa: SIM905
          .split())
-
-
-@pytest.fixture
-def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(db_url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def app_id(db_url: str, make_app: Callable[[str], int]) -> int:
-    return make_app(db_url)
 
 
 def _text(rng: random.Random) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -10,24 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import BatchAlert, Feedback, FlaggedRater, Quarantine
-from feedback.db.session import make_engine, session_factory, transaction
+from feedback.db.session import transaction
 from feedback.events import ChatMessage, Event, utcnow
 from feedback.filters import Pipeline
 from feedback.filters.campaigns import binomial_tail, features
 from tests.conftest import EventBuilder
 from tests.feedback.filtering import after, filter_settings, store, verdicts
-
-
-@pytest.fixture
-def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(db_url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def app_id(db_url: str, make_app: Callable[[str], int]) -> int:
-    return make_app(db_url)
 
 
 def quarantine_row(sessions: sessionmaker[Session], event_id: str) -> Quarantine:

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
-import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Completion, Feedback, Quarantine
-from feedback.db.session import make_engine, session_factory, transaction
+from feedback.db.session import transaction
 from feedback.events import ChatMessage, Event, PairwiseEvent, ThumbsEvent
 from feedback.filters import Pipeline
 from feedback.store import BatchResult, Verdict, prompt_hash, store_batch
 from tests.conftest import EventBuilder
 from tests.feedback.filtering import filter_settings
-
-
-@pytest.fixture
-def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(db_url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def app_id(db_url: str, make_app: Callable[[str], int]) -> int:
-    return make_app(db_url)
 
 
 def store(sessions: sessionmaker[Session], batch: Sequence[Event]) -> BatchResult:
