@@ -112,6 +112,16 @@ class EventProducer:
         self._producer.close(timeout=timeout)
 
 
+def _admin_client(settings: CommonSettings, timeout: float, client_id: str) -> KafkaAdminClient:
+    """An admin client that gives up after ``timeout`` instead of kafka-python's 30 s bootstrap default."""
+    return KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        request_timeout_ms=int(timeout * 1000),
+        bootstrap_timeout_ms=int(timeout * 1000),
+        client_id=client_id,
+    )
+
+
 def ensure_topic(settings: CommonSettings, timeout: float = 10.0) -> None:
     """Create the events topic with ``kafka_partitions`` partitions unless it exists.
 
@@ -120,12 +130,7 @@ def ensure_topic(settings: CommonSettings, timeout: float = 10.0) -> None:
     partition count (changing it would move keys between partitions).
     """
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=settings.bootstrap_servers,
-            request_timeout_ms=int(timeout * 1000),
-            bootstrap_timeout_ms=int(timeout * 1000),
-            client_id="flywheel-admin",
-        )
+        admin = _admin_client(settings, timeout, "flywheel-admin")
     except kafka_errors.KafkaError as exc:
         raise BrokerUnavailable(f"cannot connect to the broker at {settings.kafka_bootstrap_servers}") from exc
     try:
@@ -161,12 +166,7 @@ def broker_reachable(settings: CommonSettings, timeout: float = 2.0) -> bool:
         if cached is not None and time.monotonic() - cached[0] < _PROBE_TTL:
             return cached[1]
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=settings.bootstrap_servers,
-                request_timeout_ms=int(timeout * 1000),
-                bootstrap_timeout_ms=int(timeout * 1000),
-                client_id="flywheel-probe",
-            )
+            admin = _admin_client(settings, timeout, "flywheel-probe")
             try:
                 admin.describe_cluster()
                 reachable = True
