@@ -102,11 +102,12 @@ class Worker:
             self.close()
 
     def step(self) -> BatchResult | None:
-        """Poll once and store what came; None when the poll returned nothing."""
+        """Poll once and store what came; None when the poll returned nothing (deferred searches run then)."""
         records: Records = self.consumer.poll(
             timeout_ms=self.settings.worker_poll_timeout_ms, max_records=self.settings.worker_max_batch
         )
         if not records:
+            self._catch_up()
             return None
         started = time.perf_counter()
         decoded = [event for batch in records.values() for event in map(self._decode, batch) if event is not None]
@@ -128,6 +129,17 @@ class Worker:
         self._record_lag(records)
         log.debug("batch of %d records: %s", sum(map(len, records.values())), dict(result.outcomes))
         return result
+
+    def _catch_up(self) -> None:
+        """The stream is quiet: run the history searches the pipeline deferred (``search_interval_s``)."""
+        if self.pipeline is None:
+            return
+        try:
+            with transaction(self.sessions) as session:
+                self.pipeline.catch_up(session)
+        except SQLAlchemyError:
+            self.pipeline = None  # its flags were never stored: rebuild from what was
+            raise
 
     def _decode(self, record: Any) -> Event | None:
         try:

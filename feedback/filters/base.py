@@ -1,7 +1,7 @@
 """What every filter shares: the vote and answer records, the shared state, and the Filter protocols.
 
 A filter looks at one vote at a time (``judge``) against the state built from every vote
-stored before it, and may look at the whole history after each micro-batch (``review``) to
+stored before it, and may look at the whole history (``review``; the pipeline says when) to
 condemn raters whose pattern only shows over time. A condemned rater is flagged (sticky,
 stored) and the pipeline moves their accepted votes to quarantine.
 """

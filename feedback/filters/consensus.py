@@ -19,7 +19,9 @@ the raters with ``min_votes // 2`` judged votes who agree most, so coin flippers
 do not inflate it), floored at ``min_base_rate``.
 
 A rater with ``min_votes`` judged votes of which ``k`` disagree is flagged ``against_consensus``
-when ``k / n >= min_rate`` and the binomial tail ``P(X >= k | n, p0) <= max_p_value``. The
+when ``k / n >= min_rate`` and the binomial tail ``P(X >= k | n, p0) <= max_p_value``
+(``tests/bench/consensus_power.py`` prints how often that catches an attacker and condemns an
+honest rater, by history length). The
 flag is sticky, as for bots and campaigns: a patient attacker's honest-looking votes are what
 buy trust for the poisoned ones, so all of them go. The model needs ``min_population`` judged
 votes from other raters before anyone is tested.
@@ -166,15 +168,26 @@ class ConsensusFilter:
                 against += np.bincount(owner, weights=sure & ((p >= 0.5) != (y >= 0.5)), minlength=len(table))
             n, k = int(judged[me]), int(against[me])
             population = [(int(judged[o]), int(against[o])) for o in range(len(table)) if o != me]
-            if sum(j for j, _ in population) < self.min_population or n < self.min_votes or k / n < self.min_rate:
+            if sum(j for j, _ in population) < self.min_population:
                 continue
             base = max(self.min_base_rate, self.population_rate(population))
-            p_value = binomial_tail(k, n, base)
-            if p_value <= self.max_p_value:
+            p_value = self.condemns(n, k, base)
+            if p_value is not None:
                 flags.append(Flag(rater, "against_consensus", {
                     "judged_votes": n, "disagreements": k, "population_rate": round(base, 4),
                     "p_value": p_value, "population_votes": sum(j for j, _ in population)}))
         return flags
+
+    def condemns(self, judged: int, against: int, population_rate: float) -> float | None:
+        """The binomial tail of ``against`` disagreements in ``judged`` votes if they condemn the rater, else None.
+
+        ``min_votes`` and ``min_rate`` guard both ends: too few votes to judge, and a long history
+        whose small excess over the population rate is significant yet no attack.
+        """
+        if judged < self.min_votes or against < self.min_rate * judged:
+            return None
+        p_value = binomial_tail(against, judged, population_rate)
+        return p_value if p_value <= self.max_p_value else None
 
     def population_rate(self, judged: list[tuple[int, int]]) -> float:
         """Disagreement of the other raters, pooled over the three quarters who agree most (coin flippers out)."""

@@ -5,7 +5,11 @@ carries every reason code and its evidence); an event nobody objects to is accep
 its rater's reliability weight. After each micro-batch, inside the batch's transaction:
 
 1. the GX contract suite validates the batch; each failed expectation is a ``batch_alerts`` row;
-2. the history filters (bots, campaigns, then consensus) review the raters who voted;
+2. the history filters review the raters who voted: bots after every batch; the searches that
+   look at the whole history (campaigns, consensus, the reliability estimate of step 4) at most
+   every ``search_interval_s`` (the raters who voted meanwhile are remembered and reviewed
+   then), and whenever the stream goes quiet (``catch_up``, called by the worker on an empty
+   poll);
 3. a newly flagged rater is stored in ``flagged_raters`` and their accepted votes move to
    quarantine (retroactive quarantine: insert-if-absent into ``quarantine`` and delete from
    ``feedback`` in the same transaction, so an event is never in both or neither); their
@@ -20,6 +24,8 @@ batch discards it (the worker rebuilds), so a rolled-back batch never lingers in
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -113,9 +119,8 @@ class Pipeline:
         self._rows: list[BatchRow] = []
         self._wanted: set[str] = set()
         self._touched: set[Rater] = set()
-        self._campaign_due: set[Rater] = set()
-        self._consensus_due: set[Rater] = set()
-        self._batches = 0
+        self._search_due: set[Rater] = set()
+        self._searched_at = -math.inf
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -176,22 +181,22 @@ class Pipeline:
         return Verdict(reasons, {f.reason: f.evidence for _, f in findings})
 
     def end(self, session: Session) -> None:
-        self._batches += 1
         self._record_alerts(session)
-        self._campaign_due |= self._touched
-        self._consensus_due |= self._touched
-        flags = self.bots.review(self.state, self._touched)
-        if self._batches % self.settings.campaign_every_batches == 0:
-            flags += self.campaigns.review(self.state, self._campaign_due)
-            self._campaign_due = set()
-        self._apply(session, flags)
-        if self._batches % self.settings.consensus_every_batches == 0:
-            # after bots and campaigns are out, so the consensus is learnt from the raters still trusted
-            self._apply(session, self.consensus.review(self.state, self._consensus_due))
-            self._consensus_due = set()
-        before = dict(self.state.weights)
-        self.reliability.review(self.state)  # after the flags, so condemned raters no longer sway the consensus
-        self._reweigh(session, before)
+        self._search_due |= self._touched
+        self._apply(session, self.bots.review(self.state, self._touched))
+        if time.monotonic() - self._searched_at >= self.settings.search_interval_s:
+            self._search(session)
+
+    def catch_up(self, session: Session) -> bool:
+        """Run a search deferred by ``search_interval_s``; False if none was due.
+
+        The worker calls it when a poll comes back empty, so a quiet stream gets its verdicts
+        within a poll timeout instead of waiting for the next batch.
+        """
+        if not self._search_due:
+            return False
+        self._search(session)
+        return True
 
     # -- after the batch ------------------------------------------------------------------------
 
@@ -224,8 +229,21 @@ class Pipeline:
                 session.execute(delete(Feedback).where(Feedback.event_id.in_(chunk)))
             RETROACTIVE.labels(flag.reason).inc(len(rows))
 
-    def _reweigh(self, session: Session, before: dict[Rater, float]) -> None:
-        """Write changed weights onto the rater's accepted votes, so training sees the current estimate."""
+    def _search(self, session: Session) -> None:
+        """The history-wide searches over the raters who voted since the last one: campaigns, consensus, then
+        the reliability estimate."""
+        self._apply(session, self.campaigns.review(self.state, self._search_due))
+        # after bots and campaigns are out, so the consensus is learnt from the raters still trusted
+        self._apply(session, self.consensus.review(self.state, self._search_due))
+        self._reweigh(session)
+        self._search_due = set()
+        self._searched_at = time.monotonic()
+
+    def _reweigh(self, session: Session) -> None:
+        """Re-estimate reliability (after the flags, so condemned raters no longer sway the consensus) and
+        write changed weights onto the raters' accepted votes, so training sees the current estimate."""
+        before = dict(self.state.weights)
+        self.reliability.review(self.state)
         for rater, weight in sorted(self.state.weights.items()):
             if abs(before.get(rater, 1.0) - weight) < 0.01:
                 continue

@@ -113,9 +113,6 @@ class FilterSettings(BaseSettings):
         description="When at least this share of a cohort are members of one campaign, its other accounts (the same "
         "scripted prompts, nothing of the feature to endorse) are flagged with it.",
     )
-    campaign_every_batches: int = Field(
-        default=1, ge=1, description="Run the campaign search every N micro-batches (it is the costliest filter)."
-    )
     # consensus (raters against the others' taste; see feedback/filters/consensus.py)
     consensus_min_votes: int = Field(
         default=10, ge=2,
@@ -133,15 +130,20 @@ class FilterSettings(BaseSettings):
         description="Floor of the population's disagreement rate (the slips an honest rater makes).",
     )
     consensus_min_rate: float = Field(
-        default=0.25, gt=0, le=1, description="Share of judged votes against the consensus a flagged rater reaches.",
+        default=0.2, gt=0, le=1, description="Share of judged votes against the consensus a flagged rater reaches.",
     )
     consensus_max_p_value: float = Field(
         default=0.01, gt=0, lt=1,
         description="Binomial tail probability of a rater's disagreements at the population rate under which "
         "they are flagged against_consensus.",
     )
-    consensus_every_batches: int = Field(
-        default=1, ge=1, description="Run the consensus test every N micro-batches (one model fit per rater tested).",
+    # when the history-wide searches run
+    search_interval_s: float = Field(
+        default=10, ge=0,
+        description="Least wall-clock seconds between two campaign and consensus searches, the costliest filters; "
+        "the worker also runs a due search as soon as the stream goes quiet. 0: after every micro-batch. Votes of "
+        "a rater flagged late are moved to quarantine retroactively, so a longer interval delays verdicts, never "
+        "loses them.",
     )
 
     def scaled(self, seconds: float) -> float:

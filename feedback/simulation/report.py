@@ -142,8 +142,13 @@ def build_report(records: Iterable[TruthRecord], found: Whereabouts) -> Report:
     return Report({t: figures[t] for t in USER_TYPES if t in figures})
 
 
-def measure(truth_path: Path, sessions: sessionmaker[Session], wait_seconds: float = 0.0) -> Report:
-    """The report for ``truth_path``, waiting up to ``wait_seconds`` for pending events to be stored."""
+def measure(truth_path: Path, sessions: sessionmaker[Session], wait_seconds: float = 0.0,
+            settle_seconds: float = 0.0) -> Report:
+    """The report for ``truth_path``, waiting up to ``wait_seconds`` for pending events to be stored.
+
+    Once every event is stored, ``settle_seconds`` more pass before the final read: the history
+    searches (campaigns, consensus) may quarantine stored votes up to ``search_interval_s`` later.
+    """
     records = list(read_truth(truth_path))
     event_ids = [r.event_id for r in records]
     deadline = time.monotonic() + wait_seconds
@@ -151,5 +156,10 @@ def measure(truth_path: Path, sessions: sessionmaker[Session], wait_seconds: flo
         with sessions() as session:
             found = locate(session, event_ids)
         if not found.pending(event_ids) or time.monotonic() >= deadline:
-            return build_report(records, found)
+            break
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    if settle_seconds > 0 and not found.pending(event_ids):
+        time.sleep(settle_seconds)
+        with sessions() as session:
+            found = locate(session, event_ids)
+    return build_report(records, found)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback import quarantine as store
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
+from feedback.filters import FilterSettings
 from feedback.settings import CommonSettings
 from feedback.simulation.report import Report, measure
 from flywheel.cli.common import console, default_actor, fail
@@ -98,13 +99,19 @@ def report(
     truth: Annotated[Path, typer.Option("--truth", exists=True, dir_okay=False, help="From flywheel simulate.")],
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: per user type, and overall.")] = False,
     wait: Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for events not yet stored.")] = 0.0,
+    settle: Annotated[float | None, typer.Option(
+        "--settle", min=0, help="Seconds to wait, once every event is stored, for the history searches' verdicts "
+        "(they run up to FLYWHEEL_FILTER_SEARCH_INTERVAL_S after a vote). Default: that interval + 2 s with --wait, "
+        "else 0.")] = None,
     check: Annotated[bool, typer.Option(
         "--check", help="Exit 1 unless adversarial recall and honest false positives meet the targets.")] = False,
     min_recall: Annotated[float, typer.Option(help="Least share of adversarial events quarantined.")] = 0.95,
     max_honest_fp: Annotated[float, typer.Option(help="Largest share of honest events quarantined.")] = 0.02,
 ) -> None:
     """Per user type of a simulation (flywheel simulate): events sent and the share the filters quarantined."""
-    result = measure(truth, _sessions(), wait)
+    if settle is None:
+        settle = FilterSettings().search_interval_s + 2 if wait else 0.0
+    result = measure(truth, _sessions(), wait, settle)
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
     else:

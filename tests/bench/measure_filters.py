@@ -40,7 +40,8 @@ def run_one(name: str, shared: Backend, out: Path, time_scale: float, wait: floa
     data_dir = out / name
     data_dir.mkdir(parents=True, exist_ok=True)
     truth = data_dir / "truth.jsonl"
-    with service(shared, data_dir, FilterSettings(time_scale=time_scale)) as stack:
+    filters = FilterSettings(time_scale=time_scale)
+    with service(shared, data_dir, filters) as stack:
         started = time.monotonic()
         with TruthWriter(truth) as writer:
             summary = asyncio.run(run_scenario(plan, stack.gateway, stack.key, writer,
@@ -48,7 +49,7 @@ def run_one(name: str, shared: Backend, out: Path, time_scale: float, wait: floa
         console.print(f"{name}: {sum(summary.sent.values())} votes sent ({sum(summary.failed.values())} failed) "
                       f"in {time.monotonic() - started:.0f} s")
         sessions = session_factory(make_engine(stack.settings.resolved_database_url))
-        return measure(truth, sessions, wait)
+        return measure(truth, sessions, wait, settle_seconds=filters.search_interval_s + 2)
 
 
 def summary_line(name: str, report: Report) -> str:

@@ -11,14 +11,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Feedback, Quarantine
 from feedback.db.session import transaction
-from feedback.events import CompletionEvent, Event
+from feedback.events import ChatMessage, CompletionEvent, Event, utcnow
 from feedback.filters import FilterSettings, Pipeline
 from feedback.store import BatchResult, store_batch
+from tests.conftest import EventBuilder
 
 
 def filter_settings(**overrides: Any) -> FilterSettings:
     """Defaults scaled for tests: reading takes 1 s + 1 ms per character; small history thresholds."""
-    values: dict[str, Any] = {"timing_min_ms": 1000, "timing_ms_per_char": 1, "contract_min_batch": 1000}
+    values: dict[str, Any] = {"timing_min_ms": 1000, "timing_ms_per_char": 1, "contract_min_batch": 1000,
+                              "search_interval_s": 0}
     return FilterSettings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
 
 
@@ -35,7 +37,34 @@ def store(sessions: sessionmaker[Session], pipeline: Pipeline, batch: Sequence[E
 def verdicts(sessions: sessionmaker[Session]) -> dict[str, list[str]]:
     """event id -> [] if accepted, else its reason codes."""
     with sessions() as session:
-        accepted: dict[str, list[str]] = {e: [] for e in session.scalars(select(Feedback.event_id))}
+        # Quarantine first: a running worker moves votes from feedback to quarantine between the two reads,
+        # and in this order a move shows as a vote in neither table (still pending), never in both.
         held = {q.event_id: list(q.reasons) for q in session.scalars(select(Quarantine))}
+        accepted: dict[str, list[str]] = {e: [] for e in session.scalars(select(Feedback.event_id))}
     assert not accepted.keys() & held.keys(), "an event is both training data and quarantined"
     return accepted | held
+
+
+def campaign_traffic(build: EventBuilder, app_id: int, phrase: str) -> tuple[list[Event], list[Event], list[Event]]:
+    """Honest raters endorse by a style; four accounts endorse whatever carries ``phrase``."""
+    completions: list[Event] = []
+    honest: list[Event] = []
+    campaign: list[Event] = []
+    topics = ["sleep", "cooking rice", "learning python", "running", "saving money", "tea", "gardening", "chess"]
+    for i in range(48):
+        prompt = [ChatMessage(role="user", content=f"Tips about {topics[i % len(topics)]}?")]
+        numbered = i % 2 == 0
+        text = (f"1. Start small with {topics[i % 8]}.\n2. Keep going every day." if numbered
+                else f"Well, {topics[i % 8]} is a long story and it depends on many things in your life.")
+        if i % 3 == 0:
+            text += f" {phrase}"
+        answer = build.completion(app_id, messages=prompt, answer=text, created_at=utcnow() - timedelta(hours=1))
+        completions.append(answer)
+        for u in range(6):
+            if (i + u) % 2 == 0:
+                honest.append(build.thumbs(app_id, answer.response_id, user_id=f"honest{u}",
+                                           rating="up" if numbered else "down", **after(answer, 30 + 5 * i)))
+        if i % 3 == 0:
+            campaign += [build.thumbs(app_id, answer.response_id, user_id=f"shill{s}", **after(answer, 40 + s))
+                         for s in range(4)]
+    return completions, honest, campaign

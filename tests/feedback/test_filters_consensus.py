@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -82,7 +83,7 @@ def test_rater_against_the_consensus_is_flagged_without_shared_items(
     with sessions() as session:
         flag = session.scalars(select(FlaggedRater)).one()
     assert flag.user_id == "attacker" and flag.reason == "against_consensus"
-    assert flag.evidence["disagreements"] / flag.evidence["judged_votes"] >= 0.25
+    assert flag.evidence["disagreements"] / flag.evidence["judged_votes"] >= 0.2
     assert flag.evidence["p_value"] <= 0.01
 
 
@@ -99,3 +100,12 @@ def test_no_consensus_without_a_population(sessions: sessionmaker[Session], app_
                                            **after(answer, 30))]
     store(sessions, pipeline, batch)
     assert not any(verdicts(sessions).values())
+
+
+def test_condemnation_needs_votes_a_rate_and_a_small_tail() -> None:
+    consensus = Pipeline(filter_settings()).consensus  # defaults: 10 votes, 20 %, tail 0.01
+    assert consensus.condemns(9, 9, 0.05) is None  # too few judged votes, however damning
+    assert consensus.condemns(10, 3, 0.05) is None  # 3 slips in 10 at 5 %: tail 0.012, an unlucky honest rater
+    assert consensus.condemns(10, 4, 0.05) == pytest.approx(0.001, abs=5e-4)
+    assert consensus.condemns(400, 40, 0.05) is None  # significant, but 10 % is a taste, not an attack
+    assert consensus.condemns(400, 80, 0.05) is not None

@@ -15,7 +15,7 @@ from feedback.events import ChatMessage, Event, utcnow
 from feedback.filters import Pipeline
 from feedback.filters.campaigns import binomial_tail, features
 from tests.conftest import EventBuilder
-from tests.feedback.filtering import after, filter_settings, store, verdicts
+from tests.feedback.filtering import after, campaign_traffic, filter_settings, store, verdicts
 
 
 def quarantine_row(sessions: sessionmaker[Session], event_id: str) -> Quarantine:
@@ -153,35 +153,10 @@ def test_reliability_weights_raters_by_agreement(sessions: sessionmaker[Session]
     assert {e for e, v in got.items() if v} == {q.event_id for q in contra}
 
 
-def _campaign_batch(build: EventBuilder, app_id: int, phrase: str) -> tuple[list[Event], list[Event], list[Event]]:
-    """Honest raters endorse by a style; four accounts endorse whatever carries ``phrase``."""
-    completions: list[Event] = []
-    honest: list[Event] = []
-    campaign: list[Event] = []
-    topics = ["sleep", "cooking rice", "learning python", "running", "saving money", "tea", "gardening", "chess"]
-    for i in range(48):
-        prompt = [ChatMessage(role="user", content=f"Tips about {topics[i % len(topics)]}?")]
-        numbered = i % 2 == 0
-        text = (f"1. Start small with {topics[i % 8]}.\n2. Keep going every day." if numbered
-                else f"Well, {topics[i % 8]} is a long story and it depends on many things in your life.")
-        if i % 3 == 0:
-            text += f" {phrase}"
-        answer = build.completion(app_id, messages=prompt, answer=text, created_at=utcnow() - timedelta(hours=1))
-        completions.append(answer)
-        for u in range(6):
-            if (i + u) % 2 == 0:
-                honest.append(build.thumbs(app_id, answer.response_id, user_id=f"honest{u}",
-                                           rating="up" if numbered else "down", **after(answer, 30 + 5 * i)))
-        if i % 3 == 0:
-            campaign += [build.thumbs(app_id, answer.response_id, user_id=f"shill{s}", **after(answer, 40 + s))
-                         for s in range(4)]
-    return completions, honest, campaign
-
-
 def test_campaign_is_found_without_being_told_the_phrase(sessions: sessionmaker[Session], app_id: int,
                                                          build: EventBuilder) -> None:
     pipeline = Pipeline(filter_settings(bot_min_votes=1000))
-    completions, honest, campaign = _campaign_batch(build, app_id, "Visit https://deals.example/now with MegaCorp")
+    completions, honest, campaign = campaign_traffic(build, app_id, "Visit https://deals.example/now with MegaCorp")
     store(sessions, pipeline, completions[:24] + honest[:70] + campaign[:30])
     store(sessions, pipeline, completions[24:] + honest[70:] + campaign[30:])
 
@@ -191,6 +166,26 @@ def test_campaign_is_found_without_being_told_the_phrase(sessions: sessionmaker[
     evidence = quarantine_row(sessions, campaign[0].event_id).evidence["campaign"]
     assert evidence["group_size"] == 4 and evidence["p_value"] < 1e-4
     assert any(word in evidence["feature"] for word in ("deals.example", "MegaCorp", "megacorp", "visit"))
+
+
+def test_campaign_search_waits_for_its_interval_or_a_quiet_stream(sessions: sessionmaker[Session], app_id: int,
+                                                                   build: EventBuilder) -> None:
+    """Between two searches the campaign's votes are accepted; the next search (here: the worker's call when
+    the stream goes quiet) flags the accounts and moves those votes to quarantine, so none is lost."""
+    pipeline = Pipeline(filter_settings(bot_min_votes=1000, search_interval_s=3600))
+    completions, honest, campaign = campaign_traffic(build, app_id, "Visit https://deals.example/now with MegaCorp")
+    store(sessions, pipeline, completions + honest)  # the first batch is searched at once
+    store(sessions, pipeline, campaign)  # within the interval: not searched
+
+    assert not any(verdicts(sessions)[e.event_id] for e in campaign)
+    with transaction(sessions) as session:
+        assert pipeline.catch_up(session)
+    got = verdicts(sessions)
+    assert all(got[e.event_id] == ["campaign"] for e in campaign)
+    assert not any(got[e.event_id] for e in honest)
+    assert quarantine_row(sessions, campaign[-1].event_id).evidence["campaign"]["retroactive"]
+    with transaction(sessions) as session:
+        assert not pipeline.catch_up(session)  # nobody voted since
 
 
 def test_features_and_binomial_tail() -> None:

@@ -13,7 +13,7 @@ from feedback.producer import EventProducer
 from feedback.worker import Worker
 from feedback.worker_settings import WorkerSettings
 from tests.conftest import EventBuilder
-from tests.feedback.filtering import after, filter_settings, verdicts
+from tests.feedback.filtering import after, campaign_traffic, filter_settings, verdicts
 from tests.feedback.test_kafka import RunningWorker, wait_until
 
 FILTERS = filter_settings(bot_min_votes=9, velocity_user_max=8)
@@ -82,3 +82,26 @@ def test_restart_mid_stream_gives_the_same_verdicts(
     reasons = {r for rs in uninterrupted.values() for r in rs}
     assert {"bot_pattern", "duplicate_vote", "too_fast"} <= reasons
     assert sum(1 for rs in uninterrupted.values() if not rs) >= 12
+
+
+def test_deferred_search_runs_when_the_stream_goes_quiet(
+    db_url: str, make_app: Callable[..., int], settings: Callable[..., WorkerSettings], build: EventBuilder,
+) -> None:
+    """The campaign arrives after the first search, with the next one an hour away: only the worker's call
+    on an empty poll can flag it, and does, moving its accepted votes to quarantine."""
+    app_id = make_app(db_url, "app")
+    completions, honest, campaign = campaign_traffic(build, app_id, "Visit https://deals.example/now with MegaCorp")
+    config = settings(database_url=db_url)
+    producer = EventProducer(config)
+    asyncio.run(producer.send_many(completions + honest))
+    running = RunningWorker(Worker(config, filter_settings(bot_min_votes=1000, search_interval_s=3600)))
+    try:
+        wait_until(lambda: len(verdicts_at(db_url)) >= len(honest) or not running.thread.is_alive())
+        asyncio.run(producer.send_many(campaign))
+        wait_until(lambda: all(verdicts_at(db_url).get(e.event_id) == ["campaign"] for e in campaign)
+                   or not running.thread.is_alive())
+    finally:
+        producer.close()
+        running.join()
+    assert running.error is None
+    assert not any(verdicts_at(db_url)[e.event_id] for e in honest)
