@@ -29,6 +29,7 @@ from feedback import events
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.events import Event
 from feedback.filters import FilterSettings, Pipeline
+from feedback.filters.reward_scores import StoredRewardScores
 from feedback.producer import ensure_topic
 from feedback.settings import CommonSettings
 from feedback.store import BatchResult, store_batch
@@ -70,6 +71,7 @@ class Worker:
         Pipeline(self.filter_settings).suite.build()  # cached per process: the real pipeline reuses it
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = session_factory(self.engine)
+        self.reward_scores = StoredRewardScores(self.sessions)  # the trainer's, once a round has run
         ensure_topic(settings)
         self.consumer = KafkaConsumer(
             settings.kafka_topic,
@@ -114,7 +116,7 @@ class Worker:
         try:
             with transaction(self.sessions) as session:
                 if self.pipeline is None:
-                    self.pipeline = Pipeline.rebuild(session, self.filter_settings)
+                    self.pipeline = Pipeline.rebuild(session, self.filter_settings, self.reward_scores)
                 result = store_batch(session, decoded, self.pipeline)
         except SQLAlchemyError:
             BATCHES.labels("failed").inc()

@@ -120,6 +120,7 @@ class TrainConfig:
     reward_learning_rate: float = 5e-5
     reward_batch_size: int = 8
     reward_max_length: int = 256
+    reward_score_limit: int = 20_000  # newest voted answers the reward model scores for the worker; 0: none
     gates: bool = True
     gate_prompts: int = 16
     gate_max_new_tokens: int = 48
@@ -170,6 +171,10 @@ class TrainConfig:
             (self.reward_learning_rate > 0, f"reward_learning_rate must be > 0 (got {self.reward_learning_rate})"),
             (self.reward_batch_size >= 1, f"reward_batch_size must be >= 1 (got {self.reward_batch_size})"),
             (self.reward_max_length >= 16, f"reward_max_length must be >= 16 (got {self.reward_max_length})"),
+            (
+                self.reward_score_limit >= 0,
+                f"reward_score_limit must be >= 0 answers, 0 to score none (got {self.reward_score_limit})",
+            ),
             (self.gate_prompts >= 1, f"gate_prompts must be >= 1 (got {self.gate_prompts})"),
             (self.gate_max_new_tokens >= 1, f"gate_max_new_tokens must be >= 1 (got {self.gate_max_new_tokens})"),
             (self.gate_bootstrap >= 100, f"gate_bootstrap must be >= 100 resamples (got {self.gate_bootstrap})"),

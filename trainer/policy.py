@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     Policy = PreTrainedModel | PeftModel
 
 ProgressFn = Callable[[str, int, int], None]
-"""progress(stage, done, total): called as long work advances (stage names: see ``round.STAGES``)."""
+"""progress(stage, done, total): called as long work advances; the CLI draws one bar per stage name."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from trainer.policy import (
 )
 from trainer.registry import BASE_MODEL_TAG, Registry
 from trainer.reward import RewardEvaluation, RewardModel, default_backbone, evaluate_reward_model, train_reward_model
+from trainer.reward_scores import publish_reward_scores
 from trainer.schedule import SNAPSHOT_ARTIFACT, SNAPSHOT_HASH_TAG, LockBusy, new_feedback_count, training_lock
 from trainer.snapshot import Snapshot, SnapshotValidation, freeze, quarantined_among, validate
 
@@ -267,6 +268,12 @@ def _train_and_gate(
         started = time.perf_counter()
         reward_model, reward_eval = _reward_model(settings, config, pairs_train, pairs_heldout, workdir, progress)
         seconds["reward_model"] = time.perf_counter() - started
+        scored = 0
+        if reward_model is not None and reward_eval is not None and config.reward_score_limit:
+            started = time.perf_counter()
+            scored = publish_reward_scores(reward_model, reward_eval.heldout_accuracy, registry.factory, run_id,
+                                           config.reward_score_limit, progress)
+            seconds["reward_scores"] = time.perf_counter() - started
 
         started = time.perf_counter()
         model, tokenizer, lora = load_champion_policy(base, config, registry, workdir)
@@ -338,6 +345,7 @@ def _train_and_gate(
                 "reward_heldout_accuracy": reward_eval.heldout_accuracy,
                 "reward_uncertainty": reward_eval.uncertainty,
                 "reward_heldout_pairs": float(reward_eval.pairs),
+                "reward_scored_answers": float(scored),
             }
             if reward_eval
             else {}

@@ -150,3 +150,22 @@ class FlaggedRater(Base):
     reason: Mapped[str] = mapped_column(String(32))
     evidence: Mapped[dict[str, Any]]
     flagged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RewardScore(Base):
+    """The current reward model's score of a served answer, written by the trainer after each round.
+
+    The reliability filter counts the reward model as one more rater (``feedback/filters/reliability.py``).
+    The worker imports no torch, so the trainer, which has the model, scores the answers that
+    received votes and replaces this table; the worker reads it.
+    """
+
+    __tablename__ = "reward_scores"
+
+    response_id: Mapped[str] = mapped_column(ForeignKey("completions.response_id"), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    run_id: Mapped[str] = mapped_column(String(64), doc="The MLflow run whose reward model gave the score.")
+    model_accuracy: Mapped[float] = mapped_column(
+        Float, doc="That model's held-out accuracy, measured by the trainer: its voice in the reliability estimate."
+    )
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

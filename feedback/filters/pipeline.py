@@ -96,7 +96,8 @@ class Pipeline:
         self.state = FilterState()
         self.reliability = ReliabilityFilter(s.reliability_prior_accuracy, s.reliability_prior_strength,
                                              s.reliability_min_weight, s.reliability_min_items,
-                                             s.reliability_quarantine_below, s.reliability_iterations, reward_scores)
+                                             s.reliability_quarantine_below, s.reliability_iterations, reward_scores,
+                                             s.reliability_reward_min_accuracy)
         self.filters: list[Filter] = [
             ContractFilter(s.contract_max_clock_skew_s),
             IntegrityFilter(s.integrity_max_age_s),

@@ -17,9 +17,17 @@ Unlike bots and campaigns this is not a sticky flag: a consensus can be wrong fo
 (an undetected campaign outvoting honest raters), and once it heals the rater's weight and
 verdicts recover; stored weights are rewritten after every batch.
 
-Reward-model scores are a further rater when the trainer provides them: pass
-``reward_scores`` (response id -> score); a pair's label is its higher-scored side, a
-single answer's is ``up`` above the median score. The filter never imports the trainer.
+The current reward model is one more rater (``REWARD_MODEL``): ``reward_scores`` gives its
+votes (a pair's label is its higher-scored side, a single answer's is ``up`` above the median
+score). It matters most where no two people voted on the same answer, as when each user rates
+only what they were served: every voted answer with a score becomes an item shared with the
+reward model. There its accuracy cannot be estimated (with one person and the model on each
+item, who is right is not identified, and every honest rater would be pulled towards the
+prior), so its voice is the held-out accuracy the trainer measured, and a model below
+``reward_min_accuracy`` is not heard at all: against a weak judge even a perfect rater looks
+unreliable (agreement with a judge of accuracy r tops out at r^2 + (1 - r)^2). The trainer
+writes the scores after each round and the worker reads them from the database
+(``feedback/filters/reward_scores.py``); the filter never imports the trainer.
 """
 
 from __future__ import annotations
@@ -34,7 +42,18 @@ from feedback.filters.base import FilterState, Finding, Rater, Vote
 POSITIVE = {"up": True, "a": True, "down": False, "b": False}
 REWARD_MODEL: Rater = (0, "__reward_model__")
 
-RewardScores = Callable[[], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class RewardJudge:
+    """The current reward model as a rater: its scores (response id -> score) and the held-out accuracy the
+    trainer measured, which is its voice in the estimate (fixed, not estimated: see the module doc)."""
+
+    scores: Mapping[str, float]
+    accuracy: float
+
+
+RewardScores = Callable[[], RewardJudge | None]
 
 
 @dataclass
@@ -46,11 +65,17 @@ class ReliabilityFilter:
     quarantine_below: float
     iterations: int
     reward_scores: RewardScores | None = None
+    reward_min_accuracy: float = 0.8
     accuracy: dict[Rater, tuple[float, int]] = field(default_factory=dict)
     name: str = "reliability"
     reasons: tuple[str, ...] = ("unreliable",)
 
-    def _votes(self, state: FilterState) -> list[tuple[Rater, str, bool]]:
+    def _judge(self) -> RewardJudge | None:
+        """The reward model's scores, if there are any and the model is accurate enough to be heard."""
+        judge = self.reward_scores() if self.reward_scores is not None else None
+        return judge if judge is not None and judge.scores and judge.accuracy >= self.reward_min_accuracy else None
+
+    def _votes(self, state: FilterState, judge: RewardJudge | None) -> list[tuple[Rater, str, bool]]:
         """(rater, item, positive) of accepted votes by unflagged raters on items with two raters or more."""
         by_item: dict[str, dict[Rater, bool]] = {}
         for rater, votes in state.votes.items():
@@ -59,8 +84,8 @@ class ReliabilityFilter:
             for vote in votes:
                 if vote.event_id in state.accepted and vote.label in POSITIVE:
                     by_item.setdefault(vote.target, {}).setdefault(rater, POSITIVE[vote.label])
-        if self.reward_scores is not None:
-            self._add_reward_model(state, by_item, self.reward_scores())
+        if judge is not None:
+            self._add_reward_model(state, by_item, judge.scores)
         return [(r, item, pos) for item, raters in by_item.items() if len(raters) >= 2 for r, pos in raters.items()]
 
     @staticmethod
@@ -77,7 +102,8 @@ class ReliabilityFilter:
 
     def estimate(self, state: FilterState) -> dict[Rater, tuple[float, int]]:
         """Each rater's posterior accuracy and number of shared items."""
-        votes = self._votes(state)
+        judge = self._judge()
+        votes = self._votes(state, judge)
         if not votes:
             return {}
         raters = sorted({r for r, _, _ in votes})
@@ -91,7 +117,10 @@ class ReliabilityFilter:
         beta = (1 - self.prior_accuracy) * self.prior_strength
         counts = np.bincount(vr, minlength=len(raters)).astype(float)
         accuracy = np.full(len(raters), self.prior_accuracy)
+        fixed = r_index.get(REWARD_MODEL)
         for _ in range(self.iterations):
+            if fixed is not None and judge is not None:
+                accuracy[fixed] = judge.accuracy
             voice = np.maximum(accuracy, 0.5)  # below-chance raters lose their say, not flip the consensus
             logit = np.log(voice / (1 - voice))
             contribution = sign * logit[vr]

@@ -81,6 +81,11 @@ class FilterSettings(BaseSettings):
         "systematically against the consensus, worse than a coin.",
     )
     reliability_iterations: int = Field(default=20, ge=1, description="EM iterations of the Dawid-Skene estimate.")
+    reliability_reward_min_accuracy: float = Field(
+        default=0.8, gt=0.5, le=1,
+        description="The trainer's reward-model scores join the estimate as one more rater only when that model's "
+        "held-out accuracy reaches this: against a weaker judge honest raters would lose weight.",
+    )
     # campaigns
     campaign_min_accounts: int = Field(default=3, ge=2, description="Accounts needed to call a pattern a campaign.")
     campaign_min_endorsements: int = Field(

@@ -6,14 +6,15 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.db.models import BatchAlert, Feedback, FlaggedRater, Quarantine
+from feedback.db.models import BatchAlert, Feedback, FlaggedRater, Quarantine, RewardScore
 from feedback.db.session import transaction
 from feedback.events import ChatMessage, Event, utcnow
 from feedback.filters import Pipeline
 from feedback.filters.campaigns import binomial_tail, features
+from feedback.filters.reward_scores import StoredRewardScores
 from tests.conftest import EventBuilder
 from tests.feedback.filtering import after, campaign_traffic, filter_settings, store, verdicts
 
@@ -151,6 +152,46 @@ def test_reliability_weights_raters_by_agreement(sessions: sessionmaker[Session]
     assert rows["h1"] == 1.0 and rows["coin"] == weights[(app_id, "coin")]
     assert contra and all(q.reasons == ["unreliable"] for q in contra)  # once the evidence sufficed
     assert {e for e, v in got.items() if v} == {q.event_id for q in contra}
+
+
+def test_reward_model_scores_judge_raters_who_share_no_answers(sessions: sessionmaker[Session], app_id: int,
+                                                              build: EventBuilder) -> None:
+    """Everyone rates only the answers they were served, so people share no items and reliability has nothing
+    to go on. The scores a training round stores make every scored answer an item shared with the reward model,
+    if that model is accurate enough to be heard (80 %): then the rater who votes against it loses their weight
+    and their next votes are quarantined as unreliable, while the raters who agree with it keep 1.0."""
+    settings = filter_settings(bot_min_votes=1000, velocity_user_max=1000, reliability_min_items=8)
+    pipeline = Pipeline(settings, StoredRewardScores(sessions))
+    users = ["h0", "h1", "h2", "contra"]
+    served = {user: [build.completion(app_id, answer=f"answer {user} {i}") for i in range(24)] for user in users}
+    answers = [c for user in users for c in served[user]]
+    good = {c.response_id for c in answers[::2]}
+
+    def votes(rounds: range) -> list[Event]:
+        return [build.thumbs(app_id, c.response_id, user_id=user, rating="up" if (c.response_id in good) != (
+            user == "contra") else "down", **after(c, 30)) for user in users for c in (served[user][i] for i in rounds)]
+
+    def scored_by_trainer(run_id: str, accuracy: float) -> None:  # as trainer/reward_scores.py writes them
+        with transaction(sessions) as session:
+            session.execute(delete(RewardScore))
+            session.add_all(RewardScore(response_id=c.response_id, score=1.0 if c.response_id in good else -1.0,
+                                        run_id=run_id, model_accuracy=accuracy) for c in answers)
+
+    store(sessions, pipeline, answers + votes(range(8)))
+    scored_by_trainer("weak", 0.6)
+    store(sessions, pipeline, votes(range(8, 12)))
+    assert pipeline.state.weights.get((app_id, "contra"), 1.0) == 1.0  # no shared items, a weak judge unheard
+    scored_by_trainer("good", 0.9)
+    store(sessions, pipeline, votes(range(12, 16)))
+    later = votes(range(16, 24))
+    store(sessions, pipeline, later)
+
+    got = verdicts(sessions)
+    assert not any(got[e.event_id] for e in later if e.user_id != "contra")
+    assert all(got[e.event_id] == ["unreliable"] for e in later if e.user_id == "contra")
+    with sessions() as session:
+        weights = {f.user_id: f.weight for f in session.scalars(select(Feedback))}
+    assert weights["h0"] == weights["h1"] == 1.0 and weights["contra"] == 0.05  # the floor
 
 
 def test_campaign_is_found_without_being_told_the_phrase(sessions: sessionmaker[Session], app_id: int,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.db.models import Feedback
+from feedback.db.models import Completion, Feedback, RewardScore
 from feedback.db.session import transaction
 from feedback.model_versions import CHALLENGER, CHAMPION, NoAdapterError, download_adapter
 from feedback.promotion import RegistryError
@@ -143,7 +143,8 @@ def test_dpo_round_passes_the_gates_and_a_drifting_candidate_is_blocked(
     assert result.status == "trained", result.message
     assert result.gates and result.gates.passed, result.gates
     assert (result.version, result.parent_version, result.challenger, result.algorithm) == ("2", "1", True, "dpo")
-    assert {"reward-model-1", "train", "evaluate-champion", "evaluate-candidate", "generate-candidate"} <= seen
+    assert {"reward-model-1", "reward-scores", "train", "evaluate-champion", "evaluate-candidate",
+            "generate-candidate"} <= seen
     assert result.candidate_metrics and result.champion_metrics and result.snapshot and result.reward
     assert result.candidate_metrics.pairs == result.snapshot.heldout_examples > 0
     assert result.candidate_metrics.accuracy == 1.0 and 0.0 <= result.reward.heldout_accuracy <= 1.0
@@ -163,6 +164,12 @@ def test_dpo_round_passes_the_gates_and_a_drifting_candidate_is_blocked(
     }
     assert str(registry.alias_version(CHALLENGER).version) == "2"  # type: ignore[union-attr]
     assert str(registry.champion().version) == "1"
+    with factory() as session:  # the reward model's scores, for the worker's reliability filter
+        scored = session.scalars(select(RewardScore)).all()
+        voted = set(session.scalars(select(Completion.response_id).where(Completion.pair_id.in_(
+            select(Feedback.pair_id)))))
+    assert {s.response_id for s in scored} == voted and len(voted) == 48
+    assert {(s.run_id, s.model_accuracy) for s in scored} == {(result.run_id, result.reward.heldout_accuracy)}
     snap = json.loads(artifact(registry, result.run_id, SNAPSHOT_ARTIFACT, tmp_path).read_text())
     assert sorted(snap["event_ids"]) == sorted(events) and snap["counts_by_source"] == {"pairwise": 24}
     assert snap["counts_by_label"] == {"a": 12, "b": 12} and snap["window_start"] <= snap["window_end"]
