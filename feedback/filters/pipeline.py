@@ -140,9 +140,9 @@ class Pipeline:
             state.flags[(flag.app_id, flag.user_id)][flag.reason] = flag.evidence
         for vote, accepted in sorted(stored, key=lambda item: (item[0].created_at, item[0].event_id)):
             state.record(vote, accepted)
-        raters = set(state.votes)
-        pipeline.campaigns.review(state, raters)  # restores members of campaigns still below min_accounts
         pipeline.reliability.review(state)  # restores the weights
+        # A search the previous run deferred died with it: the first search reviews every rater.
+        pipeline._search_due = set(state.votes)
         return pipeline
 
     def _load_answers(self, session: Session, responses: set[str], pairs: set[str]) -> None:

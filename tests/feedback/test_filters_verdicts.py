@@ -212,13 +212,17 @@ def test_campaign_is_found_without_being_told_the_phrase(sessions: sessionmaker[
 def test_campaign_search_waits_for_its_interval_or_a_quiet_stream(sessions: sessionmaker[Session], app_id: int,
                                                                    build: EventBuilder) -> None:
     """Between two searches the campaign's votes are accepted; the next search (here: the worker's call when
-    the stream goes quiet) flags the accounts and moves those votes to quarantine, so none is lost."""
-    pipeline = Pipeline(filter_settings(bot_min_votes=1000, search_interval_s=3600))
+    the stream goes quiet) flags the accounts and moves those votes to quarantine, so none is lost, not even
+    when the worker restarts in between: the rebuilt pipeline's first search reviews every rater."""
+    settings = filter_settings(bot_min_votes=1000, search_interval_s=3600)
+    pipeline = Pipeline(settings)
     completions, honest, campaign = campaign_traffic(build, app_id, "Visit https://deals.example/now with MegaCorp")
     store(sessions, pipeline, completions + honest)  # the first batch is searched at once
     store(sessions, pipeline, campaign)  # within the interval: not searched
 
     assert not any(verdicts(sessions)[e.event_id] for e in campaign)
+    with transaction(sessions) as session:
+        pipeline = Pipeline.rebuild(session, settings)  # a restart
     with transaction(sessions) as session:
         assert pipeline.catch_up(session)
     got = verdicts(sessions)
