@@ -32,6 +32,7 @@ writes the scores after each round and the worker reads them from the database
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -43,7 +44,6 @@ POSITIVE = {"up": True, "a": True, "down": False, "b": False}
 REWARD_MODEL: Rater = (0, "__reward_model__")
 
 
-
 @dataclass(frozen=True)
 class RewardJudge:
     """The current reward model as a rater: its scores (response id -> score) and the held-out accuracy the
@@ -51,6 +51,11 @@ class RewardJudge:
 
     scores: Mapping[str, float]
     accuracy: float
+
+    @functools.cached_property
+    def median(self) -> float:
+        """A single answer is the model's ``up`` above this (computed once per round's scores)."""
+        return float(np.median(list(self.scores.values()))) if self.scores else 0.0
 
 
 RewardScores = Callable[[], RewardJudge | None]
@@ -85,17 +90,15 @@ class ReliabilityFilter:
                 if vote.event_id in state.accepted and vote.label in POSITIVE:
                     by_item.setdefault(vote.target, {}).setdefault(rater, POSITIVE[vote.label])
         if judge is not None:
-            self._add_reward_model(state, by_item, judge.scores)
+            self._add_reward_model(state, by_item, judge)
         return [(r, item, pos) for item, raters in by_item.items() if len(raters) >= 2 for r, pos in raters.items()]
 
     @staticmethod
-    def _add_reward_model(
-        state: FilterState, by_item: dict[str, dict[Rater, bool]], scores: Mapping[str, float]
-    ) -> None:
-        median = float(np.median(list(scores.values()))) if scores else 0.0
+    def _add_reward_model(state: FilterState, by_item: dict[str, dict[Rater, bool]], judge: RewardJudge) -> None:
+        scores = judge.scores
         for item, raters in by_item.items():
             if item in state.answers and item in scores:
-                raters[REWARD_MODEL] = scores[item] > median
+                raters[REWARD_MODEL] = scores[item] > judge.median
             pair = sorted(state.pairs.get(item, []), key=lambda a: a.response_id)
             if len(pair) == 2 and all(a.response_id in scores for a in pair):
                 raters[REWARD_MODEL] = scores[pair[0].response_id] >= scores[pair[1].response_id]
