@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback.db.id_lists import id_chunks
 from feedback.db.models import Feedback, Quarantine
 from trainer.pairs import Example
 
@@ -127,9 +128,10 @@ def freeze(
 
 
 def quarantined_among(factory: sessionmaker[Session], event_ids: Sequence[str]) -> list[str]:
-    """Which of ``event_ids`` sit in quarantine now (one indexed query, whatever the quarantine's size)."""
+    """Which of ``event_ids`` sit in quarantine now (indexed queries, whatever the quarantine's size)."""
     with factory() as session:
-        return sorted(session.scalars(select(Quarantine.event_id).where(Quarantine.event_id.in_(list(event_ids)))))
+        return sorted(e for chunk in id_chunks(event_ids)
+                      for e in session.scalars(select(Quarantine.event_id).where(Quarantine.event_id.in_(chunk))))
 
 
 def validate(

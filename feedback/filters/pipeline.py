@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from feedback.db.id_lists import id_chunks
 from feedback.db.models import AdminAction, BatchAlert, Completion, Feedback, FlaggedRater, Quarantine
 from feedback.events import EVENT_ADAPTER, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
 from feedback.filters.base import Answer, Filter, FilterState, Finding, Flag, Rater, Vote
@@ -64,7 +65,6 @@ RETROACTIVE = Counter("flywheel_filter_retroactive_quarantine",
 BATCH_ALERTS = Counter("flywheel_filter_batch_alerts", "Micro-batches failing a contract expectation.", ["check"])
 
 _UNKNOWN = {"unknown_response", "unknown_pair"}
-_CHUNK = 500  # ids per IN list: well under every driver's parameter limit
 
 
 def vote_of(event: FeedbackEvent) -> Vote:
@@ -80,12 +80,6 @@ def vote_of(event: FeedbackEvent) -> Vote:
 
 def _answer(row: Completion | CompletionEvent, prompt: str) -> Answer:
     return Answer(row.response_id, row.pair_id, row.app_id, prompt, row.answer, as_utc(row.created_at))
-
-
-def _chunks(ids: Iterable[str]) -> Iterable[list[str]]:
-    ordered = sorted(ids)
-    for start in range(0, len(ordered), _CHUNK):
-        yield ordered[start : start + _CHUNK]
 
 
 class Pipeline:
@@ -147,7 +141,7 @@ class Pipeline:
 
     def _load_answers(self, session: Session, responses: set[str], pairs: set[str]) -> None:
         for column, ids in ((Completion.response_id, responses), (Completion.pair_id, pairs)):
-            for chunk in _chunks(ids):
+            for chunk in id_chunks(ids):
                 for row in session.scalars(select(Completion).where(column.in_(chunk))):
                     self.state.add_answer(_answer(row, row.prompt_hash))
 
@@ -226,7 +220,7 @@ class Pipeline:
                 **flag.evidence, "retroactive": True, "accepted_weight": row.weight}})) for row in rows]
             insert_ignoring_conflicts(session, Quarantine, moved)
             self.state.accepted.difference_update(r.event_id for r in rows)
-            for chunk in _chunks(r.event_id for r in rows):
+            for chunk in id_chunks(r.event_id for r in rows):
                 session.execute(delete(Feedback).where(Feedback.event_id.in_(chunk)))
             RETROACTIVE.labels(flag.reason).inc(len(rows))
 

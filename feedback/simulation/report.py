@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback.db.id_lists import id_chunks
 from feedback.db.models import Feedback, Quarantine
 from feedback.simulation.truth import USER_TYPES, TruthRecord, read_truth
-
-_CHUNK = 500  # event ids per IN (...) query: far below SQLite's and PostgreSQL's parameter limits
 
 
 @dataclass
@@ -36,14 +35,9 @@ class Whereabouts:
         return [e for e in event_ids if e not in self.accepted and e not in self.quarantined]
 
 
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
 def locate(session: Session, event_ids: Sequence[str]) -> Whereabouts:
     found = Whereabouts()
-    for chunk in _chunks(event_ids):
+    for chunk in id_chunks(event_ids):
         found.accepted.update(session.scalars(select(Feedback.event_id).where(Feedback.event_id.in_(chunk))))
         rows = session.execute(select(Quarantine.event_id, Quarantine.reasons).where(Quarantine.event_id.in_(chunk)))
         found.quarantined.update({row.event_id: list(row.reasons) for row in rows})
