@@ -27,6 +27,11 @@ class Caller:
     name: str
     is_admin: bool
 
+    @property
+    def actor(self) -> str:
+        """Who the audit trail names for an action over HTTP (``cli:<login>`` for the CLI)."""
+        return f"app:{self.name}"
+
 
 class AppExists(ValueError):
     pass

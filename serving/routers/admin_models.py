@@ -18,10 +18,6 @@ from serving.protocol import AliasMoveOut, AliasMoveRequest
 router = APIRouter(prefix="/admin/models", tags=["admin"])
 
 
-def _actor(caller: AdminDep) -> str:
-    return f"app:{caller.name}"
-
-
 @router.get("")
 async def list_versions(_admin: AdminDep, state: StateDep) -> list[VersionInfo]:
     return await asyncio.to_thread(state.registry.list_versions)
@@ -37,13 +33,13 @@ async def history(
 
 @router.post("/{version}/promote")
 async def promote(version: str, body: AliasMoveRequest, admin: AdminDep, state: StateDep) -> dict[str, str]:
-    await asyncio.to_thread(state.registry.promote, version, _actor(admin), body.reason)
+    await asyncio.to_thread(state.registry.promote, version, admin.actor, body.reason)
     route = await state.watcher.refresh()
     return {"champion": version, "serving": route.version if route else ""}
 
 
 @router.post("/rollback")
 async def rollback(body: AliasMoveRequest, admin: AdminDep, state: StateDep) -> dict[str, str]:
-    version = await asyncio.to_thread(state.registry.rollback, _actor(admin), body.reason)
+    version = await asyncio.to_thread(state.registry.rollback, admin.actor, body.reason)
     route = await state.watcher.refresh()
     return {"champion": version, "serving": route.version if route else ""}

@@ -73,7 +73,7 @@ async def release_quarantined(
     request = body or ReleaseRequest()
 
     def work(session: Session) -> dict[str, Any]:
-        row = quarantine.release(session, event_id, f"app:{admin.name}", request.weight, request.note)
+        row = quarantine.release(session, event_id, admin.actor, request.weight, request.note)
         return {"event_id": row.event_id, "released": True, "weight": row.weight}
 
     return await _run(state, work)
@@ -81,5 +81,5 @@ async def release_quarantined(
 
 @router.delete("/{event_id}")
 async def purge_quarantined(event_id: EventPath, admin: AdminDep, state: StateDep) -> dict[str, Any]:
-    await _run(state, lambda s: quarantine.purge(s, event_id, f"app:{admin.name}"))
+    await _run(state, lambda s: quarantine.purge(s, event_id, admin.actor))
     return {"event_id": event_id, "purged": True}
