@@ -132,7 +132,8 @@ def insert_ignoring_conflicts(
     return set(session.execute(statement.returning(column), list(rows)).scalars())
 
 
-def _completion_row(event: CompletionEvent) -> dict[str, Any]:
+def completion_row(event: CompletionEvent) -> dict[str, Any]:
+    """A served answer as a ``completions`` row."""
     return {
         "response_id": event.response_id,
         "event_id": event.event_id,
@@ -251,7 +252,7 @@ def store_batch(session: Session, batch: Iterable[Event], judge: Judge | BatchJu
                 result.outcomes[(event.type, DUPLICATE)] += 1  # another event id already stored this response
             else:
                 stored_responses.add(event.response_id)
-                pending[Completion].append((event, STORED, _completion_row(event)))
+                pending[Completion].append((event, STORED, completion_row(event)))
                 if hooks is not None:
                     hooks.completion_stored(event)
             continue

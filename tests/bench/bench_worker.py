@@ -35,7 +35,7 @@ from feedback.db.session import make_engine, session_factory, transaction, upgra
 from feedback.events import ChatMessage, CompletionEvent, Event, PairwiseEvent, ThumbsEvent, utcnow
 from feedback.filters import FilterSettings
 from feedback.producer import EventProducer
-from feedback.store import feedback_row, prompt_hash
+from feedback.store import completion_row, feedback_row
 from feedback.supervise import free_port
 from feedback.worker import Worker
 from feedback.worker_settings import WorkerSettings
@@ -88,7 +88,7 @@ def bare_consume_and_insert(settings: WorkerSettings, url: str, expected: int) -
             continue
         started = started or time.perf_counter()
         decoded = [events.decode(r.value) for batch in records.values() for r in batch]
-        completions = [_completion(e) for e in decoded if isinstance(e, CompletionEvent)]
+        completions = [completion_row(e) for e in decoded if isinstance(e, CompletionEvent)]
         feedback = [feedback_row(e, 1.0) for e in decoded if not isinstance(e, CompletionEvent)]
         with transaction(sessions) as session:
             if completions:
@@ -100,14 +100,6 @@ def bare_consume_and_insert(settings: WorkerSettings, url: str, expected: int) -
     elapsed = time.perf_counter() - started
     consumer.close()
     return done / elapsed
-
-
-def _completion(event: CompletionEvent) -> dict[str, Any]:
-    return {"response_id": event.response_id, "event_id": event.event_id, "pair_id": event.pair_id,
-            "app_id": event.app_id, "user_id": event.user_id, "model_version": event.model_version,
-            "messages": [m.model_dump(mode="json") for m in event.messages], "prompt_hash": prompt_hash(event.messages),
-            "answer": event.answer, "finish_reason": None, "params": {}, "latency_ms": event.latency_ms,
-            "ttft_ms": None, "prompt_tokens": None, "completion_tokens": None, "created_at": event.created_at}
 
 
 def filtering_worker(settings: WorkerSettings, expected: int) -> tuple[float, dict[str, int]]:
