@@ -23,7 +23,6 @@ from serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Route:
     version: str

@@ -268,8 +268,6 @@ def test_contract_suite_is_built_once(app_id: int) -> None:
     assert pipeline.suite.build() is Pipeline(filter_settings()).suite.build()
 
 
-
-
 def test_bot_answering_up_and_a_is_judged_per_kind_of_vote(sessions: sessionmaker[Session], app_id: int,
                                                            build: EventBuilder) -> None:
     """Always "up" to single answers and always "A" to pairs: two labels overall, no information in either."""
