@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
-from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.apps import AppExists, create_app, list_apps
-from feedback.db.session import make_engine, session_factory, transaction, upgrade
-from feedback.settings import CommonSettings
-from flywheel.cli.common import console, fail
+from feedback.db.session import transaction
+from flywheel.cli.common import console, fail, store_sessions
 
 app = typer.Typer(help="API keys of apps and ops.", no_args_is_help=True)
-
-
-def _sessions() -> sessionmaker[Session]:
-    url = CommonSettings().resolved_database_url
-    upgrade(url)
-    return session_factory(make_engine(url))
 
 
 @app.command()
@@ -27,7 +19,7 @@ def create(
 ) -> None:
     """Create an app and print its API key. The key is shown once; only its hash is stored."""
     try:
-        with transaction(_sessions()) as session:
+        with transaction(store_sessions()) as session:
             record, key = create_app(session, name, admin=admin)
             app_id = record.id
     except AppExists as exc:
@@ -40,7 +32,7 @@ def create(
 @app.command("list")
 def list_() -> None:
     """List apps (never their keys)."""
-    with _sessions()() as session:
+    with store_sessions()() as session:
         table = Table("id", "name", "admin", "key starts", "created", "revoked")
         for record in list_apps(session):
             table.add_row(str(record.id), record.name, "yes" if record.is_admin else "", record.key_prefix + "…",

@@ -1,4 +1,4 @@
-"""What every command shares: logging and the exit on a clear error."""
+"""What every command shares: logging, the exit on a clear error, the store's sessions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from sqlalchemy.orm import Session, sessionmaker
+
+from feedback.db.session import make_engine, session_factory, upgrade
+from feedback.settings import CommonSettings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,3 +39,10 @@ def fail(message: str) -> NoReturn:
 
 def default_actor() -> str:
     return f"cli:{getpass.getuser()}"
+
+
+def store_sessions() -> sessionmaker[Session]:
+    """Sessions on the configured database, migrated to the current schema first."""
+    url = CommonSettings().resolved_database_url
+    upgrade(url)
+    return session_factory(make_engine(url))

@@ -8,14 +8,12 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from sqlalchemy.orm import Session, sessionmaker
 
 from feedback import quarantine as store
-from feedback.db.session import make_engine, session_factory, transaction, upgrade
+from feedback.db.session import transaction
 from feedback.filters import FilterSettings
-from feedback.settings import CommonSettings
 from feedback.simulation.report import Report, measure
-from flywheel.cli.common import console, default_actor, fail
+from flywheel.cli.common import console, default_actor, fail, store_sessions
 
 app = typer.Typer(help="Feedback: quarantine review and reports.", no_args_is_help=True)
 quarantine = typer.Typer(help="Quarantined feedback: list, show, release into training data, purge.",
@@ -24,12 +22,6 @@ app.add_typer(quarantine, name="quarantine")
 
 ACTOR = typer.Option(None, help="Who is acting, for the audit trail. Default: cli:<login>.")
 NOTE = typer.Option(None, help="Why, for the audit trail.")
-
-
-def _sessions() -> sessionmaker[Session]:
-    url = CommonSettings().resolved_database_url
-    upgrade(url)
-    return session_factory(make_engine(url))
 
 
 @quarantine.command("list")
@@ -41,7 +33,7 @@ def list_(
 ) -> None:
     """Quarantined events, newest first, with their reason codes."""
     try:
-        with _sessions()() as session:
+        with store_sessions()() as session:
             rows = store.list_quarantined(session, reason, user, app_id, limit)
     except store.QuarantineError as exc:
         fail(str(exc))
@@ -56,7 +48,7 @@ def list_(
 def show(event_id: str = typer.Argument(..., help="The quarantined event's id.")) -> None:
     """One quarantined event whole: reasons, evidence and the event as received."""
     try:
-        with _sessions()() as session:
+        with store_sessions()() as session:
             row = store.as_dict(store.get_quarantined(session, event_id))
     except store.QuarantineError as exc:
         fail(str(exc))
@@ -72,7 +64,7 @@ def release(
 ) -> None:
     """Move a quarantined event into the training data; the filters will not quarantine it again."""
     try:
-        with transaction(_sessions()) as session:
+        with transaction(store_sessions()) as session:
             store.release(session, event_id, actor or default_actor(), weight, note)
     except store.QuarantineError as exc:
         fail(str(exc))
@@ -87,7 +79,7 @@ def purge(
 ) -> None:
     """Delete a quarantined event for good (audited; a re-delivery from Kafka stays a no-op)."""
     try:
-        with transaction(_sessions()) as session:
+        with transaction(store_sessions()) as session:
             store.purge(session, event_id, actor or default_actor(), note)
     except store.QuarantineError as exc:
         fail(str(exc))
@@ -111,7 +103,7 @@ def report(
     """Per user type of a simulation (flywheel simulate): events sent and the share the filters quarantined."""
     if settle is None:
         settle = FilterSettings().search_interval_s + 2 if wait else 0.0
-    result = measure(truth, _sessions(), wait, settle)
+    result = measure(truth, store_sessions(), wait, settle)
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
     else:
