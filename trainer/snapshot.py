@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.id_lists import id_chunks
 from feedback.db.models import Feedback, Quarantine
+from feedback.gx_context import ephemeral_context, json_safe
 from trainer.pairs import Example
 
 POSITIVE_LABELS = frozenset({"a", "up"})
@@ -141,7 +142,6 @@ def validate(
     import great_expectations as gx
     import great_expectations.expectations as gxe
     import pandas as pd
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     frame = pd.DataFrame(
         {
@@ -165,8 +165,7 @@ def validate(
             "no event that is in quarantine",
         ),
     }
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # the CLI draws its own bars
+    context = ephemeral_context()
     batch = (
         context.data_sources.add_pandas("snapshot")
         .add_dataframe_asset("events")
@@ -184,16 +183,8 @@ def validate(
         assert r.expectation_config is not None
         name = by_id[str(r.expectation_config.id)]
         observed = r.result.get("observed_value", r.result.get("partial_unexpected_list"))
-        checks.append(SnapshotCheck(name, bool(r.success), _plain(observed), named[name][1]))
+        checks.append(SnapshotCheck(name, bool(r.success), json_safe(observed), named[name][1]))
     order = list(named)
     checks.sort(key=lambda c: order.index(c.name))
     return SnapshotValidation(passed=all(c.passed for c in checks), checks=checks)
 
-
-def _plain(value: Any) -> Any:
-    """GX returns numpy scalars; the report is JSON."""
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

@@ -7,13 +7,12 @@ catch what no single event shows: a flood of one label or a spike of unknown ids
 expectation is an alert (a ``batch_alerts`` row and a counter), never a silent pass.
 
 GX takes seconds to import, so it is imported when the first suite is built (in the
-worker), never by the gateway, which imports ``feedback``.
+worker; ``feedback/gx_context.py``), never by the gateway, which imports ``feedback``.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ from typing import Any
 
 from feedback.events import utcnow
 from feedback.filters.base import FilterState, Finding, Vote
+from feedback.gx_context import ephemeral_context, json_safe
 
 LABELS = ("up", "down", "a", "b", "tie", "both_bad")
 
@@ -54,13 +54,10 @@ class BatchRow:
 def _gx_suites(max_label_share: float, max_unknown_share: float) -> tuple[Any, Any, Any]:
     """Import GX and build the context and suites once per process (cached: pipelines rebuilt
     after a failed batch reuse them)."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
     import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context = ephemeral_context()
     asset = context.data_sources.add_pandas("feedback").add_dataframe_asset("micro_batch")
     definition = asset.add_batch_definition_whole_dataframe("whole")
     rows = context.suites.add(gx.ExpectationSuite(name="feedback_rows"))
@@ -110,16 +107,10 @@ class ContractSuite:
                 config = outcome.expectation_config
                 column = config.kwargs.get("column")
                 detail: dict[str, Any] = {"expectation": config.type, "column": column}
-                detail |= {k: _plain(v) for k, v in outcome.result.items()
+                detail |= {k: json_safe(v, max_items=20) for k, v in outcome.result.items()
                            if k in ("observed_value", "unexpected_count", "partial_unexpected_list")}
                 if column == "is_top_label":
                     detail["label"] = top_label
                 alerts.append({"check": f"{config.type}:{column}", "detail": detail})
         return alerts
 
-
-def _plain(value: Any) -> Any:
-    """GX results carry numpy scalars; the alert rows are JSON."""
-    if isinstance(value, list):
-        return [_plain(v) for v in value[:20]]
-    return value.item() if hasattr(value, "item") else value
