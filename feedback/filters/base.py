@@ -123,7 +123,7 @@ class Filter(Protocol):
 
 
 class HistoryFilter(Protocol):
-    """A check on raters' whole history after a micro-batch; ``raters`` voted since its last review."""
+    """A check on raters' whole history (the pipeline says when); ``raters`` voted since its last review."""
 
     name: str
     reasons: tuple[str, ...]

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from feedback.db.id_lists import id_chunks
 from feedback.db.models import AdminAction, BatchAlert, Completion, Feedback, FlaggedRater, Quarantine
 from feedback.events import EVENT_ADAPTER, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
-from feedback.filters.base import Answer, Filter, FilterState, Finding, Flag, Rater, Vote
+from feedback.filters.base import Answer, Filter, FilterState, Finding, Flag, HistoryFilter, Rater, Vote
 from feedback.filters.bots import BotFilter
 from feedback.filters.campaigns import CampaignFilter
 from feedback.filters.consensus import ConsensusFilter
@@ -110,7 +110,8 @@ class Pipeline:
                                          s.consensus_min_confidence, s.consensus_min_base_rate, s.consensus_min_rate,
                                          s.consensus_max_p_value)
         self.suite = ContractSuite(s.contract_min_batch, s.contract_max_label_share, s.contract_max_unknown_share)
-        self._flag_filter = {r: f.name for f in (self.bots, self.campaigns, self.consensus) for r in f.reasons}
+        history: tuple[HistoryFilter, ...] = (self.bots, self.campaigns, self.consensus)
+        self._flag_filter = {r: f.name for f in history for r in f.reasons}
         self._rows: list[BatchRow] = []
         self._wanted: set[str] = set()
         self._touched: set[Rater] = set()
