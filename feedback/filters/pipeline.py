@@ -83,7 +83,7 @@ def _answer(row: Completion | CompletionEvent, prompt: str) -> Answer:
 
 
 class Pipeline:
-    """The judge ``store_batch`` calls: per-vote filters, then history filters after each batch."""
+    """The judge ``store_batch`` calls: per-vote filters, then after each batch the history filters that are due."""
 
     def __init__(self, settings: FilterSettings | None = None, reward_scores: RewardScores | None = None) -> None:
         s = self.settings = settings or FilterSettings()
