@@ -105,7 +105,7 @@ async def _act(
         try:
             served = await client.ask(user.user_id, messages, user.wants_pair())
             answered = time.monotonic()
-            vote = user.vote(served)
+            vote = user.vote(messages[-1]["content"], served)
             await asyncio.sleep(user.timing.reading(served.chars, user.rng) * scale)
             event_id = new_event_id()
             read = time.monotonic() - answered

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from feedback.simulation.tastes import TASTES
 
 
 class _Strict(BaseModel):
@@ -58,16 +60,22 @@ BOT_TIMING = Timing(base_seconds=0, seconds_per_char=0, jitter=0, think_seconds=
 
 
 class Preference(_Strict):
-    """The hidden preference of honest users, computable from any answer text.
+    """The hidden preference of honest users: which taste (``feedback.simulation.tastes``) they judge by.
 
-    Pairwise: an answer with numbered steps beats one without (when ``numbered_steps`` is on);
-    among equals the shorter answer wins; the same word count is a tie. Thumbs: up when the
-    answer has numbered steps or has at most ``max_words`` words. A trained policy that wins
-    under this preference writes shorter, step-by-step answers.
+    The taste is the simulator's ground truth; a scenario names it, ``flywheel simulate --taste``
+    and ``flywheel demo --taste`` override it. ``max_words`` is the thumbs-up limit of the tastes
+    that count words (``steps``, ``concise``).
     """
 
-    numbered_steps: bool = Field(default=True, description="Lines starting '1.' or '2)' make an answer better.")
-    max_words: int = Field(default=40, ge=1, description="Thumbs up for answers no longer than this.")
+    taste: str = Field(default="steps", description="A taste of feedback.simulation.tastes.TASTES.")
+    max_words: int = Field(default=40, ge=1, description="Thumbs up for answers no longer than this (word tastes).")
+
+    @field_validator("taste")
+    @classmethod
+    def _known(cls, taste: str) -> str:
+        if taste not in TASTES:
+            raise ValueError(f"unknown taste {taste!r}; known: {', '.join(TASTES)}")
+        return taste
 
 
 class ChatOptions(_Strict):
@@ -178,6 +186,20 @@ class Scenario(_Strict):
 
 class ScenarioError(ValueError):
     pass
+
+
+def with_overrides(
+    scenario: Scenario, *, time_scale: float | None = None, seed: int | None = None, taste: str | None = None
+) -> Scenario:
+    """The scenario with the command line's overrides (None keeps the file's value), validated again."""
+    values = scenario.model_dump()
+    if taste is not None:
+        values["preference"]["taste"] = taste
+    values |= {k: v for k, v in {"time_scale": time_scale, "seed": seed}.items() if v is not None}
+    try:
+        return Scenario.model_validate(values)
+    except ValidationError as exc:
+        raise ScenarioError(f"invalid override of scenario {scenario.name!r}: {exc}") from exc
 
 
 def _shipped() -> Traversable:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import cache
@@ -22,14 +21,12 @@ from feedback.simulation.scenario import (
     Group,
     HonestGroup,
     NoisyGroup,
-    Preference,
     Scenario,
     SlowAttackerGroup,
     Timing,
 )
+from feedback.simulation.tastes import Taste, make_taste
 from feedback.simulation.truth import UserType
-
-_STEP_RE = re.compile(r"^\s*\d+[.)]\s+\S", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -65,15 +62,6 @@ class Vote:
     poisoned: bool = False
 
 
-def word_count(text: str) -> int:
-    return len(text.split())
-
-
-def numbered_steps(text: str) -> int:
-    """Lines that start like ``1. Do this`` or ``2) Then that``."""
-    return len(_STEP_RE.findall(text))
-
-
 def mentions(text: str, phrase: str) -> int:
     return text.lower().count(phrase.lower())
 
@@ -81,28 +69,6 @@ def mentions(text: str, phrase: str) -> int:
 def flipped(vote: str) -> str:
     """The opposite vote: up/down and a/b swap; a tie has no opposite and stays."""
     return {"up": "down", "down": "up", "a": "b", "b": "a"}.get(vote, vote)
-
-
-class HiddenPreference:
-    """The honest users' taste (see ``Preference``), as a ranking and a yes/no."""
-
-    def __init__(self, config: Preference) -> None:
-        self.config = config
-
-    def rank(self, text: str) -> tuple[bool, int]:
-        """Higher is better: numbered steps first (if they count), then fewer words."""
-        return self.config.numbered_steps and numbered_steps(text) > 0, -word_count(text)
-
-    def likes(self, text: str) -> bool:
-        has_steps = self.config.numbered_steps and numbered_steps(text) > 0
-        return has_steps or word_count(text) <= self.config.max_words
-
-    def rate(self, text: str) -> str:
-        return "up" if self.likes(text) else "down"
-
-    def pick(self, a: str, b: str) -> str:
-        rank_a, rank_b = self.rank(a), self.rank(b)
-        return "tie" if rank_a == rank_b else "a" if rank_a > rank_b else "b"
 
 
 class SimUser(ABC):
@@ -125,7 +91,7 @@ class SimUser(ABC):
         self.rng = rng
         self.start_delay = start_delay
         self.timing: Timing = group.resolved_timing(scenario)
-        self.preference = HiddenPreference(scenario.preference)
+        self.taste: Taste = make_taste(scenario.preference.taste, scenario.preference.max_words)
 
     @property
     def adversarial(self) -> bool:
@@ -139,16 +105,17 @@ class SimUser(ABC):
         prompt = self.rng.choice(self.prompts)
         return prompt, [{"role": "user", "content": prompt.prompt}]
 
-    def vote(self, served: Served) -> Vote:
+    def vote(self, prompt: str, served: Served) -> Vote:
+        """The vote on what came back for ``prompt`` (the question as asked)."""
         if served.pair_id is not None:
-            return self.pick(*served.texts)
-        return self.rate(served.texts[0])
+            return self.pick(prompt, *served.texts)
+        return self.rate(prompt, served.texts[0])
 
     @abstractmethod
-    def rate(self, text: str) -> Vote: ...
+    def rate(self, prompt: str, text: str) -> Vote: ...
 
     @abstractmethod
-    def pick(self, a: str, b: str) -> Vote: ...
+    def pick(self, prompt: str, a: str, b: str) -> Vote: ...
 
 
 class HonestUser(SimUser):
@@ -158,20 +125,20 @@ class HonestUser(SimUser):
     def _slip(self, vote: str) -> Vote:
         return Vote(flipped(vote) if self.rng.random() < self.group.error_rate else vote)
 
-    def rate(self, text: str) -> Vote:
-        return self._slip(self.preference.rate(text))
+    def rate(self, prompt: str, text: str) -> Vote:
+        return self._slip(self.taste.rate(prompt, text))
 
-    def pick(self, a: str, b: str) -> Vote:
-        return self._slip(self.preference.pick(a, b))
+    def pick(self, prompt: str, a: str, b: str) -> Vote:
+        return self._slip(self.taste.pick(prompt, a, b))
 
 
 class NoisyUser(SimUser):
     user_type = "noisy"
 
-    def rate(self, text: str) -> Vote:
+    def rate(self, prompt: str, text: str) -> Vote:
         return Vote(self.rng.choice(("up", "down")))
 
-    def pick(self, a: str, b: str) -> Vote:
+    def pick(self, prompt: str, a: str, b: str) -> Vote:
         return Vote(self.rng.choice(("a", "b")))
 
 
@@ -179,10 +146,10 @@ class FastBot(SimUser):
     user_type = "fast_bot"
     group: FastBotGroup
 
-    def rate(self, text: str) -> Vote:
+    def rate(self, prompt: str, text: str) -> Vote:
         return Vote(self.group.rating)
 
-    def pick(self, a: str, b: str) -> Vote:
+    def pick(self, prompt: str, a: str, b: str) -> Vote:
         return Vote(self.group.choice)
 
 
@@ -198,10 +165,10 @@ class CampaignAccount(SimUser):
         content = f"{prompt.prompt} {steer.format(phrase=self.group.phrase)}" if steer else prompt.prompt
         return prompt, [{"role": "user", "content": content}]
 
-    def rate(self, text: str) -> Vote:
+    def rate(self, prompt: str, text: str) -> Vote:
         return Vote("up" if mentions(text, self.group.phrase) else "down")
 
-    def pick(self, a: str, b: str) -> Vote:
+    def pick(self, prompt: str, a: str, b: str) -> Vote:
         count_a, count_b = mentions(a, self.group.phrase), mentions(b, self.group.phrase)
         if count_a == count_b:
             return Vote(self.rng.choice(("a", "b")))
@@ -220,11 +187,11 @@ class SlowAttacker(SimUser):
         # A tie has no opposite: the poisoned vote then takes a side at random.
         return Vote(self.rng.choice(("a", "b")) if honest == "tie" else flipped(honest), poisoned=True)
 
-    def rate(self, text: str) -> Vote:
-        return self._maybe_poison(self.preference.rate(text))
+    def rate(self, prompt: str, text: str) -> Vote:
+        return self._maybe_poison(self.taste.rate(prompt, text))
 
-    def pick(self, a: str, b: str) -> Vote:
-        return self._maybe_poison(self.preference.pick(a, b))
+    def pick(self, prompt: str, a: str, b: str) -> Vote:
+        return self._maybe_poison(self.taste.pick(prompt, a, b))
 
 
 _KINDS: dict[type[Group], type[SimUser]] = {

@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from feedback.simulation.runner import GatewayRejected, run_scenario
-from feedback.simulation.scenario import ScenarioError, load_scenario
+from feedback.simulation.scenario import ScenarioError, load_scenario, with_overrides
+from feedback.simulation.tastes import TASTES
 from feedback.simulation.truth import USER_TYPES, TruthWriter
 from flywheel.cli.common import console, fail
 from serving.settings import ServingSettings
@@ -27,18 +28,23 @@ def simulate(
     time_scale: Annotated[float | None, typer.Option(
         min=0.0001, help="Override the scenario's time scale (0.1 = ten times faster reading and pauses).")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the scenario's seed.")] = None,
+    taste: Annotated[str | None, typer.Option(
+        help=f"Override the honest users' hidden taste: {', '.join(TASTES)}.")] = None,
 ) -> None:
     """Drive the gateway with a scenario's simulated users; write what each vote really was to --truth."""
     try:
         plan = load_scenario(scenario)
     except ScenarioError as exc:
         fail(str(exc))
-    overrides = {k: v for k, v in {"time_scale": time_scale, "seed": seed}.items() if v is not None}
-    plan = plan.model_copy(update=overrides)
+    try:
+        plan = with_overrides(plan, time_scale=time_scale, seed=seed, taste=taste)
+    except ScenarioError as exc:
+        fail(str(exc))
     settings = ServingSettings()
     url = (gateway or f"http://{settings.host}:{settings.port}").rstrip("/")
     console.print(f"scenario [bold]{plan.name}[/]: {plan.planned_events} events from "
-                  f"{sum(g.count for g in plan.groups)} users, time scale {plan.time_scale}, against {url}")
+                  f"{sum(g.count for g in plan.groups)} users, taste {plan.preference.taste}, "
+                  f"time scale {plan.time_scale}, against {url}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress, TruthWriter(truth) as writer:
         task = progress.add_task("votes", total=plan.planned_events)

@@ -10,16 +10,9 @@ import pytest
 import yaml
 
 from feedback.simulation.report import Whereabouts, build_report
-from feedback.simulation.scenario import Preference, ScenarioError, Timing, load_scenario, shipped_scenarios
+from feedback.simulation.scenario import ScenarioError, Timing, load_scenario, shipped_scenarios
 from feedback.simulation.truth import TruthRecord, TruthWriter, read_truth
-from feedback.simulation.users import (
-    CampaignAccount,
-    HiddenPreference,
-    SlowAttacker,
-    load_prompts,
-    numbered_steps,
-    plan_users,
-)
+from feedback.simulation.users import CampaignAccount, SlowAttacker, load_prompts, plan_users
 
 STEPS = "Here is how:\n1. Boil water.\n2) Add the egg.\n3. Wait six minutes."
 
@@ -56,16 +49,6 @@ def test_prompt_set_is_large_and_distinct() -> None:
     assert len({p.prompt for p in prompts}) == len({p.id for p in prompts}) == len(prompts)
 
 
-def test_hidden_preference_prefers_steps_then_brevity() -> None:
-    preference = HiddenPreference(Preference(numbered_steps=True, max_words=5))
-    long_plain = "word " * 30
-    assert numbered_steps(STEPS) == 3 and numbered_steps("In 2024. we went") == 0
-    assert preference.pick(long_plain, STEPS) == "b"  # steps beat a shorter answer without them
-    assert preference.pick("short one", "a much longer answer here") == "a"
-    assert preference.pick("same words", "other words") == "tie"
-    assert preference.rate(STEPS) == "up" and preference.rate("tiny") == "up" and preference.rate(long_plain) == "down"
-
-
 def test_timing_scales_with_length() -> None:
     timing = Timing(base_seconds=2, seconds_per_char=0.5, jitter=0)
     assert timing.reading(10, random.Random(0)) == 7
@@ -86,7 +69,7 @@ def test_accounts_are_reproducible_opaque_and_coordinated() -> None:
 
 def test_slow_attacker_poisons_about_its_share() -> None:
     attacker = next(u for u in plan_users(load_scenario("slow_attacker")) if isinstance(u, SlowAttacker))
-    votes = [attacker.rate(STEPS) for _ in range(2000)]
+    votes = [attacker.rate("How do I boil an egg?", STEPS) for _ in range(2000)]
     poisoned = [v for v in votes if v.poisoned]
     assert all(v.value == "down" for v in poisoned) and all(v.value == "up" for v in votes if not v.poisoned)
     assert 0.35 < len(poisoned) / len(votes) < 0.45
