@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from feedback.db.models import AdminAction, App, Base, Completion, Feedback, Quarantine
 from feedback.events import ChatMessage, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
+from feedback.storable import replace_unstorable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ ACCEPTED = "accepted"
 QUARANTINED = "quarantined"
 DUPLICATE = "duplicate"
 INVALID = "invalid"
+# The reason code of an event the database refused to store (see ``unstorable_row``).
+UNSTORABLE = "unstorable"
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,23 @@ def quarantine_row(event: FeedbackEvent, judged: Verdict) -> dict[str, Any]:
         "reasons": judged.reasons,
         "evidence": judged.evidence,
         "payload": event.model_dump(mode="json"),
+        "created_at": event.created_at,
+    }
+
+
+def unstorable_row(event: Event, error: BaseException) -> dict[str, Any]:
+    """A quarantine row for an event the database refused (a completion too): its text made storable, the
+    refusal as evidence. The filters never saw it, and ``Pipeline.rebuild`` leaves it out of their history."""
+    orig = getattr(error, "orig", None)  # the driver's own message (with PostgreSQL's DETAIL), not the SQL
+    refusal = " ".join(str(orig).split()) if orig is not None else next(iter(str(error).splitlines()), "")
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "app_id": event.app_id,
+        "user_id": replace_unstorable(event.user_id or "")[:256],
+        "reasons": [UNSTORABLE],
+        "evidence": {UNSTORABLE: {"error": replace_unstorable(f"{type(error).__name__}: {refusal}")[:1000]}},
+        "payload": replace_unstorable(event.model_dump(mode="json")),
         "created_at": event.created_at,
     }
 

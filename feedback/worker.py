@@ -6,6 +6,12 @@ re-delivery into no-ops; a crash before the database commit loses nothing becaus
 offsets never moved. Records that cannot be decoded are counted and skipped, so one bad
 record never blocks its partition.
 
+A batch the database refuses (a NUL character on PostgreSQL, a number out of range) is
+stored in halves until each refused event stands alone; that event goes to quarantine as
+``unstorable`` and the rest are stored, so one poison pill never stops ingestion. Only an
+unreachable database makes the worker wait and re-read the same batch, because then nothing
+could be stored anyway; ``flywheel_worker_batch_attempts`` and the log say so.
+
 The filter pipeline's state is rebuilt from the database before the first batch, and again
 after a failed batch (whose events it may have seen but the database never kept), so a
 restarted worker judges the next event exactly as an uninterrupted one would.
@@ -23,16 +29,17 @@ import kafka.errors as kafka_errors
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import Counter, Gauge, Histogram
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError, StatementError
 
 from feedback import events
+from feedback.db.models import Quarantine
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.events import Event
 from feedback.filters import FilterSettings, Pipeline
 from feedback.filters.reward_scores import StoredRewardScores
 from feedback.producer import ensure_topic
 from feedback.settings import CommonSettings
-from feedback.store import BatchResult, store_batch
+from feedback.store import UNSTORABLE, BatchResult, insert_ignoring_conflicts, store_batch, unstorable_row
 from feedback.worker_settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -44,11 +51,32 @@ EVENTS = Counter(
 INVALID_RECORDS = Counter(
     "flywheel_worker_invalid_events", "Records that could not be decoded as an event; skipped, stored nowhere."
 )
-BATCHES = Counter("flywheel_worker_batches", "Polled batches by result (committed, failed).", ["result"])
+BATCHES = Counter("flywheel_worker_batches", "Polled batches by result (committed, failed, split: the database "
+                  "refused it and it was stored in halves).", ["result"])
+ATTEMPTS = Gauge("flywheel_worker_batch_attempts", "Failed attempts in a row at storing the current batch (0: "
+                 "none); it grows only while the database is unreachable.")
+UNSTORABLE_EVENTS = Counter("flywheel_worker_unstorable_events", "Events the database refused, by kind and where "
+                            "they went (quarantined, dropped: not even the quarantine row could be stored).",
+                            ["kind", "outcome"])
 BATCH_SECONDS = Histogram("flywheel_worker_batch_seconds", "Time to store and commit one batch.")
 LAG = Gauge("flywheel_worker_lag", "Records behind the partition's high watermark.", ["topic", "partition"])
 
 Records = dict[TopicPartition, list[Any]]
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether the database (or its driver) refused the data, as opposed to being unreachable.
+
+    Refused: a value it cannot hold (``DataError``: NUL in text, a number out of range, a string
+    too long), a broken constraint, or a value the driver cannot even encode (a lone surrogate,
+    an integer beyond 64 bits). Retrying those fails forever; an unreachable or locked database
+    (``OperationalError``) and anything else are not refused: retrying or a restart is right.
+    """
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        return refused(exc.orig)
+    return isinstance(exc, ValueError | ArithmeticError)
 
 
 class Worker:
@@ -88,18 +116,24 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set, then leave the group and close.
 
-        A failed database write rewinds the batch and retries after a back-off, so a database
-        outage pauses the worker instead of skipping records. Anything else propagates: the
-        process supervisor restarts the worker and the group re-delivers from the last commit.
+        A database that cannot be reached rewinds the batch and retries after a back-off, so an
+        outage pauses the worker instead of skipping records (a refused batch never gets here:
+        ``step`` splits it). Anything else propagates: the process supervisor restarts the
+        worker and the group re-delivers from the last commit.
         """
         log.info("worker %s consuming %s", self.settings.worker_group_id, self.settings.kafka_topic)
+        failures = 0
         try:
             while not stop.is_set():
                 try:
                     self.step()
+                    failures = 0
                 except SQLAlchemyError:
-                    log.exception("storing a batch failed; retrying in %.1fs", self.settings.worker_retry_backoff_s)
+                    failures += 1
+                    log.exception("the database is unavailable; the batch waits in Kafka (attempt %d), retrying "
+                                  "in %.1fs", failures, self.settings.worker_retry_backoff_s)
                     stop.wait(self.settings.worker_retry_backoff_s)
+                ATTEMPTS.set(failures)
         finally:
             self.close()
 
@@ -114,13 +148,9 @@ class Worker:
         started = time.perf_counter()
         decoded = [event for batch in records.values() for event in map(self._decode, batch) if event is not None]
         try:
-            with transaction(self.sessions) as session:
-                if self.pipeline is None:
-                    self.pipeline = Pipeline.rebuild(session, self.filter_settings, self.reward_scores)
-                result = store_batch(session, decoded, self.pipeline)
-        except SQLAlchemyError:
+            result = self._store(decoded)
+        except Exception:
             BATCHES.labels("failed").inc()
-            self.pipeline = None  # it saw events the database did not keep: rebuild from what it did
             self._rewind(records)
             raise
         self._commit(records)
@@ -130,6 +160,54 @@ class Worker:
         BATCH_SECONDS.observe(time.perf_counter() - started)
         self._record_lag(records)
         log.debug("batch of %d records: %s", sum(map(len, records.values())), dict(result.outcomes))
+        return result
+
+    def _store(self, batch: list[Event]) -> BatchResult:
+        """Store ``batch`` in one transaction; if the database refuses it, store it in halves (see ``_store_apart``)."""
+        try:
+            with transaction(self.sessions) as session:
+                if self.pipeline is None:
+                    self.pipeline = Pipeline.rebuild(session, self.filter_settings, self.reward_scores)
+                return store_batch(session, batch, self.pipeline)
+        except Exception as exc:
+            self.pipeline = None  # it saw events the database did not keep: rebuild from what it did
+            if not refused(exc):
+                raise
+            if len(batch) == 1:
+                return self._set_aside(batch[0], exc)
+            BATCHES.labels("split").inc()
+            log.warning("the database refused a batch of %d events (%s); storing it in halves", len(batch),
+                        type(exc).__name__)
+            return self._store_apart(batch)
+
+    def _store_apart(self, batch: list[Event]) -> BatchResult:
+        """Each half in its own transaction, in partition order; a refused half is split again until the events the
+        database refuses stand alone. One bad event among n costs about 2·log2(n) transactions, once."""
+        result = BatchResult()
+        middle = len(batch) // 2
+        for half in (batch[:middle], batch[middle:]):
+            result.outcomes.update(self._store(half).outcomes)
+        return result
+
+    def _set_aside(self, event: Event, error: BaseException) -> BatchResult:
+        """Quarantine one event the database refused, as ``unstorable``; drop it (logged, counted) only if even its
+        cleaned quarantine row is refused, so it can never block the events behind it."""
+        result = BatchResult()
+        try:
+            with transaction(self.sessions) as session:
+                insert_ignoring_conflicts(session, Quarantine, [unstorable_row(event, error)])
+        except Exception as exc:
+            if not refused(exc):
+                raise
+            UNSTORABLE_EVENTS.labels(event.type, "dropped").inc()
+            result.outcomes[(event.type, "dropped")] += 1
+            log.error("the database refused %s event %s of app %s (%s) and its quarantine row (%s); skipped, it is "
+                      "stored nowhere", event.type, event.event_id, event.app_id, error, exc)
+            return result
+        UNSTORABLE_EVENTS.labels(event.type, "quarantined").inc()
+        result.outcomes[(event.type, UNSTORABLE)] += 1
+        log.error("the database refused %s event %s of app %s (%s); quarantined as %s, the rest of its batch is "
+                  "stored", event.type, event.event_id, event.app_id, type(error).__name__, UNSTORABLE)
         return result
 
     def _catch_up(self) -> None:

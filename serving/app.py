@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -20,7 +20,7 @@ from feedback.db.session import make_engine, session_factory
 from feedback.producer import BrokerUnavailable, EventProducer
 from feedback.promotion import Promotion, RegistryError
 from serving.champion import ChampionWatcher, NoChampion
-from serving.deps import GatewayState
+from serving.deps import GatewayState, storable_body
 from serving.engine import EngineClient, EngineError
 from serving.metrics import REQUESTS
 from serving.routers import admin_models, admin_quarantine, chat, feedback, health, models
@@ -58,7 +58,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             await asyncio.to_thread(producer.close)
             db.dispose()
 
-    app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan, dependencies=[Depends(storable_body)])
     for router in (health.router, models.router, chat.router, feedback.router, admin_models.router,
                    admin_quarantine.router):
         app.include_router(router)

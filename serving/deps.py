@@ -1,4 +1,4 @@
-"""Dependencies injected into the routers: the gateway's shared state and the caller."""
+"""Dependencies injected into the routers: the gateway's shared state, the caller, and the body check."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from feedback.apps import Caller, find_caller, hash_key
 from feedback.producer import EventProducer
 from feedback.promotion import Promotion
+from feedback.storable import first_unstorable
 from serving.champion import ChampionWatcher
 from serving.engine import EngineClient
 from serving.settings import ServingSettings
@@ -77,3 +78,21 @@ async def get_admin(caller: CallerDep) -> Caller:
 
 
 AdminDep = Annotated[Caller, Depends(get_admin)]
+
+
+async def storable_body(request: Request) -> None:
+    """Refuse (400) a JSON body holding text the store cannot keep: a NUL character or a lone surrogate.
+
+    Checked on every route, over the whole body, extra fields included (they travel on to the
+    engine and into the completion record), so such text never reaches Kafka or the database.
+    A body that is not JSON is left to the route's own validation.
+    """
+    if "json" not in request.headers.get("content-type", ""):
+        return
+    try:
+        body = await request.json()
+    except ValueError:
+        return
+    problem = first_unstorable(body)
+    if problem is not None:
+        raise HTTPException(400, problem)

@@ -49,6 +49,7 @@ from feedback.filters.timing import TimingFilter
 from feedback.filters.velocity import VelocityFilter
 from feedback.store import (
     RELEASE_ACTION,
+    UNSTORABLE,
     Verdict,
     as_utc,
     event_from_feedback,
@@ -127,8 +128,10 @@ class Pipeline:
         pipeline = cls(settings, reward_scores)
         state = pipeline.state
         stored = [(vote_of(event_from_feedback(row)), True) for row in session.scalars(select(Feedback))]
-        payloads = session.scalars(select(Quarantine.payload))
-        stored += [(vote_of(_decode_feedback(payload)), False) for payload in payloads]
+        quarantined = session.execute(select(Quarantine.payload, Quarantine.reasons))
+        # An unstorable event never reached the filters (and may be a completion): it is no vote of anyone's.
+        stored += [(vote_of(_decode_feedback(payload)), False) for payload, reasons in quarantined
+                   if UNSTORABLE not in reasons]
         pipeline._load_answers(session, {v.target for v, _ in stored if v.kind == "thumbs"},
                                {v.target for v, _ in stored if v.kind == "pairwise"})
         for flag in session.scalars(select(FlaggedRater)):
