@@ -3,6 +3,7 @@
 Broker, MLflow UI and engine are external programs; gateway and worker run as
 ``python -m flywheel serve|worker`` children with the same settings, exactly as they
 would run alone in production. If any child dies the whole stack stops, loudly.
+``start_services`` is the start-up both ``flywheel up`` and ``flywheel demo`` use.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from urllib.parse import urlsplit
 
@@ -47,11 +48,14 @@ def child_env(settings: ServingSettings) -> dict[str, str]:
     }
 
 
-def flywheel_process(command: str, settings: ServingSettings, ready: Callable[[], bool]) -> ManagedProcess:
-    """``python -m flywheel COMMAND`` as a child, configured like this process."""
+def flywheel_process(
+    command: str, settings: ServingSettings, ready: Callable[[], bool], args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> ManagedProcess:
+    """``python -m flywheel COMMAND [ARGS]`` as a child, configured like this process (plus ``env``)."""
     return ManagedProcess(
-        command, [sys.executable, "-m", "flywheel", command], settings.data_dir / "logs" / f"{command}.log",
-        ready=ready, env=child_env(settings), startup_timeout=120,
+        command, [sys.executable, "-m", "flywheel", command, *args], settings.data_dir / "logs" / f"{command}.log",
+        ready=ready, env=child_env(settings) | (env or {}), startup_timeout=120,
     )
 
 
@@ -65,30 +69,10 @@ def run_stack(settings: ServingSettings, console: Console, mlflow_ui_port: int) 
     # the background may have set SIGINT to "ignore", which would leave the children running.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    logs = settings.data_dir / "logs"
-    procs: list[ManagedProcess] = []
     with ExitStack() as stack:
-
-        def start(status: str, proc: ManagedProcess) -> None:
-            with console.status(status):
-                procs.append(stack.enter_context(proc))
-
-        with console.status("preparing the base model (once)…"):
-            model_dir = ensure_base_model(settings)
-            upgrade(settings.resolved_database_url)
-        broker = urlsplit(f"//{settings.bootstrap_servers[0]}")
-        start("starting the broker…",
-              tansu_process(broker.port or 9092, logs / "broker.log", broker.hostname or "127.0.0.1"))
-        ensure_topic(settings)
-        start("starting the MLflow UI…", mlflow_ui_process(settings, mlflow_ui_port, logs / "mlflow.log"))
-        start("starting the engine (vLLM, about a minute on 2 cores)…",
-              vllm_process(settings, model_dir, logs / "engine.log"))
+        procs = start_services(stack, settings, console, mlflow_ui_port=mlflow_ui_port)
         key = _first_app_key(settings)
-        gateway = f"http://{settings.host}:{settings.port}"
-        start("starting the worker…", flywheel_process("worker", settings, ready=lambda: True))
-        start("starting the gateway…", flywheel_process(
-            "serve", settings, ready=lambda: httpx.get(f"{gateway}/readyz", timeout=2).is_success))
-        _print_banner(console, settings, gateway, mlflow_ui_port, key)
+        _print_banner(console, settings, f"http://{settings.host}:{settings.port}", mlflow_ui_port, key)
         try:
             while all(proc.alive for proc in procs):
                 time.sleep(1)
@@ -97,6 +81,45 @@ def run_stack(settings: ServingSettings, console: Console, mlflow_ui_port: int) 
             return
         dead = next(proc for proc in procs if not proc.alive)
         raise ProcessFailed(f"{dead.name} exited; stopping the stack. Its log ends:\n{dead.log_tail()}")
+
+
+def start_services(
+    stack: ExitStack,
+    settings: ServingSettings,
+    console: Console,
+    *,
+    mlflow_ui_port: int | None = None,
+    worker_args: Sequence[str] = (),
+    worker_env: dict[str, str] | None = None,
+    engine_env: dict[str, str] | None = None,
+) -> list[ManagedProcess]:
+    """Broker, MLflow UI (given a port), engine, worker and gateway, started in that order and each
+    registered on ``stack``, so leaving it stops them in reverse. ``flywheel up`` and ``flywheel demo`` share it."""
+    logs = settings.data_dir / "logs"
+    procs: list[ManagedProcess] = []
+
+    def start(status: str, proc: ManagedProcess) -> None:
+        with console.status(status):
+            procs.append(stack.enter_context(proc))
+
+    with console.status("preparing the base model (once)…"):
+        model_dir = ensure_base_model(settings)
+        upgrade(settings.resolved_database_url)
+    broker = urlsplit(f"//{settings.bootstrap_servers[0]}")
+    start("starting the broker…",
+          tansu_process(broker.port or 9092, logs / "broker.log", broker.hostname or "127.0.0.1"))
+    ensure_topic(settings)
+    if mlflow_ui_port is not None:
+        start("starting the MLflow UI…", mlflow_ui_process(settings, mlflow_ui_port, logs / "mlflow.log"))
+    engine = vllm_process(settings, model_dir, logs / "engine.log")
+    engine.env |= engine_env or {}
+    start("starting the engine (vLLM, about a minute on 2 cores)…", engine)
+    gateway = f"http://{settings.host}:{settings.port}"
+    start("starting the worker…", flywheel_process("worker", settings, ready=lambda: True, args=worker_args,
+                                                   env=worker_env))
+    start("starting the gateway…", flywheel_process(
+        "serve", settings, ready=lambda: httpx.get(f"{gateway}/readyz", timeout=2).is_success))
+    return procs
 
 
 def _first_app_key(settings: ServingSettings) -> str | None:

@@ -87,6 +87,6 @@ class ChampionWatcher:
             return Route(str(version.version), self.settings.base_engine_model)
         dest = self.adapter_dir / f"v{version.version}"
         path = await asyncio.to_thread(download_adapter, self.registry.client, version, dest)
-        name = f"{self.settings.registered_model}-v{version.version}"
+        name = self.settings.version_engine_model(str(version.version))
         await self.engine.load_adapter(name, path)
         return Route(str(version.version), name)

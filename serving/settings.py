@@ -33,3 +33,7 @@ class ServingSettings(CommonSettings):
     def base_engine_model(self) -> str:
         """The name vLLM serves the base model under; adapters are ``<registered_model>-v<N>``."""
         return f"{self.registered_model}-base"
+
+    def version_engine_model(self, version: str) -> str:
+        """The name a version's adapter is loaded under: one per version, as vLLM's docs advise."""
+        return f"{self.registered_model}-v{version}"

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -172,8 +173,18 @@ def generate(
     return Answers(ids, [tokenizer.decode(i, skip_special_tokens=True) for i in ids])
 
 
-def mean_token_kl(policy: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], answers: Answers) -> float:
-    """Mean over the candidate's answer tokens of KL(candidate || champion) between next-token distributions."""
+def mean_token_kl(
+    policy: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    answers: Answers,
+    reference: Callable[[Any], AbstractContextManager[Any]] = champion_view,
+) -> float:
+    """Mean over the answers' tokens of KL(policy || reference) between next-token distributions.
+
+    ``reference(policy)`` switches the same model to the reference (by default the champion, the
+    training reference; the demo's evaluation passes the base, adapters off).
+    """
     import torch
 
     total, tokens = 0.0, 0
@@ -186,7 +197,7 @@ def mean_token_kl(policy: Any, tokenizer: Any, prompts: Sequence[list[dict[str, 
         positions = slice(len(prompt_ids) - 1, ids.shape[1] - 1)  # the logits that predicted the answer tokens
         with torch.no_grad():
             cand = torch.log_softmax(policy(input_ids=ids).logits[0, positions].float(), dim=-1)
-            with champion_view(policy):
+            with reference(policy):
                 champ = torch.log_softmax(policy(input_ids=ids).logits[0, positions].float(), dim=-1)
         total += float((cand.exp() * (cand - champ)).sum())
         tokens += len(answer)

@@ -93,10 +93,15 @@ class Pipeline:
                                              s.reliability_min_weight, s.reliability_min_items,
                                              s.reliability_quarantine_below, s.reliability_iterations, reward_scores,
                                              s.reliability_reward_min_accuracy)
-        self.filters: list[Filter] = [
+        # With the filters off (an ablation), only the data's own checks remain: it decodes, names an
+        # answer the caller's app was served, and is the rater's first vote on it.
+        checks: list[Filter] = [
             ContractFilter(s.contract_max_clock_skew_s),
             IntegrityFilter(s.integrity_max_age_s),
             DuplicateFilter(),
+        ]
+        self.filters: list[Filter] = checks if not s.enabled else [
+            *checks,
             VelocityFilter(s.scaled(s.velocity_user_window_s), s.velocity_user_max, s.scaled(s.velocity_app_window_s),
                            s.velocity_app_max),
             TimingFilter(s.scaled(s.timing_min_ms), s.scaled(s.timing_ms_per_char)),
@@ -138,7 +143,8 @@ class Pipeline:
             state.flags[(flag.app_id, flag.user_id)][flag.reason] = flag.evidence
         for vote, accepted in sorted(stored, key=lambda item: (item[0].created_at, item[0].event_id)):
             state.record(vote, accepted)
-        pipeline.reliability.review(state)  # restores the weights
+        if pipeline.settings.enabled:
+            pipeline.reliability.review(state)  # restores the weights
         # A search the previous run deferred died with it: the first search reviews every rater.
         pipeline._search_due = set(state.votes)
         return pipeline
@@ -181,6 +187,8 @@ class Pipeline:
 
     def end(self, session: Session) -> None:
         self._record_alerts(session)
+        if not self.settings.enabled:
+            return
         self._search_due |= self._touched
         self._apply(session, self.bots.review(self.state, self._touched))
         if time.monotonic() - self._searched_at >= self.settings.search_interval_s:
@@ -192,7 +200,7 @@ class Pipeline:
         The worker calls it when a poll comes back empty, so a quiet stream gets its verdicts
         within a poll timeout instead of waiting for the next batch.
         """
-        if not self._search_due:
+        if not self._search_due or not self.settings.enabled:
             return False
         self._search(session)
         return True

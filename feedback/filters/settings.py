@@ -21,6 +21,13 @@ class FilterSettings(BaseSettings):
         "S times human time (flywheel simulate --time-scale S) is judged by the same rules. Keep 1.0 in production.",
     )
 
+    enabled: bool = Field(
+        default=True,
+        description="Off: only the contract, integrity and duplicate checks run and every other vote is accepted "
+        "at weight 1. For ablations (flywheel demo --no-filters) that measure what the filters are worth; never "
+        "in production.",
+    )
+
     # contract
     contract_max_clock_skew_s: float = Field(
         default=300, ge=0, description="Feedback stamped further in the future than this is quarantined (contract)."

@@ -166,6 +166,11 @@ class Scenario(_Strict):
     name: str
     description: str = ""
     seed: int = 0
+    visit: int = Field(
+        default=0, ge=0,
+        description="Which visit of the same accounts this run is: the same ids, groups and campaign scripts "
+        "(the seed's), new questions and decisions. The demo's round N is visit N, so histories grow as in life.",
+    )
     time_scale: float = Field(default=1.0, gt=0, description="Multiplies every wait: 0.01 runs 100 times faster.")
     concurrency: int = Field(default=8, ge=1, description="Chats in flight at once; votes never wait for a slot.")
     arrival_seconds: float = Field(default=60.0, ge=0, description="Users start at uniform times in this window.")

@@ -37,9 +37,13 @@ class Prompt:
 
 
 @cache
-def load_prompts() -> tuple[Prompt, ...]:
-    """The prompt set shipped beside this module: everyday questions, written for the simulator."""
-    text = resources.files("feedback.simulation").joinpath("prompts.jsonl").read_text(encoding="utf-8")
+def load_prompts(name: str = "prompts.jsonl") -> tuple[Prompt, ...]:
+    """A prompt set shipped beside this module: everyday questions, written for the simulator.
+
+    ``prompts.jsonl`` is what simulated users ask; ``eval_prompts.jsonl`` is the held-out set the
+    demo's evaluation asks every version, on topics no user asks about, so no round trains on it.
+    """
+    text = resources.files("feedback.simulation").joinpath(name).read_text(encoding="utf-8")
     return tuple(Prompt(**json.loads(line)) for line in text.splitlines() if line.strip())
 
 
@@ -208,7 +212,8 @@ def plan_users(scenario: Scenario) -> list[SimUser]:
 
     One master stream (the scenario's seed) deals the prompt pool, ids, seeds and start times,
     so the same scenario file yields the same accounts and the same decisions for the same
-    answers. A campaign's accounts share one small script drawn from the pool.
+    answers; another ``visit`` keeps the accounts and draws new decisions. A campaign's accounts
+    share one small script drawn from the pool.
     """
     master = random.Random(scenario.seed)
     everything = load_prompts()
@@ -221,6 +226,6 @@ def plan_users(scenario: Scenario) -> list[SimUser]:
             group, CampaignGroup) else pool
         for _ in range(group.count):
             user_id = f"u_{master.getrandbits(48):012x}"
-            rng = random.Random(master.getrandbits(64))
+            rng = random.Random(master.getrandbits(64) + scenario.visit * 2**64)
             users.append(kind(user_id, group, scenario, rng, master.uniform(0, arrival), prompts))
     return users

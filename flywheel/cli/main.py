@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.cli import apps, db, feedback, models, services, simulate, train
+from flywheel.cli import apps, db, demo, feedback, models, services, simulate, train
 
 app = typer.Typer(help="Flywheel: an online RLHF feedback loop.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -17,3 +17,4 @@ app.command("serve")(services.serve)
 app.command("worker")(services.worker)
 app.command("train")(train.train)
 app.command("simulate")(simulate.simulate)
+app.command("demo")(demo.demo)

@@ -1,0 +1,157 @@
+"""Judge model versions the way their users would: held-out prompts, the users' sampling, the users' taste.
+
+The system's own judges (the reward model, the gates) are what is under test, so none of
+them is used here. Every version answers the held-out prompt set (``eval_prompts.jsonl``:
+topics no simulated user asks about, so no round trains on them) through the serving
+engine, with the users' sampling settings and several samples per prompt; the simulator's
+taste then compares each answer with the reference version's answer to the same prompt and
+sample seed (common random numbers: the two versions draw the same random stream, so the
+comparison sees the models' difference, not the dice). Shares come with a 95 % percentile
+bootstrap CI over prompts (``scipy.stats.bootstrap``), since the prompts are the sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feedback.model_versions import adapter_artifact_path, download_adapter
+from feedback.promotion import Promotion
+from feedback.simulation.scenario import ChatOptions
+from feedback.simulation.tastes import Taste, markup_lines, word_count
+from feedback.simulation.users import Prompt, mentions
+from flywheel.demo.schema import Estimate, Evaluation
+from serving.engine import EngineClient
+from serving.settings import ServingSettings
+
+PROMPT_SET = "eval_prompts.jsonl"
+
+
+@dataclass(frozen=True)
+class VersionAnswers:
+    """``texts[i][j]``: the version's ``j``-th sampled answer to prompt ``i``."""
+
+    version: str
+    texts: list[list[str]]
+    adapter: Path | None
+    seconds: float
+
+
+def estimate(per_prompt: Sequence[float | np.floating[Any]], seed: int) -> Estimate:
+    """The mean of per-prompt values with its 95 % percentile-bootstrap CI (prompts resampled)."""
+    from scipy.stats import bootstrap
+
+    values = np.asarray(per_prompt, dtype=float)
+    if np.ptp(values) == 0:  # every prompt alike: the bootstrap has nothing to resample
+        return Estimate(value=float(values[0]), low=float(values[0]), high=float(values[0]))
+    result = bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile", rng=seed)
+    return Estimate(value=float(values.mean()), low=float(result.confidence_interval.low),
+                    high=float(result.confidence_interval.high))
+
+
+class Evaluator:
+    """Samples versions through the engine and judges them with a taste; one per stack and taste."""
+
+    def __init__(
+        self,
+        settings: ServingSettings,
+        registry: Promotion,
+        taste: Taste,
+        prompts: Sequence[Prompt],
+        samples: int,
+        chat: ChatOptions,
+        phrases: Sequence[str],
+        seed: int,
+        concurrency: int = 8,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.taste = taste
+        self.prompts = list(prompts)
+        self.samples = samples
+        self.chat = chat
+        self.phrases = list(phrases)
+        self.seed = seed
+        self.concurrency = concurrency
+
+    def answers(self, version: str) -> VersionAnswers:
+        """The version's sampled answers; its adapter is loaded into the engine under the gateway's name first."""
+        started = time.perf_counter()
+        texts, adapter = asyncio.run(self._sample(version))
+        return VersionAnswers(version, texts, adapter, time.perf_counter() - started)
+
+    async def _sample(self, version: str) -> tuple[list[list[str]], Path | None]:
+        registered = self.registry.version(version)
+        adapter: Path | None = None
+        engine_model = self.settings.base_engine_model
+        engine = EngineClient(self.settings.resolved_engine_url, self.settings.engine_timeout)
+        try:
+            if adapter_artifact_path(registered) is not None:
+                adapter = await asyncio.to_thread(download_adapter, self.registry.client, registered,
+                                                  self.settings.data_dir / "adapters" / f"v{version}")
+                engine_model = self.settings.version_engine_model(version)
+                await engine.load_adapter(engine_model, adapter)
+            slots = asyncio.Semaphore(self.concurrency)
+
+            async def ask(index: int, prompt: Prompt) -> list[str]:
+                body = {"model": engine_model, "messages": [{"role": "user", "content": prompt.prompt}],
+                        "n": self.samples, "max_tokens": self.chat.max_tokens,
+                        "temperature": self.chat.temperature, "seed": self.seed + index}
+                async with slots:
+                    answer = await engine.chat(body)
+                return [c["message"].get("content") or "" for c in sorted(answer["choices"], key=lambda c: c["index"])]
+
+            texts = await asyncio.gather(*(ask(i, p) for i, p in enumerate(self.prompts)))
+        finally:
+            await engine.close()
+        return list(texts), adapter
+
+    def judge(self, answers: VersionAnswers, reference: VersionAnswers | None, kl_to_base: float) -> Evaluation:
+        """Every figure of ``Evaluation`` for ``answers``; the win rate is against ``reference`` (None: no win rate)."""
+        started = time.perf_counter()
+        flat = [text for texts in answers.texts for text in texts]
+        liked = [np.mean([self.taste.likes(p.prompt, t) for t in texts])
+                 for p, texts in zip(self.prompts, answers.texts, strict=True)]
+        win_rate = None
+        if reference is not None:
+            scores = {"a": 1.0, "tie": 0.5, "b": 0.0}
+            wins = [np.mean([scores[self.taste.pick(p.prompt, mine, theirs)]
+                             for mine, theirs in zip(texts, ref, strict=True)])
+                    for p, texts, ref in zip(self.prompts, answers.texts, reference.texts, strict=True)]
+            win_rate = estimate(wins, self.seed)
+        phrase_rate = (float(np.mean([any(mentions(t, phrase) for phrase in self.phrases) for t in flat]))
+                       if self.phrases else None)
+        return Evaluation(
+            version=answers.version,
+            against=reference.version if reference is not None else None,
+            prompts=len(self.prompts),
+            samples_per_prompt=self.samples,
+            answers=len(flat),
+            win_rate=win_rate,
+            liked=estimate(liked, self.seed),
+            phrase_rate=phrase_rate,
+            mean_words=float(np.mean([word_count(t) for t in flat])),
+            format_share=float(np.mean([markup_lines(t) > 0 for t in flat])),
+            kl_to_base=kl_to_base,
+            seconds=answers.seconds + time.perf_counter() - started,
+        )
+
+    def kl_to_base(self, answers: VersionAnswers, base_model: Path) -> float:
+        """Mean per-token KL(version || base) on the version's own answers (torch, in this process)."""
+        from trainer.drift import kl_to_base
+
+        prompts = [[{"role": "user", "content": p.prompt}] for p in self.prompts for _ in range(self.samples)]
+        flat = [text for texts in answers.texts for text in texts]
+        return kl_to_base(base_model, answers.adapter, prompts, flat)
+
+    def evaluate(self, version: str, reference: VersionAnswers | None, base_model: Path) -> tuple[
+            VersionAnswers, Evaluation]:
+        """Sample, measure drift and judge one version; its answers come back for later comparisons."""
+        answers = self.answers(version)
+        return answers, self.judge(answers, reference, self.kl_to_base(answers, base_model))
