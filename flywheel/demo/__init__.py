@@ -1,0 +1,3 @@
+"""`flywheel demo`: rounds of simulated users, training and promotion on the embedded stack, judged by the
+simulator's taste.
+"""
