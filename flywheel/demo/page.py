@@ -146,8 +146,8 @@ def _run_link(version: VersionRecord) -> str:
 
 def _versions(report: DemoReport) -> str:
     gate_names = list(dict.fromkeys(g.name for v in report.versions for g in v.gates))
-    headers = ["version", "round", "parent", "algorithm", *gate_names, "gates passed", "promoted",
-               "win rate vs base [95 % CI]", "liked [95 % CI]", "phrase rate", "mean words", "format share",
+    headers = ["version", "round", "parent", "algorithm", *(f"gate {name}" for name in gate_names), "gates passed",
+               "promoted", "win rate vs base [95 % CI]", "liked [95 % CI]", "phrase rate", "mean words", "format share",
                "KL to base (nats)", "eval time", "MLflow run"]
 
     def row(version: VersionRecord) -> list[str]:
