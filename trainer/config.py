@@ -128,6 +128,10 @@ class TrainConfig:
     canaries: Path | None = None  # default: trainer/canaries.yaml
     heldout_fraction: float = 0.2
     max_pairs_per_prompt: int = 8
+    # Train on the votes cast after the champion's own snapshot only: the round continues from the
+    # champion, which has learnt the older ones already; counting them again every round would
+    # weigh old votes more with each round and make rounds slower as the store grows.
+    new_feedback_only: bool = True
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float = 5e-5

@@ -29,9 +29,10 @@ import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Completion, Feedback
@@ -114,13 +115,15 @@ def prompt_messages(messages: Iterable[Any]) -> list[dict[str, str]]:
     return [{"role": str(m["role"]), "content": _text(m.get("content"))} for m in messages if isinstance(m, dict)]
 
 
-def _pairwise_pairs(session: Session) -> list[PreferencePair]:
+def _accepted(kind: str, since: datetime | None) -> Select[Feedback]:
+    """Accepted votes of one kind with a say (weight > 0), oldest first; only those after ``since`` if given."""
+    query = select(Feedback).where(Feedback.type == kind, Feedback.weight > 0).order_by(Feedback.id)
+    return query if since is None else query.where(Feedback.created_at > since)
+
+
+def _pairwise_pairs(session: Session, since: datetime | None) -> list[PreferencePair]:
     votes: dict[str, list[Feedback]] = defaultdict(list)
-    for fb in session.scalars(
-        select(Feedback)
-        .where(Feedback.type == "pairwise", Feedback.choice.in_(("a", "b")), Feedback.weight > 0)
-        .order_by(Feedback.id)
-    ):
+    for fb in session.scalars(_accepted("pairwise", since).where(Feedback.choice.in_(("a", "b")))):
         if fb.pair_id:
             votes[fb.pair_id].append(fb)
     if not votes:
@@ -164,14 +167,10 @@ class _Thumbs:
     by_prompt: dict[str, list[Completion]]
 
 
-def _thumbs(session: Session) -> _Thumbs:
+def _thumbs(session: Session, since: datetime | None) -> _Thumbs:
     score: dict[str, float] = defaultdict(float)
     events: dict[str, list[str]] = defaultdict(list)
-    for fb in session.scalars(
-        select(Feedback)
-        .where(Feedback.type == "thumbs", Feedback.rating.in_(("up", "down")), Feedback.weight > 0)
-        .order_by(Feedback.id)
-    ):
+    for fb in session.scalars(_accepted("thumbs", since).where(Feedback.rating.in_(("up", "down")))):
         if fb.response_id:
             score[fb.response_id] += fb.weight if fb.rating == "up" else -fb.weight
             events[fb.response_id].append(fb.event_id)
@@ -259,11 +258,16 @@ class FeedbackExamples:
     rated: list[RatedAnswer]
 
 
-def load_examples(factory: sessionmaker[Session], max_pairs_per_prompt: int = 8) -> FeedbackExamples:
-    """Pairs (pairwise first, then from thumbs) and rated answers, in a stable order, from one read."""
+def load_examples(
+    factory: sessionmaker[Session], max_pairs_per_prompt: int = 8, since: datetime | None = None
+) -> FeedbackExamples:
+    """Pairs (pairwise first, then from thumbs) and rated answers, in a stable order, from one read.
+
+    ``since``: only votes cast after it (the round's "what the champion has not learnt yet").
+    """
     with factory() as session:
-        pairwise = _pairwise_pairs(session)
-        thumbs = _thumbs(session)
+        pairwise = _pairwise_pairs(session, since)
+        thumbs = _thumbs(session, since)
     return FeedbackExamples(pairwise + _thumbs_pairs(thumbs, max_pairs_per_prompt), _rated_answers(thumbs, pairwise))
 
 

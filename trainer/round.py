@@ -38,7 +38,15 @@ from trainer.policy import (
 from trainer.registry import BASE_MODEL_TAG, Registry
 from trainer.reward import RewardEvaluation, RewardModel, default_backbone, evaluate_reward_model, train_reward_model
 from trainer.reward_scores import publish_reward_scores
-from trainer.schedule import SNAPSHOT_ARTIFACT, SNAPSHOT_HASH_TAG, LockBusy, new_feedback_count, training_lock
+from trainer.schedule import (
+    SNAPSHOT_ARTIFACT,
+    SNAPSHOT_HASH_TAG,
+    SNAPSHOT_WINDOW_END_PARAM,
+    LockBusy,
+    champion_learnt_until,
+    new_feedback_count,
+    training_lock,
+)
 from trainer.snapshot import Snapshot, SnapshotValidation, freeze, quarantined_among, validate
 
 log = logging.getLogger(__name__)
@@ -113,7 +121,8 @@ def _round(
                 message=f"only {new} new accepted feedback events since the last trained version; a cycle needs "
                 f"{min_new_feedback} (FLYWHEEL_TRAIN_MIN_NEW_FEEDBACK)",
             )
-    examples = load_examples(factory, config.max_pairs_per_prompt)
+    since = champion_learnt_until(registry) if config.new_feedback_only else None
+    examples = load_examples(factory, config.max_pairs_per_prompt, since)
     algorithm = choose_algorithm(config, examples)
     if algorithm == "kto" and config.batch_size < 2:
         raise ConfigError("KTO estimates its KL term across a batch: batch_size must be >= 2 (got 1)")
@@ -123,8 +132,10 @@ def _round(
         return TrainResult(
             status="skipped",
             algorithm=algorithm,
-            message=f"only {len(data)} {kind} in the store; {algorithm.upper()} training needs at least "
-            f"{config.min_pairs} (TrainConfig.min_pairs). Collect more pairwise votes or thumbs.",
+            message=f"only {len(data)} {kind} in the store"
+            + (f" from votes after the champion's snapshot ({since:%Y-%m-%d %H:%M:%S})" if since else "")
+            + f"; {algorithm.upper()} training needs at least {config.min_pairs} (TrainConfig.min_pairs). "
+            "Collect more pairwise votes or thumbs.",
         )
     train, heldout = split_pairs(data, config.heldout_fraction)
     if not train or not heldout:
@@ -200,7 +211,7 @@ def _freeze_and_validate(
         "heldout_examples": frozen.heldout_examples,
         "snapshot.events": len(frozen.event_ids),
         "snapshot.window_start": frozen.window_start,
-        "snapshot.window_end": frozen.window_end,
+        SNAPSHOT_WINDOW_END_PARAM: frozen.window_end,
         **{f"snapshot.source.{k}": v for k, v in frozen.counts_by_source.items()},
         **{f"snapshot.label.{k}": v for k, v in frozen.counts_by_label.items()},
     }

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select, text
@@ -30,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Feedback
 from feedback.db.session import make_engine
+from feedback.model_versions import CHAMPION
 from trainer.config import ConfigError, TrainerSettings
 from trainer.registry import Registry
 
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = "trainer.lock"
 SNAPSHOT_ARTIFACT = "snapshot.json"
 SNAPSHOT_HASH_TAG = "snapshot_hash"
+SNAPSHOT_WINDOW_END_PARAM = "snapshot.window_end"  # run parameter: the newest vote the run trained on
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
@@ -112,6 +115,15 @@ def last_snapshot_event_ids(registry: Registry) -> set[str] | None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(registry.client.download_artifacts(str(newest.run_id), SNAPSHOT_ARTIFACT, tmp))
         return set(json.loads(path.read_text())["event_ids"])
+
+
+def champion_learnt_until(registry: Registry) -> datetime | None:
+    """The newest vote in the champion's own training snapshot; None for the base model (or no champion)."""
+    champion = registry.alias_version(CHAMPION)
+    if champion is None or not champion.run_id:
+        return None
+    window_end = registry.client.get_run(champion.run_id).data.params.get(SNAPSHOT_WINDOW_END_PARAM)
+    return datetime.fromisoformat(window_end) if window_end and window_end != "None" else None
 
 
 def new_feedback_count(factory: sessionmaker[Session], registry: Registry) -> int:
