@@ -28,6 +28,10 @@ class NotQuarantined(QuarantineError):
     """No quarantined event has that id (never quarantined, already released or purged)."""
 
 
+class AmbiguousEvent(QuarantineError):
+    """Several apps used the event id (ids are unique per app): the caller must say which app."""
+
+
 class ReleaseRefused(QuarantineError):
     """The event cannot become training data (for example, the answer it rates was never stored)."""
 
@@ -51,21 +55,27 @@ def list_quarantined(session: Session, reason: str | None = None, user_id: str |
     return list(session.scalars(query))
 
 
-def get_quarantined(session: Session, event_id: str) -> Quarantine:
-    row = session.scalar(select(Quarantine).where(Quarantine.event_id == event_id))
-    if row is None:
-        raise NotQuarantined(f"no quarantined event {event_id!r}")
-    return row
+def get_quarantined(session: Session, event_id: str, app_id: int | None = None) -> Quarantine:
+    """The quarantined event ``event_id`` (of ``app_id``: needed only when several apps used the id)."""
+    query = select(Quarantine).where(Quarantine.event_id == event_id)
+    rows = list(session.scalars(query if app_id is None else query.where(Quarantine.app_id == app_id)))
+    if not rows:
+        raise NotQuarantined(f"no quarantined event {event_id!r}" + (f" of app {app_id}" if app_id else ""))
+    if len(rows) > 1:
+        apps = ", ".join(str(r.app_id) for r in rows)
+        raise AmbiguousEvent(f"apps {apps} each have a quarantined event {event_id!r}: say which app (app_id)")
+    return rows[0]
 
 
-def release(session: Session, event_id: str, actor: str, weight: float = 1.0, note: str | None = None) -> Feedback:
+def release(session: Session, event_id: str, actor: str, weight: float = 1.0, note: str | None = None,
+            app_id: int | None = None) -> Feedback:
     """Move a quarantined event into ``feedback``: training data from now on, with ``weight``.
 
     The filters will not move it back (released events are exempt from retroactive quarantine).
     """
     if not 0 < weight <= 1:
         raise QuarantineError("weight must be in (0, 1]")
-    row = get_quarantined(session, event_id)
+    row = get_quarantined(session, event_id, app_id)
     event = EVENT_ADAPTER.validate_python(row.payload)
     if isinstance(event, ThumbsEvent):
         if session.get(Completion, event.response_id) is None:
@@ -79,23 +89,24 @@ def release(session: Session, event_id: str, actor: str, weight: float = 1.0, no
     if not insert_ignoring_conflicts(session, Feedback, [feedback_row(event, weight)]):
         raise ReleaseRefused(f"event {event_id!r} is already training data")
     session.execute(delete(Quarantine).where(Quarantine.id == row.id))
-    _audit(session, actor, RELEASE_ACTION, event_id,
+    _audit(session, actor, RELEASE_ACTION, row,
            {"reasons": row.reasons, "weight": weight, "user_id": row.user_id, "app_id": row.app_id, "note": note})
-    released = session.scalar(select(Feedback).where(Feedback.event_id == event_id))
+    released = session.scalar(select(Feedback).where(Feedback.app_id == row.app_id, Feedback.event_id == event_id))
     assert released is not None
     return released
 
 
-def purge(session: Session, event_id: str, actor: str, note: str | None = None) -> None:
+def purge(session: Session, event_id: str, actor: str, note: str | None = None, app_id: int | None = None) -> None:
     """Delete a quarantined event for good; a re-delivery of it from Kafka stays a no-op."""
-    row = get_quarantined(session, event_id)
+    row = get_quarantined(session, event_id, app_id)
     session.execute(delete(Quarantine).where(Quarantine.id == row.id))
-    _audit(session, actor, PURGE_ACTION, event_id,
+    _audit(session, actor, PURGE_ACTION, row,
            {"reasons": row.reasons, "user_id": row.user_id, "app_id": row.app_id, "note": note})
 
 
-def _audit(session: Session, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
-    session.add(AdminAction(actor=actor, action=action, target=target, detail=detail))
+def _audit(session: Session, actor: str, action: str, row: Quarantine, detail: dict[str, Any]) -> None:
+    """An audit row naming the event by its id and its app (ids are unique per app; the store reads both)."""
+    session.add(AdminAction(actor=actor, action=action, target=row.event_id, app_id=row.app_id, detail=detail))
     session.flush()
 
 

@@ -1,7 +1,9 @@
 """Idempotent writes of decoded events: the worker's half of "nothing lost, nothing twice".
 
 Kafka delivers at least once (a crash between the database commit and the offset commit
-re-delivers a batch), so every write here is keyed by ``event_id`` and a repeat is a no-op.
+re-delivers a batch), so every write here is keyed by the event's app and ``event_id`` and a
+repeat is a no-op. Event ids are the apps' idempotency keys, so they are unique per app only:
+another app's use of an id never turns a vote into a no-op.
 Feedback is judged before it is stored (``feedback.filters`` builds the judge): accepted
 feedback becomes training data, the rest goes to quarantine whole, with reason codes, so
 ops can inspect or release it.
@@ -111,13 +113,17 @@ def prompt_hash(messages: Sequence[ChatMessage]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def insert_ignoring_conflicts(
-    session: Session, model: type[Base], rows: Sequence[dict[str, Any]], key: str = "event_id"
-) -> set[Any]:
-    """INSERT ... ON CONFLICT DO NOTHING of many rows in one statement; the ``key`` values written.
+EventKey = tuple[int, str]
+"""(app id, event id): what identifies an event, since event ids are unique per app."""
 
-    Without a conflict target it covers every unique key (event_id, and response_id for
-    completions), which also closes the race of two workers storing one event during a
+
+def insert_ignoring_conflicts(
+    session: Session, model: type[Base], rows: Sequence[dict[str, Any]], key: Sequence[str] = ("app_id", "event_id")
+) -> set[tuple[Any, ...]]:
+    """INSERT ... ON CONFLICT DO NOTHING of many rows in one statement; the ``key`` tuples written.
+
+    Without a conflict target it covers every unique key ((app_id, event_id), and response_id
+    for completions), which also closes the race of two workers storing one event during a
     rebalance. RETURNING tells which rows were written: the driver's rowcount is not
     reliable here (psycopg 3 under SQLAlchemy 2.1 reports -1). One multi-row statement per
     table and batch, not one per event: per-row statements cost the worker most of its time.
@@ -131,8 +137,8 @@ def insert_ignoring_conflicts(
         statement = sqlite.insert(model).on_conflict_do_nothing()
     else:
         raise NotImplementedError(f"no idempotent insert for the {dialect} dialect")
-    column = model.__table__.c[key]
-    return set(session.execute(statement.returning(column), list(rows)).scalars())
+    columns = [model.__table__.c[name] for name in key]
+    return {tuple(row) for row in session.execute(statement.returning(*columns), list(rows))}
 
 
 def completion_row(event: CompletionEvent) -> dict[str, Any]:
@@ -221,21 +227,35 @@ def unstorable_row(event: Event, error: BaseException) -> dict[str, Any]:
     }
 
 
+def find_verdict(session: Session, app_id: int, event_id: str) -> Feedback | Quarantine | None:
+    """App ``app_id``'s event ``event_id`` as stored: accepted (``Feedback``), quarantined, or None (not yet)."""
+    accepted = session.scalar(select(Feedback).where(Feedback.app_id == app_id, Feedback.event_id == event_id))
+    if accepted is not None:
+        return accepted
+    return session.scalar(select(Quarantine).where(Quarantine.app_id == app_id, Quarantine.event_id == event_id))
+
+
 # Admin actions the store must honour: a released event is exempt from retroactive quarantine,
 # a purged one stays gone when Kafka re-delivers it.
 RELEASE_ACTION = "quarantine.release"
 PURGE_ACTION = "quarantine.purge"
 
 
-def _known_event_ids(session: Session, event_ids: set[str]) -> set[str]:
-    """Event ids already stored in any table, or purged by ops: a feedback event quarantined on
-    its first delivery must stay a no-op even if it would be accepted now, and a purged one
-    must not come back with a re-delivery."""
-    known: set[str] = set()
+def event_key(event: Event) -> EventKey:
+    return event.app_id, event.event_id
+
+
+def _known_events(session: Session, event_ids: set[str]) -> set[EventKey]:
+    """Events already stored in any table, or purged by ops, as (app, event id): a feedback event
+    quarantined on its first delivery must stay a no-op even if it would be accepted now, and a
+    purged one must not come back with a re-delivery."""
+    known: set[EventKey] = set()
     for model in (Completion, Feedback, Quarantine):
-        known.update(session.scalars(select(model.event_id).where(model.event_id.in_(event_ids))))
-    purged = select(AdminAction.target).where(AdminAction.action == PURGE_ACTION, AdminAction.target.in_(event_ids))
-    known.update(session.scalars(purged))
+        known.update(session.execute(select(model.app_id, model.event_id).where(model.event_id.in_(event_ids)))
+                     .tuples())
+    purged = select(AdminAction.app_id, AdminAction.target).where(
+        AdminAction.action == PURGE_ACTION, AdminAction.target.in_(event_ids))
+    known.update((app_id, target) for app_id, target in session.execute(purged).tuples() if app_id is not None)
     return known
 
 
@@ -245,14 +265,14 @@ def store_batch(session: Session, batch: Iterable[Event], judge: Judge | BatchJu
     Every event is decided first, then written with one idempotent multi-row INSERT per
     table (completions first: feedback rows reference them). Judges therefore see the
     batch's completions through ``BatchJudge.completion_stored``, not through the database.
-    A repeated event id never reaches the judge, so filters only ever see an event once.
+    A repeated (app, event id) never reaches the judge, so filters only ever see an event once.
     """
     batch = list(batch)
     hooks = judge if isinstance(judge, BatchJudge) else None
     if hooks is not None:
         hooks.begin(session, batch)
     result = BatchResult()
-    seen = _known_event_ids(session, {e.event_id for e in batch}) if batch else set()
+    seen = _known_events(session, {e.event_id for e in batch}) if batch else set()
     completions = [e for e in batch if isinstance(e, CompletionEvent)]
     existing_apps = set(session.scalars(select(App.id).where(App.id.in_({e.app_id for e in completions}))))
     stored_responses = set(session.scalars(
@@ -260,10 +280,10 @@ def store_batch(session: Session, batch: Iterable[Event], judge: Judge | BatchJu
     ))
     pending: dict[type[Base], list[tuple[Event, str, dict[str, Any]]]] = {Completion: [], Feedback: [], Quarantine: []}
     for event in batch:
-        if event.event_id in seen:
+        if event_key(event) in seen:
             result.outcomes[(event.type, DUPLICATE)] += 1
             continue
-        seen.add(event.event_id)
+        seen.add(event_key(event))
         if isinstance(event, CompletionEvent):
             if event.app_id not in existing_apps:
                 log.warning("completion %s names unknown app %s; not stored", event.event_id, event.app_id)
@@ -284,7 +304,7 @@ def store_batch(session: Session, batch: Iterable[Event], judge: Judge | BatchJu
     for model, rows in pending.items():
         written = insert_ignoring_conflicts(session, model, [row for _, _, row in rows])
         for event, outcome, _ in rows:
-            result.outcomes[(event.type, outcome if event.event_id in written else DUPLICATE)] += 1
+            result.outcomes[(event.type, outcome if event_key(event) in written else DUPLICATE)] += 1
     if hooks is not None:
         hooks.end(session)
     return result

@@ -59,9 +59,10 @@ class Feedback(Base):
     """Accepted feedback: what the trainer may learn from, with the weight the filters gave it."""
 
     __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("app_id", "event_id", name="uq_feedback_app_event"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    event_id: Mapped[str] = mapped_column(String(128), index=True, doc="The app's idempotency key: unique per app.")
     type: Mapped[str] = mapped_column(String(16))
     app_id: Mapped[int] = mapped_column(ForeignKey("apps.id"), index=True)
     user_id: Mapped[str] = mapped_column(String(256), index=True)
@@ -80,9 +81,10 @@ class Quarantine(Base):
     """Feedback held back from training, with why. Kept whole so ops can inspect or release it."""
 
     __tablename__ = "quarantine"
+    __table_args__ = (UniqueConstraint("app_id", "event_id", name="uq_quarantine_app_event"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    event_id: Mapped[str] = mapped_column(String(128), index=True, doc="The app's idempotency key: unique per app.")
     type: Mapped[str] = mapped_column(String(16))
     app_id: Mapped[int] = mapped_column(Integer, index=True)
     user_id: Mapped[str] = mapped_column(String(256), index=True)
@@ -118,6 +120,9 @@ class AdminAction(Base):
     actor: Mapped[str] = mapped_column(String(128), doc="app:<name> over HTTP, cli:<login> from the CLI.")
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str] = mapped_column(String(256), index=True)
+    app_id: Mapped[int | None] = mapped_column(
+        Integer, index=True, doc="The app whose event a quarantine action touched: event ids are unique per app."
+    )
     detail: Mapped[dict[str, Any]]
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -46,6 +46,11 @@ class Vote:
     def at(self) -> float:
         return self.created_at.timestamp()
 
+    @property
+    def key(self) -> tuple[int, str]:
+        """(app id, event id): event ids are unique per app only."""
+        return self.rater[0], self.event_id
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -74,7 +79,7 @@ class FilterState:
     first_vote: dict[tuple[Rater, str], str] = field(default_factory=dict)
     user_times: dict[Rater, list[float]] = field(default_factory=lambda: defaultdict(list))
     app_times: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
-    accepted: set[str] = field(default_factory=set)
+    accepted: set[tuple[int, str]] = field(default_factory=set)  # Vote.key of accepted votes
     flags: dict[Rater, dict[str, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
     weights: dict[Rater, float] = field(default_factory=dict)
 
@@ -107,7 +112,7 @@ class FilterState:
         bisect.insort(self.user_times[vote.rater], vote.at)
         bisect.insort(self.app_times[vote.rater[0]], vote.at)
         if accepted:
-            self.accepted.add(vote.event_id)
+            self.accepted.add(vote.key)
 
     def weight(self, rater: Rater) -> float:
         return self.weights.get(rater, 1.0)

@@ -117,7 +117,7 @@ class ConsensusFilter:
                 continue
             rows = []
             for vote in votes:
-                if vote.event_id in state.accepted and state.first_vote.get((rater, vote.target)) == vote.event_id:
+                if vote.key in state.accepted and state.first_vote.get((rater, vote.target)) == vote.event_id:
                     row = self._row(state, vote)
                     if row is not None:
                         rows.append(row)

@@ -224,16 +224,16 @@ class Pipeline:
             self.state.flags[flag.rater][flag.reason] = flag.evidence
             FLAGGED.labels(self._flag_filter[flag.reason], flag.reason).inc()
             row = {"app_id": app_id, "user_id": user_id, "reason": flag.reason, "evidence": flag.evidence}
-            insert_ignoring_conflicts(session, FlaggedRater, [row], key="id")
+            insert_ignoring_conflicts(session, FlaggedRater, [row], key=("id",))
             rows = list(session.scalars(select(Feedback).where(
-                Feedback.app_id == app_id, Feedback.user_id == user_id, Feedback.event_id.not_in(_released())
+                Feedback.app_id == app_id, Feedback.user_id == user_id, Feedback.event_id.not_in(_released(app_id))
             )))
             moved = [quarantine_row(event_from_feedback(row), Verdict([flag.reason], {flag.reason: {
                 **flag.evidence, "retroactive": True, "accepted_weight": row.weight}})) for row in rows]
             insert_ignoring_conflicts(session, Quarantine, moved)
-            self.state.accepted.difference_update(r.event_id for r in rows)
+            self.state.accepted.difference_update((r.app_id, r.event_id) for r in rows)
             for chunk in id_chunks(r.event_id for r in rows):
-                session.execute(delete(Feedback).where(Feedback.event_id.in_(chunk)))
+                session.execute(delete(Feedback).where(Feedback.app_id == app_id, Feedback.event_id.in_(chunk)))
             RETROACTIVE.labels(flag.reason).inc(len(rows))
 
     def _search(self, session: Session) -> None:
@@ -255,12 +255,13 @@ class Pipeline:
             if abs(before.get(rater, 1.0) - weight) < 0.01:
                 continue
             session.execute(update(Feedback).where(
-                Feedback.app_id == rater[0], Feedback.user_id == rater[1], Feedback.event_id.not_in(_released())
+                Feedback.app_id == rater[0], Feedback.user_id == rater[1], Feedback.event_id.not_in(_released(rater[0]))
             ).values(weight=weight))
 
 
-def _released() -> Any:
-    return select(AdminAction.target).where(AdminAction.action == RELEASE_ACTION)
+def _released(app_id: int) -> Any:
+    """The event ids of ``app_id`` that ops released (exempt from retroactive quarantine)."""
+    return select(AdminAction.target).where(AdminAction.action == RELEASE_ACTION, AdminAction.app_id == app_id)
 
 
 def _decode_feedback(payload: dict[str, Any]) -> FeedbackEvent:

@@ -87,7 +87,7 @@ class ReliabilityFilter:
             if state.flags.get(rater):
                 continue
             for vote in votes:
-                if vote.event_id in state.accepted and vote.label in POSITIVE:
+                if vote.key in state.accepted and vote.label in POSITIVE:
                     by_item.setdefault(vote.target, {}).setdefault(rater, POSITIVE[vote.label])
         if judge is not None:
             self._add_reward_model(state, by_item, judge)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from feedback import quarantine
 from feedback.db.models import Completion, Feedback, Quarantine
 from feedback.db.session import transaction
 from feedback.events import ChatMessage, Event, PairwiseEvent, ThumbsEvent
@@ -170,3 +172,31 @@ def test_a_custom_judge_decides_what_is_quarantined(
     assert (row.event_id, row.reasons, row.evidence) == (down.event_id, ["downvote"], {"rating": "down"})
     with sessions() as session:
         assert session.scalar(select(Feedback.weight).where(Feedback.event_id == up.event_id)) == 0.5
+
+
+def test_event_ids_are_scoped_per_app(
+    sessions: sessionmaker[Session], db_url: str, make_app: Callable[..., int], build: EventBuilder
+) -> None:
+    """App B's use of an event id never makes app A's vote with that id a no-op; A's own repeat still is."""
+    app_a, app_b = make_app(db_url), make_app(db_url)
+    answer_a, answer_b = build.completion(app_a), build.completion(app_b)
+    vote_b = build.thumbs(app_b, answer_b.response_id, event_id="shared-1")
+    lost_b = build.thumbs(app_b, build.completion(app_b).response_id, event_id="shared-2")  # quarantined
+    store(sessions, [answer_a, answer_b, vote_b, lost_b])
+    with transaction(sessions) as session:
+        quarantine.purge(session, "shared-2", "cli:tester")
+
+    vote_a = build.thumbs(app_a, answer_a.response_id, event_id="shared-1")
+    lost_a = build.thumbs(app_a, build.completion(app_a).response_id, event_id="shared-2")
+    first = store(sessions, [vote_a, lost_a])
+    again = store(sessions, [vote_a, lost_a, vote_b])
+
+    assert (first.accepted, first.quarantined, first.duplicates) == (1, 1, 0)
+    assert (again.accepted, again.quarantined, again.duplicates) == (0, 0, 3)
+    with sessions() as session:
+        stored = set(session.execute(select(Feedback.app_id, Feedback.event_id)).tuples())
+        held = set(session.execute(select(Quarantine.app_id, Quarantine.event_id)).tuples())
+    assert stored == {(app_a, "shared-1"), (app_b, "shared-1")}
+    assert held == {(app_a, "shared-2")}
+    with transaction(sessions) as session, pytest.raises(quarantine.NotQuarantined):
+        quarantine.get_quarantined(session, "shared-2", app_b)  # B's was purged; A's is A's alone
