@@ -1,8 +1,4 @@
-"""The gateway application: wiring, lifespan and the error envelope.
-
-Errors use OpenAI's envelope (``{"error": {"message", "type", "code"}}``) so the official
-client raises its usual exceptions with our message in them.
-"""
+"""The gateway application: wiring and lifespan. Errors are OpenAI's envelope (``serving.errors``)."""
 
 from __future__ import annotations
 
@@ -12,25 +8,20 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request, Response
 
 from feedback.db.session import make_engine, session_factory
-from feedback.producer import BrokerUnavailable, EventProducer
-from feedback.promotion import Promotion, RegistryError
-from serving.champion import ChampionWatcher, NoChampion
+from feedback.producer import EventProducer
+from feedback.promotion import Promotion
+from serving.champion import ChampionWatcher
 from serving.deps import GatewayState, storable_body
-from serving.engine import EngineClient, EngineError
+from serving.engine import EngineClient
+from serving.errors import install_error_handlers
 from serving.metrics import REQUESTS
 from serving.routers import admin_models, admin_quarantine, chat, feedback, health, models
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
-
-
-def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
@@ -70,32 +61,5 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         REQUESTS.labels(route=getattr(route, "path", "unmatched"), status=str(response.status_code)).inc()
         return response
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}
-        return _error(exc.status_code, str(exc.detail), kind.get(exc.status_code, "invalid_request_error"))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'] if p != 'body') or 'body'}: {err['msg']}" for err in exc.errors()
-        )
-        return _error(400, problems, "invalid_request_error")
-
-    @app.exception_handler(EngineError)
-    async def engine_error(_request: Request, exc: EngineError) -> JSONResponse:
-        return _error(exc.status, str(exc), "invalid_request_error" if exc.status == 400 else "engine_error")
-
-    @app.exception_handler(BrokerUnavailable)
-    async def broker_error(_request: Request, exc: BrokerUnavailable) -> JSONResponse:
-        return _error(503, f"could not record the event, nothing was accepted: {exc}", "service_unavailable")
-
-    @app.exception_handler(RegistryError)
-    async def registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
-        return _error(409, str(exc), "invalid_request_error")
-
-    @app.exception_handler(NoChampion)
-    async def no_champion(_request: Request, exc: NoChampion) -> JSONResponse:
-        return _error(503, str(exc), "service_unavailable")
-
+    install_error_handlers(app)
     return app

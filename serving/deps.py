@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -12,12 +14,17 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.apps import Caller, find_caller, hash_key
-from feedback.producer import EventProducer
+from feedback.events import Event
+from feedback.producer import BrokerUnavailable, EventProducer
 from feedback.promotion import Promotion
 from feedback.storable import first_unstorable
 from serving.champion import ChampionWatcher
 from serving.engine import EngineClient
+from serving.metrics import RECORD_FAILURES
 from serving.settings import ServingSettings
+
+SENT_MEMORY = 100_000
+"""How many recently acknowledged feedback events a gateway remembers, so their verdict can read "pending"."""
 
 
 @dataclass
@@ -30,6 +37,22 @@ class GatewayState:
     watcher: ChampionWatcher
     # key hash -> (caller, verified at): a key is looked up in the database at most once per TTL.
     key_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
+    # (app id, event id) of feedback this gateway got acknowledged, oldest first, at most SENT_MEMORY.
+    sent: OrderedDict[tuple[int, str], None] = field(default_factory=OrderedDict)
+
+    async def record(self, events: Sequence[Event]) -> None:
+        """Put events on the broker; a failure is counted per kind (``flywheel_record_failures_total``) and raised."""
+        try:
+            await self.producer.send_many(events)
+        except BrokerUnavailable:
+            for kind, n in Counter(event.type for event in events).items():
+                RECORD_FAILURES.labels(kind).inc(n)
+            raise
+        for event in events:
+            if event.type != "completion":
+                self.sent[(event.app_id, event.event_id)] = None
+        while len(self.sent) > SENT_MEMORY:
+            self.sent.popitem(last=False)
 
     async def authenticate(self, key: str) -> Caller | None:
         digest = hash_key(key)

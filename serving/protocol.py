@@ -7,11 +7,15 @@ to vLLM untouched (``extra="allow"``), so new OpenAI parameters work without a r
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from feedback.events import ChatMessage, PairId, ResponseId
+from feedback.store import as_utc
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
+"""A stored timestamp, always with its time zone (SQLite hands back naive UTC)."""
 
 
 class FlywheelRequestOptions(BaseModel):
@@ -19,11 +23,19 @@ class FlywheelRequestOptions(BaseModel):
     pairwise: bool = Field(default=False, description="Answer with two choices, A and B, to compare.")
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``: declared so that a wrong type is a 400, not a crash mid-request."""
+
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool | None = None
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=1, description="One answer per request (pairwise gives two).")
     user: str | None = Field(default=None, max_length=256, description="The end user; feedback names them too.")
     flywheel: FlywheelRequestOptions = Field(default_factory=FlywheelRequestOptions)
@@ -47,8 +59,34 @@ class FlywheelAnswer(BaseModel):
     response_ids: list[ResponseId] | None = Field(default=None, description="Pairwise: A then B.")
 
 
+class ChatCompletion(BaseModel):
+    """OpenAI's ``chat.completion`` (its fields as vLLM answers them) plus the ``flywheel`` object. With
+    ``stream: true`` the answer is ``text/event-stream`` of ``chat.completion.chunk`` objects, each with it."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+    flywheel: FlywheelAnswer
+
+
 class FeedbackAccepted(BaseModel):
-    event_ids: list[str]
+    """The 202: the broker has these events. Accepted for now: the worker's filters still judge each one."""
+
+    event_ids: list[str] = Field(description="One per event, in order; GET /v1/feedback/{event_id}: its verdict.")
+    status: Literal["pending"] = Field(default="pending", description="Each is pending until the worker judges it.")
+
+
+class FeedbackVerdict(BaseModel):
+    """What became of one of the app's feedback events."""
+
+    event_id: str
+    status: Literal["pending", "accepted", "quarantined"]
+    weight: float | None = Field(default=None, description="accepted: its training weight (the rater's reliability).")
+    reasons: list[str] | None = Field(default=None, description="quarantined: every reason code that applied.")
 
 
 class ModelCard(BaseModel):
@@ -65,9 +103,15 @@ class ModelList(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    message: str
-    type: str
-    code: int
+    message: str = Field(description="What went wrong, for a person.")
+    type: str = Field(description="OpenAI's error type, e.g. invalid_request_error, authentication_error.")
+    code: int = Field(description="The HTTP status.")
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope: every error the gateway answers has this shape."""
+
+    error: ErrorBody
 
 
 class AliasMoveRequest(BaseModel):
@@ -82,4 +126,9 @@ class AliasMoveOut(BaseModel):
     to_version: str
     actor: str
     reason: str | None
-    at: datetime
+    at: UtcDatetime
+
+
+class ChampionMoved(BaseModel):
+    champion: str = Field(description="The version the champion alias names now.")
+    serving: str = Field(description="The version this gateway serves now ('' if none is loaded).")

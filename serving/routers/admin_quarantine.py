@@ -1,33 +1,69 @@
 """``/admin/quarantine``: ops review of quarantined feedback (admin keys only); every change is audited.
 
 The database work is synchronous SQLAlchemy, so it runs in a worker thread; each change is
-one transaction, so a refused request leaves nothing half done.
+one transaction, so a refused request leaves nothing half done. Event ids are unique per
+app: when several apps used one, ``app_id`` says which (else 409).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from feedback import quarantine
 from feedback.db.session import transaction
 from feedback.events import EventId
 from serving.deps import AdminDep, StateDep
+from serving.errors import responses
+from serving.protocol import UtcDatetime
 
 router = APIRouter(prefix="/admin/quarantine", tags=["admin"])
 
 T = TypeVar("T")
 EventPath = Annotated[EventId, Path(description="The quarantined event's id.")]
+AppQuery = Annotated[int | None, Query(ge=1, description="The event's app, when several apps used the id.")]
 
 
 class ReleaseRequest(BaseModel):
     weight: float = Field(default=1.0, gt=0, le=1, description="Training weight of the released vote.")
     note: str | None = Field(default=None, max_length=2000, description="Why, for the audit trail.")
+
+
+class QuarantinedEvent(BaseModel):
+    """A quarantined event, whole: why (reason codes and each one's evidence) and the event as sent."""
+
+    model_config = ConfigDict(from_attributes=True)
+    event_id: str
+    type: str
+    app_id: int
+    user_id: str
+    reasons: list[str]
+    evidence: dict[str, Any]
+    payload: dict[str, Any]
+    created_at: UtcDatetime
+    stored_at: UtcDatetime
+
+
+class QuarantineList(BaseModel):
+    items: list[QuarantinedEvent] = Field(description="Newest first.")
+
+
+class Released(BaseModel):
+    event_id: str
+    app_id: int
+    released: Literal[True] = True
+    weight: float
+
+
+class Purged(BaseModel):
+    event_id: str
+    app_id: int
+    purged: Literal[True] = True
 
 
 async def _run(state: StateDep, work: Callable[[Session], T]) -> T:
@@ -41,13 +77,13 @@ async def _run(state: StateDep, work: Callable[[Session], T]) -> T:
         return await asyncio.to_thread(call)
     except quarantine.NotQuarantined as exc:
         raise HTTPException(404, str(exc)) from exc
-    except quarantine.ReleaseRefused as exc:
+    except (quarantine.ReleaseRefused, quarantine.AmbiguousEvent) as exc:
         raise HTTPException(409, str(exc)) from exc
     except quarantine.QuarantineError as exc:
         raise HTTPException(400, str(exc)) from exc
 
 
-@router.get("")
+@router.get("", responses=responses(400, 401, 403))
 async def list_quarantine(
     _admin: AdminDep,
     state: StateDep,
@@ -55,31 +91,41 @@ async def list_quarantine(
     user_id: Annotated[str | None, Query(max_length=256)] = None,
     app_id: Annotated[int | None, Query(ge=1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-) -> dict[str, Any]:
-    rows = await _run(state, lambda s: [quarantine.as_dict(r) for r in
+) -> QuarantineList:
+    rows = await _run(state, lambda s: [QuarantinedEvent.model_validate(r) for r in
                                         quarantine.list_quarantined(s, reason, user_id, app_id, limit)])
-    return {"items": rows}
+    return QuarantineList(items=rows)
 
 
-@router.get("/{event_id}")
-async def show_quarantined(event_id: EventPath, _admin: AdminDep, state: StateDep) -> dict[str, Any]:
-    return await _run(state, lambda s: quarantine.as_dict(quarantine.get_quarantined(s, event_id)))
+@router.get("/{event_id}", responses=responses(400, 401, 403, 404, 409))
+async def show_quarantined(
+    event_id: EventPath, _admin: AdminDep, state: StateDep, app_id: AppQuery = None
+) -> QuarantinedEvent:
+    return await _run(state, lambda s: QuarantinedEvent.model_validate(quarantine.get_quarantined(s, event_id, app_id)))
 
 
-@router.post("/{event_id}/release")
+@router.post("/{event_id}/release", responses=responses(400, 401, 403, 404, 409))
 async def release_quarantined(
-    event_id: EventPath, admin: AdminDep, state: StateDep, body: Annotated[ReleaseRequest | None, Body()] = None
-) -> dict[str, Any]:
+    event_id: EventPath, admin: AdminDep, state: StateDep, app_id: AppQuery = None,
+    body: Annotated[ReleaseRequest | None, Body()] = None,
+) -> Released:
+    """Make the event training data (weight 1.0 unless given); 409 if the answer it rates was never stored."""
     request = body or ReleaseRequest()
 
-    def work(session: Session) -> dict[str, Any]:
-        row = quarantine.release(session, event_id, admin.actor, request.weight, request.note)
-        return {"event_id": row.event_id, "released": True, "weight": row.weight}
+    def work(session: Session) -> Released:
+        row = quarantine.release(session, event_id, admin.actor, request.weight, request.note, app_id)
+        return Released(event_id=row.event_id, app_id=row.app_id, weight=row.weight)
 
     return await _run(state, work)
 
 
-@router.delete("/{event_id}")
-async def purge_quarantined(event_id: EventPath, admin: AdminDep, state: StateDep) -> dict[str, Any]:
-    await _run(state, lambda s: quarantine.purge(s, event_id, admin.actor))
-    return {"event_id": event_id, "purged": True}
+@router.delete("/{event_id}", responses=responses(400, 401, 403, 404, 409))
+async def purge_quarantined(event_id: EventPath, admin: AdminDep, state: StateDep, app_id: AppQuery = None) -> Purged:
+    """Delete the event for good; a re-delivery from Kafka stays a no-op."""
+
+    def work(session: Session) -> Purged:
+        row = quarantine.get_quarantined(session, event_id, app_id)
+        quarantine.purge(session, event_id, admin.actor, app_id=row.app_id)
+        return Purged(event_id=event_id, app_id=row.app_id)
+
+    return await _run(state, work)

@@ -20,8 +20,9 @@ from feedback.events import CompletionEvent, answer_ids
 from serving.champion import Route
 from serving.deps import CallerDep, GatewayState, StateDep
 from serving.engine import EngineError
+from serving.errors import error_for, responses
 from serving.metrics import ANSWERS, CHAT_LATENCY
-from serving.protocol import ChatCompletionRequest, FlywheelAnswer
+from serving.protocol import ChatCompletion, ChatCompletionRequest, FlywheelAnswer
 
 router = APIRouter(tags=["chat"])
 
@@ -78,7 +79,12 @@ class _Exchange:
         ]
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={200: {"model": ChatCompletion, "content": {"text/event-stream": {}}},
+               **responses(400, 401, 404, 502, 503)},
+)
 async def create_chat_completion(
     body: ChatCompletionRequest, caller: CallerDep, state: StateDep
 ) -> JSONResponse | StreamingResponse:
@@ -97,7 +103,7 @@ async def create_chat_completion(
 
     result = await state.engine.chat(payload)
     answers = {c["index"]: (c["message"].get("content") or "", c.get("finish_reason")) for c in result["choices"]}
-    await state.producer.send_many(exchange.events(answers, result.get("usage")))
+    await state.record(exchange.events(answers, result.get("usage")))
     _observe(exchange, stream=False)
     return JSONResponse(exchange.label(result))  # already JSON-safe: skip FastAPI's re-encoding
 
@@ -108,7 +114,8 @@ async def _stream(
     texts: dict[int, list[str]] = {}
     finish: dict[int, str | None] = {}
     usage: dict[str, Any] | None = None
-    wants_usage = bool((exchange.body.model_extra or {}).get("stream_options", {}).get("include_usage"))
+    options = exchange.body.stream_options
+    wants_usage = bool(options and options.include_usage)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         yield first
@@ -131,9 +138,9 @@ async def _stream(
                     continue
             yield _sse(exchange.label(chunk))
         answers = {i: ("".join(parts), finish.get(i)) for i, parts in texts.items()}
-        await state.producer.send_many(exchange.events(answers, usage))
+        await state.record(exchange.events(answers, usage))
     except Exception as exc:  # the status line is gone: report in-band, as OpenAI does
-        yield _sse({"error": {"message": str(exc), "type": type(exc).__name__, "code": 503}})
+        yield _sse(error_for(exc)[1].model_dump())
         return
     _observe(exchange, stream=True)
     yield "data: [DONE]\n\n"

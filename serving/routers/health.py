@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
-from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from feedback.producer import broker_reachable
 from serving.deps import StateDep
+from serving.errors import responses
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+class Alive(BaseModel):
+    status: Literal["ok"] = "ok"
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, bool] = Field(description="engine answers, broker takes a write, registry champion loaded.")
+    model_version: str | None = Field(description="The version answering now.")
+
+
+@router.get("/healthz", responses=responses())
+async def healthz() -> Alive:
+    return Alive()
+
+
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Not ready: the failing checks are false."},
+                       **responses()})
 async def readyz(state: StateDep) -> JSONResponse:
     """Ready when the engine answers, the broker takes connections and a champion is loaded."""
     engine_ok, broker_ok = await asyncio.gather(
@@ -28,11 +43,13 @@ async def readyz(state: StateDep) -> JSONResponse:
     route = state.watcher.current
     checks = {"engine": engine_ok, "broker": broker_ok, "registry": route is not None}
     ready = all(checks.values())
-    body = {"status": "ready" if ready else "not ready", "checks": checks,
-            "model_version": route.version if route else None}
-    return JSONResponse(body, status_code=200 if ready else 503)
+    body = Readiness(status="ready" if ready else "not ready", checks=checks,
+                     model_version=route.version if route else None)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
-async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."},
+                       **responses()})
+async def metrics() -> PlainTextResponse:
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

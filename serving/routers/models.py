@@ -7,12 +7,13 @@ import time
 from fastapi import APIRouter
 
 from serving.deps import CallerDep, StateDep
+from serving.errors import responses
 from serving.protocol import ModelCard, ModelList
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=responses(401, 503))
 async def list_models(_caller: CallerDep, state: StateDep) -> ModelList:
     route = state.watcher.route
     card = ModelCard(id=state.settings.public_model, created=int(time.time()),

@@ -19,6 +19,7 @@ from feedback.db.models import AdminAction
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.filters import Pipeline
 from flywheel.cli.main import app as cli
+from serving.errors import install_error_handlers
 from serving.routers import admin_quarantine
 from tests.conftest import EventBuilder
 from tests.feedback.filtering import after, filter_settings, store, verdicts
@@ -55,6 +56,7 @@ def keys(sessions: sessionmaker[Session]) -> dict[str, str]:
 def client(sessions: sessionmaker[Session]) -> Iterator[TestClient]:
     api = FastAPI()
     api.include_router(admin_quarantine.router)
+    install_error_handlers(api)
     api.state.gateway = StubGateway(sessions)
     with TestClient(api) as test_client:
         yield test_client
@@ -90,17 +92,19 @@ def test_admin_endpoints_release_and_purge(sessions: sessionmaker[Session], clie
     assert shown["reasons"] == ["too_fast"] and shown["payload"]["response_id"] == response_id
 
     assert client.get("/admin/quarantine/evt_nope", headers=admin).status_code == 404
-    assert client.get("/admin/quarantine/bad id!", headers=admin).status_code == 422
+    assert client.get("/admin/quarantine/bad id!", headers=admin).status_code == 400
     assert client.get("/admin/quarantine", params={"reason": "Bad%"}, headers=admin).status_code == 400
-    assert client.post(f"/admin/quarantine/{fast}/release", json={"weight": 7}, headers=admin).status_code == 422
+    assert client.post(f"/admin/quarantine/{fast}/release", json={"weight": 7}, headers=admin).status_code == 400
     refused = client.post(f"/admin/quarantine/{orphan}/release", headers=admin)
-    assert refused.status_code == 409 and "never stored" in refused.json()["detail"]
+    assert refused.status_code == 409 and "never stored" in refused.json()["error"]["message"]
 
     released = client.post(f"/admin/quarantine/{fast}/release", json={"weight": 0.5, "note": "human after all"},
                            headers=admin)
-    assert released.json() == {"event_id": fast, "released": True, "weight": 0.5}
+    app_id = int(keys["app_id"])
+    assert released.json() == {"event_id": fast, "app_id": app_id, "released": True, "weight": 0.5}
     assert client.post(f"/admin/quarantine/{fast}/release", headers=admin).status_code == 404
-    assert client.delete(f"/admin/quarantine/{orphan}", headers=admin).json() == {"event_id": orphan, "purged": True}
+    purged = client.delete(f"/admin/quarantine/{orphan}", headers=admin).json()
+    assert purged == {"event_id": orphan, "app_id": app_id, "purged": True}
 
     assert verdicts(sessions) == {fast: []}
     with sessions() as session:  # training data, read the way a trainer would: plain SQL
