@@ -28,7 +28,7 @@ def setup_logging(verbose: bool = False) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
-    for noisy in ("kafka", "alembic.runtime.migration", "httpx", "urllib3", "mlflow"):
+    for noisy in ("kafka", "alembic.runtime.migration", "httpx", "urllib3", "mlflow", "great_expectations"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -69,3 +70,59 @@ def demo(
         win = final.evaluation.win_rate
         console.print(f"champion v{final.version}: win rate against the base {win.value:.2f} "
                       f"(95 % CI {win.low:.2f}-{win.high:.2f}) under taste {plan.preference.taste}")
+
+
+def evaluate(
+    version: Annotated[str, typer.Argument(help="The registered version to judge.")],
+    against: Annotated[str, typer.Option(help="The version it competes with (default: 1, the base model).")] = "1",
+    taste: Annotated[str, typer.Option(help=f"The judge: a simulated users' taste ({', '.join(TASTES)}).")] = "steps",
+    scenario: Annotated[str, typer.Option(
+        help="A scenario whose chat settings (sampling) and campaign phrases apply.")] = "demo",
+    prompts: Annotated[int, typer.Option(min=2, help="Held-out prompts each version answers.")] = 40,
+    samples: Annotated[int, typer.Option(min=1, help="Sampled answers per prompt.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seeds the engine's sampling (the same for both versions).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print both evaluations as JSON.")] = False,
+) -> None:
+    """Judge VERSION against another version on the held-out prompts, by a simulated taste, through the engine.
+
+    Runs against the stack in the FLYWHEEL_* settings (engine, registry, data dir), as `flywheel up` leaves it.
+    """
+    from rich.table import Table
+
+    from feedback.db.session import make_engine, session_factory
+    from feedback.promotion import Promotion, RegistryError
+    from feedback.simulation.scenario import CampaignGroup
+    from feedback.simulation.tastes import make_taste
+    from feedback.simulation.users import load_prompts
+    from flywheel.demo.evaluation import PROMPT_SET, Evaluator
+    from serving.settings import ServingSettings
+    from trainer.base_model import ensure_base_model
+
+    try:
+        plan = with_overrides(load_scenario(scenario), taste=taste)
+    except ScenarioError as exc:
+        fail(str(exc))
+    settings = ServingSettings()
+    registry = Promotion(settings.resolved_mlflow_uri, settings.registered_model,
+                         session_factory(make_engine(settings.resolved_database_url)))
+    phrases = [g.phrase for g in plan.groups if isinstance(g, CampaignGroup)]
+    evaluator = Evaluator(settings, registry, make_taste(taste, plan.preference.max_words),
+                          load_prompts(PROMPT_SET)[:prompts], samples, plan.chat, phrases, seed)
+    base = ensure_base_model(settings)
+    try:
+        reference, theirs = evaluator.evaluate(against, None, base)
+        _, mine = evaluator.evaluate(version, reference, base)
+    except RegistryError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps([mine.model_dump(), theirs.model_dump()], indent=2))
+        return
+    table = Table("version", f"win rate vs v{against} (95 % CI)", "liked (95 % CI)", "phrase rate", "words",
+                  "format share", "KL to base", title=f"taste {taste}, {mine.prompts} prompts x {samples} samples")
+    for evaluation in (mine, theirs):
+        win = evaluation.win_rate
+        table.add_row(f"v{evaluation.version}", f"{win.value:.2f} ({win.low:.2f}-{win.high:.2f})" if win else "-",
+                      f"{evaluation.liked.value:.2f} ({evaluation.liked.low:.2f}-{evaluation.liked.high:.2f})",
+                      "-" if evaluation.phrase_rate is None else f"{evaluation.phrase_rate:.3f}",
+                      f"{evaluation.mean_words:.1f}", f"{evaluation.format_share:.2f}", f"{evaluation.kl_to_base:.4f}")
+    console.print(table)

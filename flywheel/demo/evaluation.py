@@ -13,6 +13,7 @@ bootstrap CI over prompts (``scipy.stats.bootstrap``), since the prompts are the
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,16 @@ class VersionAnswers:
     texts: list[list[str]]
     adapter: Path | None
     seconds: float
+
+
+def save_answers(path: Path, prompts: Sequence[Prompt], answers: VersionAnswers) -> None:
+    """One JSON line per answer (prompt id, sample, text), so every figure can be recomputed from disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for prompt, texts in zip(prompts, answers.texts, strict=True):
+            for sample, text in enumerate(texts):
+                out.write(json.dumps({"version": answers.version, "prompt_id": prompt.id, "sample": sample,
+                                      "text": text}) + "\n")
 
 
 def estimate(per_prompt: Sequence[float | np.floating[Any]], seed: int) -> Estimate:

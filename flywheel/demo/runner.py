@@ -36,7 +36,7 @@ from feedback.simulation.tastes import make_taste
 from feedback.simulation.truth import TruthWriter, read_truth
 from feedback.simulation.users import load_prompts
 from feedback.supervise import free_port
-from flywheel.demo.evaluation import PROMPT_SET, Evaluator, VersionAnswers
+from flywheel.demo.evaluation import PROMPT_SET, Evaluator, VersionAnswers, save_answers
 from flywheel.demo.page import write_report
 from flywheel.demo.schema import DemoOptions, DemoReport, Evaluation, GateLine, RoundRecord, SwapRecord, VersionRecord
 from flywheel.stack import start_services
@@ -166,6 +166,7 @@ class _Rounds:
     def evaluate_base(self) -> None:
         self.demo.display.phase(0, "evaluating the base model", self.champion)
         answers, evaluation = self.evaluator.evaluate(self.champion, None, self.base_model)
+        save_answers(self.demo.out / "answers" / f"v{answers.version}.jsonl", self.evaluator.prompts, answers)
         self.base_answers = answers
         self.demo.report.versions.append(VersionRecord(
             version=answers.version, round=0, parent=None, algorithm=None, gates_passed=None, promoted=True,
@@ -209,7 +210,8 @@ class _Rounds:
             display.phase(number, f"evaluating v{candidate}", before)
             clock = time.perf_counter()
             assert self.base_answers is not None
-            _, evaluation = self.evaluator.evaluate(candidate, self.base_answers, self.base_model)
+            answers, evaluation = self.evaluator.evaluate(candidate, self.base_answers, self.base_model)
+            save_answers(demo.out / "answers" / f"v{candidate}.jsonl", self.evaluator.prompts, answers)
             phases["evaluate"] = time.perf_counter() - clock
             demo.report.versions.append(self._version_record(number, result, evaluation))
             assert evaluation.win_rate is not None
