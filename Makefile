@@ -1,11 +1,11 @@
-# Two entry points a fresh machine needs: `make up` (the embedded stack) and `make test`.
+# Entry points a fresh machine needs: `make demo` (the loop, proven), `make up` (the embedded stack), `make test`.
 # Each creates .venv and installs what it needs; later runs reuse it.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint bench clean
+.PHONY: install up demo test lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ install: $(STAMP)
 
 up: install
 	$(BIN)/flywheel up
+
+# Rounds of simulated users, filtering, training and promotion; report in runs/demo/report.html.
+demo: install
+	$(BIN)/flywheel demo --out runs/demo
 
 test: install
 	$(BIN)/ruff check .
