@@ -33,6 +33,11 @@ class CommonSettings(BaseSettings):
         description="One topic for completions and feedback, so both share a partition per response.",
     )
     kafka_partitions: int = Field(default=4, ge=1)
+    kafka_send_timeout_s: float = Field(
+        default=5.0, ge=0.1,
+        description="Longest wait for the broker to acknowledge an event (or to connect); then 503, and the "
+                    "producer reconnects in the background while later requests fail at once.",
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None, description="MLflow tracking/registry URI. Default: a SQLite store in the data dir."
     )

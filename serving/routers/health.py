@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from feedback.producer import broker_reachable
 from serving.deps import StateDep
 from serving.errors import responses
 
@@ -36,10 +35,8 @@ async def healthz() -> Alive:
             responses={503: {"model": Readiness, "description": "Not ready: the failing checks are false."},
                        **responses()})
 async def readyz(state: StateDep) -> JSONResponse:
-    """Ready when the engine answers, the broker takes connections and a champion is loaded."""
-    engine_ok, broker_ok = await asyncio.gather(
-        state.engine.healthy(), asyncio.to_thread(broker_reachable, state.settings)
-    )
+    """Ready when the engine answers, a write to the broker is acknowledged and a champion is loaded."""
+    engine_ok, broker_ok = await asyncio.gather(state.engine.healthy(), state.producer.probe())
     route = state.watcher.current
     checks = {"engine": engine_ok, "broker": broker_ok, "registry": route is not None}
     ready = all(checks.values())

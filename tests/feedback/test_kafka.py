@@ -23,7 +23,7 @@ from feedback import events
 from feedback.db.models import Completion, Feedback, Quarantine
 from feedback.db.session import make_engine, session_factory
 from feedback.events import Event
-from feedback.producer import BrokerUnavailable, EventProducer, broker_reachable, ensure_topic
+from feedback.producer import BrokerUnavailable, EventProducer, ensure_topic
 from feedback.store import BatchResult, store_batch
 from feedback.supervise import free_port
 from feedback.worker import Worker
@@ -126,9 +126,13 @@ def test_ensure_topic_creates_the_partitions_once(settings: Settings) -> None:
     assert partition_count(config) == 3
 
 
-def test_broker_reachable_probe(settings: Settings) -> None:
-    assert broker_reachable(settings())
-    assert not broker_reachable(settings(kafka_bootstrap_servers=f"127.0.0.1:{free_port()}"), timeout=0.5)
+def test_readiness_probe_writes_a_record(producer: EventProducer, settings: Settings) -> None:
+    assert asyncio.run(producer.probe())
+    consumer = KafkaConsumer(bootstrap_servers=settings().bootstrap_servers, auto_offset_reset="earliest")
+    consumer.assign([TopicPartition(producer.probe_topic, 0)])
+    records = [r for batch in consumer.poll(timeout_ms=2000).values() for r in batch]
+    consumer.close()
+    assert [r.value for r in records] == [b"readyz"]
 
 
 def test_unreachable_broker_is_a_clear_error(settings: Settings) -> None:
