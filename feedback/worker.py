@@ -163,11 +163,16 @@ class Worker:
         return result
 
     def _store(self, batch: list[Event]) -> BatchResult:
-        """Store ``batch`` in one transaction; if the database refuses it, store it in halves (see ``_store_apart``)."""
+        """Store ``batch`` in one transaction; if the database refuses it, store it in halves (see ``_store_apart``).
+
+        The pipeline is rebuilt apart from the batch, so that an error there (the stored history, not this
+        batch) propagates instead of being blamed on the batch's events.
+        """
+        if self.pipeline is None:
+            with self.sessions() as session:
+                self.pipeline = Pipeline.rebuild(session, self.filter_settings, self.reward_scores)
         try:
             with transaction(self.sessions) as session:
-                if self.pipeline is None:
-                    self.pipeline = Pipeline.rebuild(session, self.filter_settings, self.reward_scores)
                 return store_batch(session, batch, self.pipeline)
         except Exception as exc:
             self.pipeline = None  # it saw events the database did not keep: rebuild from what it did
