@@ -22,6 +22,7 @@ app.add_typer(quarantine, name="quarantine")
 
 ACTOR = typer.Option(None, help="Who is acting, for the audit trail. Default: cli:<login>.")
 NOTE = typer.Option(None, help="Why, for the audit trail.")
+APP = typer.Option(None, "--app", help="The event's app (app id), when several apps used the event id.")
 
 
 @quarantine.command("list")
@@ -45,11 +46,11 @@ def list_(
 
 
 @quarantine.command()
-def show(event_id: str = typer.Argument(..., help="The quarantined event's id.")) -> None:
+def show(event_id: str = typer.Argument(..., help="The quarantined event's id."), app_id: int | None = APP) -> None:
     """One quarantined event whole: reasons, evidence and the event as received."""
     try:
         with store_sessions()() as session:
-            row = store.as_dict(store.get_quarantined(session, event_id))
+            row = store.as_dict(store.get_quarantined(session, event_id, app_id))
     except store.QuarantineError as exc:
         fail(str(exc))
     console.print_json(json.dumps(row))
@@ -61,11 +62,12 @@ def release(
     weight: float = typer.Option(1.0, help="Training weight of the released vote, in (0, 1]."),
     actor: str | None = ACTOR,
     note: str | None = NOTE,
+    app_id: int | None = APP,
 ) -> None:
     """Move a quarantined event into the training data; the filters will not quarantine it again."""
     try:
         with transaction(store_sessions()) as session:
-            store.release(session, event_id, actor or default_actor(), weight, note)
+            store.release(session, event_id, actor or default_actor(), weight, note, app_id)
     except store.QuarantineError as exc:
         fail(str(exc))
     console.print(f"released [bold]{event_id}[/] into the training data (weight {weight})")
@@ -76,11 +78,12 @@ def purge(
     event_id: str = typer.Argument(..., help="The quarantined event's id."),
     actor: str | None = ACTOR,
     note: str | None = NOTE,
+    app_id: int | None = APP,
 ) -> None:
     """Delete a quarantined event for good (audited; a re-delivery from Kafka stays a no-op)."""
     try:
         with transaction(store_sessions()) as session:
-            store.purge(session, event_id, actor or default_actor(), note)
+            store.purge(session, event_id, actor or default_actor(), note, app_id)
     except store.QuarantineError as exc:
         fail(str(exc))
     console.print(f"purged [bold]{event_id}[/]")

@@ -148,3 +148,30 @@ def test_cli_quarantine_commands(sessions: sessionmaker[Session], db_url: str, m
     assert runner.invoke(cli, ["feedback", "quarantine", "release", fast, "--actor", "cli:ann"]).exit_code == 0
     assert runner.invoke(cli, ["feedback", "quarantine", "purge", orphan, "--actor", "cli:ann"]).exit_code == 0
     assert audit(sessions) == [("cli:ann", "quarantine.release", fast), ("cli:ann", "quarantine.purge", orphan)]
+
+
+def test_an_event_id_two_apps_used_needs_its_app(sessions: sessionmaker[Session], client: TestClient, db_url: str,
+                                                  keys: dict[str, str], make_app: Callable[..., int],
+                                                  build: EventBuilder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Event ids are unique per app: review asks which app's event is meant, over HTTP and the CLI."""
+    apps = [int(keys["app_id"]), make_app(db_url)]
+    lost = [build.thumbs(app, build.completion(app).response_id, event_id="same-id") for app in apps]
+    store(sessions, Pipeline(filter_settings()), lost)
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+
+    ambiguous = client.get("/admin/quarantine/same-id", headers=admin)
+    assert ambiguous.status_code == 409 and "app_id" in ambiguous.json()["error"]["message"]
+    shown = client.get("/admin/quarantine/same-id", params={"app_id": apps[1]}, headers=admin)
+    assert shown.json()["app_id"] == apps[1]
+    purged = client.delete("/admin/quarantine/same-id", params={"app_id": apps[0]}, headers=admin)
+    assert purged.json() == {"event_id": "same-id", "app_id": apps[0], "purged": True}
+    assert client.get("/admin/quarantine/same-id", headers=admin).json()["app_id"] == apps[1]  # one left
+
+    if db_url.startswith("sqlite"):  # the CLI takes the same --app
+        monkeypatch.setenv("FLYWHEEL_DATABASE_URL", db_url)
+        store(sessions, Pipeline(filter_settings()), [lost[0].model_copy(update={"event_id": "other-id"}),
+                                                      lost[1].model_copy(update={"event_id": "other-id"})])
+        runner = CliRunner()
+        refused = runner.invoke(cli, ["feedback", "quarantine", "purge", "other-id"])
+        assert refused.exit_code == 1 and "app_id" in refused.output
+        assert runner.invoke(cli, ["feedback", "quarantine", "purge", "other-id", "--app", str(apps[0])]).exit_code == 0
