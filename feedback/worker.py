@@ -128,10 +128,11 @@ class Worker:
                 try:
                     self.step()
                     failures = 0
-                except SQLAlchemyError:
+                except SQLAlchemyError as exc:
                     failures += 1
-                    log.exception("the database is unavailable; the batch waits in Kafka (attempt %d), retrying "
-                                  "in %.1fs", failures, self.settings.worker_retry_backoff_s)
+                    log.exception("the database is unavailable (%s); the batch waits in Kafka (attempt %d), "
+                                  "retrying in %.1fs", type(exc).__name__, failures,
+                                  self.settings.worker_retry_backoff_s)
                     stop.wait(self.settings.worker_retry_backoff_s)
                 ATTEMPTS.set(failures)
         finally:
