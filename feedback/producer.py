@@ -198,13 +198,15 @@ class EventProducer:
     async def probe(self) -> bool:
         """Whether a write goes through now: a record to the probe topic, acknowledged like any event (``/readyz``).
 
-        The answer is reused for ``PROBE_TTL_S``; a failed probe starts a rebuild like a failed send.
+        The answer is reused for ``PROBE_TTL_S``, unless a send failed since; a failed probe starts a rebuild
+        like a failed send.
         """
+        if not self.available:
+            return False
         at, ok = self._probed
         if time.monotonic() - at < PROBE_TTL_S:
             return ok
         try:
-            self.check_available()
             future = self._producer.send(self.probe_topic, key=b"probe", value=b"readyz")
             await self._await_acks([self._ack(future)])
             ok = True
