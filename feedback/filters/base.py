@@ -28,6 +28,7 @@ class Answer:
     prompt_hash: str
     text: str
     created_at: datetime
+    prompt: str = ""  # the user turns' text: the consensus model reads how the answer speaks to it
 
 
 @dataclass(frozen=True)

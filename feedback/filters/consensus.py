@@ -5,26 +5,34 @@ the answers they were served, items are never shared and a rater who mixes hones
 votes with votes against the majority's taste (a slow attacker) goes unseen. What raters
 share is their *taste*, so the filter learns it from their votes instead of from items.
 
-Nobody tells the filter the preference. Every answer is described by surface features
-(numbered or bulleted steps, line count, word count, word-count bands, length); a logistic
-model is fitted to the accepted votes of the unflagged raters: for a pair, on the difference
-of the two answers' features (a Bradley-Terry model, plus an intercept for a side bias); for
-a thumb, on the answer's own features. The rater under test is left out of the fit (their
-votes never teach the model; a warm-started refit per rater tested, after a cheap screen with
-the model fitted on everyone), and each of their directional votes (up/down, a/b; ties and
-both-bad say nothing) is compared with the model's side when the model is confident
-(probability at least ``min_confidence`` for one side). Agreement of the other raters with
-the model sets the population's disagreement rate ``p0`` (pooled over the three quarters of
-the raters with ``min_votes // 2`` judged votes who agree most, so coin flippers and attackers
-do not inflate it), floored at ``min_base_rate``.
+Nobody tells the filter the preference, and nothing in it is chosen to match one: every
+(prompt, answer) is described by a generic text representation (``text_features.py``: hashed
+words, bigrams, token shapes and line starts of the answer, its size, and how much it speaks
+to the prompt) plus, once the trainer has published scores, the current reward model's score
+(``reward_scores``). One logistic model (scikit-learn, L2) learns a score ``w . x`` from the
+accepted votes of the unflagged raters: a thumb is ``up`` with probability
+``sigmoid(b_thumbs + w . x)``, a pair picks A with ``sigmoid(b_pairs + w . (x_A - x_B))`` (a
+Bradley-Terry model; ``b_pairs`` is a side bias). Ties and both-bad say nothing.
+
+Each rater under test is compared with a model fitted **without them** (leave one rater out,
+warm-started from the model fitted on everyone): their directional votes on which the model
+is confident (probability at least ``min_confidence`` for one side) are judged. The
+population's disagreement ``p0`` is measured out of sample, with every rater's votes predicted
+by a model fitted without their fold of raters (``folds`` folds, a rater's fold fixed by a hash
+of their id, so every process computes the same): a model with this many features fits the
+votes it learnt from far better than new ones, and an in-sample ``p0`` would make every honest
+rater's out-of-sample slips look improbable. ``p0`` is pooled over the three quarters of the
+raters with ``min_votes // 2`` judged votes who agree most (so coin flippers and attackers do
+not inflate it), floored at ``min_base_rate``. The same out-of-fold predictions screen the
+raters: one who disagrees on less than half of ``min_rate`` of their judged votes is spared
+the leave-one-out fit.
 
 A rater with ``min_votes`` judged votes of which ``k`` disagree is flagged ``against_consensus``
 when ``k / n >= min_rate`` and the binomial tail ``P(X >= k | n, p0) <= max_p_value``
 (``tests/bench/consensus_power.py`` prints how often that catches an attacker and condemns an
-honest rater, by history length). The
-flag is sticky, as for bots and campaigns: a patient attacker's honest-looking votes are what
-buy trust for the poisoned ones, so all of them go. The model needs ``min_population`` judged
-votes from other raters before anyone is tested.
+honest rater, by history length). The flag is sticky, as for bots and campaigns: a patient
+attacker's honest-looking votes are what buy trust for the poisoned ones, so all of them go.
+The model needs ``min_population`` judged votes from other raters before anyone is tested.
 
 A coin flipper (no malice, no taste) disagrees about half the time and is flagged too: their
 votes carry no signal for training, so losing them costs nothing.
@@ -32,49 +40,38 @@ votes carry no signal for training, so losing them costs nothing.
 
 from __future__ import annotations
 
+import copy
 import math
-import re
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.stats import binom
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 
-from feedback.filters.base import Answer, FilterState, Flag, Rater, Vote
-from feedback.filters.campaigns import binomial_tail
+from feedback.filters.base import FilterState, Flag, Rater, Vote
+from feedback.filters.reliability import RewardScores
+from feedback.filters.text_features import TextFeatures
 
 POSITIVE = {"up": True, "a": True, "down": False, "b": False}
-_STEP = re.compile(r"^\s*\d+[.)]\s+\S", re.MULTILINE)
-_BULLET = re.compile(r"^\s*[-*\u2022]\s+\S", re.MULTILINE)
-_BANDS = (5, 10, 15, 20, 25, 30, 35, 40, 50, 60, 80, 120)  # word-count thresholds, learned per band
+_BIAS_SCALE = 10.0  # the two bias columns' value: their L2 penalty is then 1/100 of a feature's
 
 
-def describe(text: str) -> np.ndarray:
-    """Surface features of one answer (no content: the model learns a taste, not a topic)."""
-    words = len(text.split())
-    lines = sum(1 for line in text.splitlines() if line.strip())
-    steps = len(_STEP.findall(text))
-    bullets = len(_BULLET.findall(text))
-    return np.array([
-        float(steps > 0), math.log1p(steps), float(bullets > 0), math.log1p(lines), math.log1p(words),
-        math.log1p(len(text)), float(text.rstrip().endswith((".", "!", "?"))),
-        *(float(words <= band) for band in _BANDS),
-    ])
+@dataclass(frozen=True)
+class Votes:
+    """The modelled votes: design rows, labels, and the index of each row's rater."""
+
+    x: sp.csr_matrix
+    y: np.ndarray
+    owner: np.ndarray
+    raters: list[Rater]
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = 0.3, iterations: int = 25,
-                 start: np.ndarray | None = None) -> np.ndarray:
-    """Ridge-penalised logistic regression by Newton steps (the first column, the intercept, unpenalised)."""
-    w = np.zeros(x.shape[1]) if start is None else start.copy()
-    penalty = np.full(x.shape[1], ridge)
-    penalty[0] = 1e-6
-    for _ in range(iterations):
-        p = 1 / (1 + np.exp(-np.clip(x @ w, -30, 30)))
-        gradient = x.T @ (p - y) + penalty * w
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty)
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if np.max(np.abs(step)) < 1e-6:
-            break
-    return w
+def fold_of(rater: Rater, folds: int) -> int:
+    """A rater's cross-validation fold: a stable hash, the same in every process."""
+    return zlib.crc32(f"{rater[0]}:{rater[1]}".encode()) % folds
 
 
 @dataclass
@@ -85,98 +82,159 @@ class ConsensusFilter:
     min_base_rate: float
     min_rate: float
     max_p_value: float
+    reward_scores: RewardScores | None = None
+    folds: int = 5
+    l2_grid: tuple[float, ...] = (3.0, 1.0, 0.3, 0.1)
     name: str = "consensus"
     reasons: tuple[str, ...] = ("against_consensus",)
-    _described: dict[str, np.ndarray] = field(default_factory=dict)
+    _text: TextFeatures = field(default_factory=TextFeatures)
+    _chosen: tuple[float, int] | None = None  # the penalty cross-validation chose, and on how many votes
 
-    def _features(self, answer: Answer) -> np.ndarray:
-        cached = self._described.get(answer.response_id)
-        if cached is None:
-            cached = self._described[answer.response_id] = describe(answer.text)
-        return cached
-
-    def _row(self, state: FilterState, vote: Vote) -> tuple[int, np.ndarray, float] | None:
-        """(0 thumbs | 1 pair, features with intercept, 1.0 if positive) of a directional vote, else None."""
+    def _targets(self, state: FilterState, vote: Vote) -> tuple[str, ...] | None:
+        """The response ids a directional vote compares (one thumb, or A then B), else None."""
         if vote.label not in POSITIVE:
             return None
         answers = state.answers_of(vote)
-        if vote.kind == "thumbs" and len(answers) == 1:
-            kind, x = 0, self._features(answers[0])
-        elif vote.kind == "pairwise" and len(answers) == 2:
-            diff = self._features(answers[0]) - self._features(answers[1])
-            kind, x = 1, np.concatenate((diff, np.sign(diff)))
-        else:
-            return None
-        return kind, np.concatenate(([1.0], x)), float(POSITIVE[vote.label])
+        if (vote.kind == "thumbs" and len(answers) == 1) or (vote.kind == "pairwise" and len(answers) == 2):
+            return tuple(a.response_id for a in answers)
+        return None
 
-    def _table(self, state: FilterState) -> dict[Rater, list[tuple[int, np.ndarray, float]]]:
-        """Each unflagged rater's accepted directional votes (the first per target)."""
-        table: dict[Rater, list[tuple[int, np.ndarray, float]]] = {}
-        for rater, votes in state.votes.items():
+    def _table(self, state: FilterState) -> dict[Rater, list[tuple[tuple[str, ...], float]]]:
+        """Each unflagged rater's accepted directional votes (the first per target): (response ids, 1.0 if positive)."""
+        table: dict[Rater, list[tuple[tuple[str, ...], float]]] = {}
+        for rater, votes in sorted(state.votes.items()):
             if state.flags.get(rater):
                 continue
             rows = []
             for vote in votes:
                 if vote.key in state.accepted and state.first_vote.get((rater, vote.target)) == vote.event_id:
-                    row = self._row(state, vote)
-                    if row is not None:
-                        rows.append(row)
+                    targets = self._targets(state, vote)
+                    if targets is not None:
+                        rows.append((targets, float(POSITIVE[vote.label])))
             if rows:
                 table[rater] = rows
         return table
 
+    def _votes(self, state: FilterState, table: dict[Rater, list[tuple[tuple[str, ...], float]]]) -> Votes:
+        """The design matrix: [thumbs bias, pair bias, features] with a pair's features the A - B difference."""
+        ids = sorted({r for rows in table.values() for targets, _ in rows for r in targets})
+        index = {r: n for n, r in enumerate(ids)}
+        answers = [state.answers[r] for r in ids]
+        features = self._text.matrix([a.prompt for a in answers], [a.text for a in answers])
+        features = sp.hstack([features, self._reward_column(ids)], format="csr")
+        raters = list(table)
+        rows = [(n, targets, y) for n, rater in enumerate(raters) for targets, y in table[rater]]
+        first = np.array([index[t[0]] for _, t, _ in rows])
+        pair = np.array([len(t) == 2 for _, t, _ in rows])
+        second = np.array([index[t[-1]] for _, t, _ in rows])
+        x = features[first] - sp.diags(pair.astype(float)) @ features[second]
+        x = x[:, np.flatnonzero(x.getnnz(axis=0))]  # hashing spreads terms over 2^18 columns: fit only the used ones
+        bias = sp.csr_matrix(np.column_stack([~pair, pair]).astype(float) * _BIAS_SCALE)
+        return Votes(sp.hstack([bias, x], format="csr"), np.array([y for _, _, y in rows]),
+                     np.array([n for n, _, _ in rows]), raters)
+
+    def _reward_column(self, ids: list[str]) -> sp.csr_matrix:
+        """The reward model's standardised score of each answer; 0 (no information) for answers it did not score."""
+        judge = self.reward_scores() if self.reward_scores is not None else None
+        column = np.zeros((len(ids), 1))
+        if judge is not None and judge.scores:
+            values = np.array(list(judge.scores.values()))
+            scale = float(values.std()) or 1.0
+            for n, response_id in enumerate(ids):
+                score = judge.scores.get(response_id)
+                if score is not None:
+                    column[n, 0] = (score - judge.median) / scale
+        return sp.csr_matrix(column)
+
+    def _fit(self, votes: Votes, rows: np.ndarray, l2: float,
+             start: LogisticRegression | None = None) -> LogisticRegression:
+        """The logistic model on ``rows`` (a boolean mask) with L2 penalty ``l2``; warm-started from ``start``."""
+        model = copy.deepcopy(start) if start is not None else \
+            LogisticRegression(fit_intercept=False, solver="newton-cg", tol=1e-4)
+        model.set_params(C=1 / l2, warm_start=start is not None)
+        return model.fit(votes.x[rows], votes.y[rows])
+
+    def _judge(self, votes: Votes, p: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per rater: votes among ``rows`` the probabilities ``p`` judge (confident), and those against them."""
+        sure = rows & (np.maximum(p, 1 - p) >= self.min_confidence)
+        against = sure & ((p >= 0.5) != (votes.y >= 0.5))
+        n = len(votes.raters)
+        return (np.bincount(votes.owner, weights=sure, minlength=n).astype(int),
+                np.bincount(votes.owner, weights=against, minlength=n).astype(int))
+
+    def _learnable(self, votes: Votes, rows: np.ndarray) -> bool:
+        """Enough votes of both directions to fit a model on."""
+        return bool(rows.sum() >= self.min_population // 2 and 0 < votes.y[rows].sum() < rows.sum())
+
+    def _cross_validate(self, votes: Votes) -> tuple[float, np.ndarray, np.ndarray]:
+        """The penalty of ``l2_grid`` with the best out-of-fold log-loss, and each rater's judged votes and
+        disagreements under the model fitted at that penalty without their fold of raters.
+
+        The penalty is chosen again only when the votes grew by half since it was last chosen (it moves slowly
+        with the amount of data); in between, only the chosen one is fitted.
+        """
+        grid = self.l2_grid if self._chosen is None or len(votes.y) >= 1.5 * self._chosen[1] else (self._chosen[0],)
+        fold = np.array([fold_of(r, self.folds) for r in votes.raters])[votes.owner]
+        p = np.full((len(grid), len(votes.y)), np.nan)
+        for f in range(self.folds):
+            held = fold == f
+            if not held.any() or not self._learnable(votes, ~held):
+                continue
+            model = None
+            for g, l2 in enumerate(grid):  # strongest penalty first: each fit warm-starts the next
+                model = self._fit(votes, ~held, l2, model)
+                p[g, held] = model.predict_proba(votes.x[held])[:, 1]
+        predicted = ~np.isnan(p[0])
+        if not predicted.any():
+            return grid[0], *self._judge(votes, np.full(len(votes.y), 0.5), predicted)
+        best = int(np.argmin([log_loss(votes.y[predicted], row[predicted], labels=[0, 1]) for row in p]))
+        if len(grid) > 1:
+            self._chosen = grid[best], len(votes.y)
+        return grid[best], *self._judge(votes, np.nan_to_num(p[best], nan=0.5), predicted)
+
     def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]:
         """Test ``raters`` with ``min_votes`` or more votes against a model fitted without them."""
         table = self._table(state)
-        candidates = [r for r in sorted(raters) if r in table and len(table[r]) >= self.min_votes]
+        candidates = [r for r in sorted(raters) if len(table.get(r, ())) >= self.min_votes]
         if not candidates:
             return []
-        index = {rater: n for n, rater in enumerate(table)}
-        kinds = []
-        for kind in (0, 1):
-            rows = [(index[rater], x, y) for rater, rs in table.items() for k, x, y in rs if k == kind]
-            if rows:
-                owner = np.array([o for o, _, _ in rows])
-                x = np.array([x for _, x, _ in rows])
-                y = np.array([y for _, _, y in rows])
-                kinds.append((owner, x, y, fit_logistic(x, y)))  # the warm start of every leave-one-out fit
-        # Screen with the model fitted on everyone (the rater included, so it leans their way): a rater
-        # who disagrees with it on less than half of min_rate of their votes cannot reach min_rate when
-        # left out of the fit in any realistic population, and is spared the leave-one-out fit.
-        judged_all = np.zeros(len(table))
-        against_all = np.zeros(len(table))
-        for owner, x, y, w in kinds:
-            p = 1 / (1 + np.exp(-np.clip(x @ w, -30, 30)))
-            sure = np.maximum(p, 1 - p) >= self.min_confidence
-            judged_all += np.bincount(owner, weights=sure, minlength=len(table))
-            against_all += np.bincount(owner, weights=sure & ((p >= 0.5) != (y >= 0.5)), minlength=len(table))
+        votes = self._votes(state, table)
+        everyone = np.ones(len(votes.y), dtype=bool)
+        if not self._learnable(votes, everyone):
+            return []
+        l2, judged_oof, against_oof = self._cross_validate(votes)
+        full = self._fit(votes, everyone, l2)  # the warm start of every leave-one-out fit
+        index = {rater: n for n, rater in enumerate(votes.raters)}
         flags = []
         for rater in candidates:
             me = index[rater]
-            if against_all[me] < self.min_rate / 2 * max(1.0, judged_all[me]):
-                continue
-            judged = np.zeros(len(table))
-            against = np.zeros(len(table))
-            for owner, x, y, start in kinds:
-                others = owner != me
-                if others.sum() < self.min_population // 2 or not 0 < y[others].sum() < others.sum():
-                    continue
-                w = fit_logistic(x[others], y[others], start=start)
-                p = 1 / (1 + np.exp(-np.clip(x @ w, -30, 30)))
-                sure = np.maximum(p, 1 - p) >= self.min_confidence
-                judged += np.bincount(owner, weights=sure, minlength=len(table))
-                against += np.bincount(owner, weights=sure & ((p >= 0.5) != (y >= 0.5)), minlength=len(table))
-            n, k = int(judged[me]), int(against[me])
-            population = [(int(judged[o]), int(against[o])) for o in range(len(table)) if o != me]
-            if sum(j for j, _ in population) < self.min_population:
+            others = votes.owner != me
+            population = [(int(judged_oof[o]), int(against_oof[o])) for o in range(len(votes.raters)) if o != me]
+            population_votes = sum(j for j, _ in population)
+            if population_votes < self.min_population or not self._learnable(votes, others):
                 continue
             base = max(self.min_base_rate, self.population_rate(population))
+            if not self._suspect(int(judged_oof[me]), int(against_oof[me]), base):
+                continue
+            mine = ~others
+            p = np.full(len(votes.y), 0.5)
+            p[mine] = self._fit(votes, others, l2, full).predict_proba(votes.x[mine])[:, 1]
+            judged, against = self._judge(votes, p, mine)
+            n, k = int(judged[me]), int(against[me])
             p_value = self.condemns(n, k, base)
             if p_value is not None:
                 flags.append(Flag(rater, "against_consensus", {
                     "judged_votes": n, "disagreements": k, "population_rate": round(base, 4),
-                    "p_value": p_value, "population_votes": sum(j for j, _ in population)}))
+                    "p_value": p_value, "population_votes": population_votes, "l2": l2}))
         return flags
+
+    def _suspect(self, judged: int, against: int, population_rate: float) -> bool:
+        """The screen, on the rater's out-of-fold votes: only a rater half-way to condemnation there (half of
+        ``min_rate``, the square root of ``max_p_value``) gets the leave-one-out fit, which differs from the
+        out-of-fold model by a fold of other raters only."""
+        if against < self.min_rate / 2 * max(1, judged):
+            return False
+        return float(binom.sf(against - 1, judged, population_rate)) <= math.sqrt(self.max_p_value)
 
     def condemns(self, judged: int, against: int, population_rate: float) -> float | None:
         """The binomial tail of ``against`` disagreements in ``judged`` votes if they condemn the rater, else None.
@@ -186,7 +244,7 @@ class ConsensusFilter:
         """
         if judged < self.min_votes or against < self.min_rate * judged:
             return None
-        p_value = binomial_tail(against, judged, population_rate)
+        p_value = float(binom.sf(against - 1, judged, population_rate))
         return p_value if p_value <= self.max_p_value else None
 
     def population_rate(self, judged: list[tuple[int, int]]) -> float:

@@ -45,6 +45,7 @@ from feedback.filters.duplicates import DuplicateFilter
 from feedback.filters.integrity import IntegrityFilter
 from feedback.filters.reliability import ReliabilityFilter, RewardScores
 from feedback.filters.settings import FilterSettings
+from feedback.filters.text_features import prompt_text
 from feedback.filters.timing import TimingFilter
 from feedback.filters.velocity import VelocityFilter
 from feedback.store import (
@@ -80,7 +81,8 @@ def vote_of(event: FeedbackEvent) -> Vote:
 
 
 def _answer(row: Completion | CompletionEvent, prompt: str) -> Answer:
-    return Answer(row.response_id, row.pair_id, row.app_id, prompt, row.answer, as_utc(row.created_at))
+    return Answer(row.response_id, row.pair_id, row.app_id, prompt, row.answer, as_utc(row.created_at),
+                  prompt_text(row.messages))
 
 
 class Pipeline:
@@ -114,7 +116,7 @@ class Pipeline:
                                         s.campaign_cohort_majority)
         self.consensus = ConsensusFilter(s.consensus_min_votes, s.consensus_min_population,
                                          s.consensus_min_confidence, s.consensus_min_base_rate, s.consensus_min_rate,
-                                         s.consensus_max_p_value)
+                                         s.consensus_max_p_value, reward_scores)
         self.suite = ContractSuite(s.contract_min_batch, s.contract_max_label_share, s.contract_max_unknown_share)
         history: tuple[HistoryFilter, ...] = (self.bots, self.campaigns, self.consensus)
         self._flag_filter = {r: f.name for f in history for r in f.reasons}

@@ -160,7 +160,9 @@ def test_reward_model_scores_judge_raters_who_share_no_answers(sessions: session
     to go on. The scores a training round stores make every scored answer an item shared with the reward model,
     if that model is accurate enough to be heard (80 %): then the rater who votes against it loses their weight
     and their next votes are quarantined as unreliable, while the raters who agree with it keep 1.0."""
-    settings = filter_settings(bot_min_votes=1000, velocity_user_max=1000, reliability_min_items=8)
+    # The consensus, which reads the scores too, would condemn the contrarian for good: reliability alone here.
+    settings = filter_settings(bot_min_votes=1000, velocity_user_max=1000, reliability_min_items=8,
+                               consensus_min_votes=1000)
     pipeline = Pipeline(settings, StoredRewardScores(sessions))
     users = ["h0", "h1", "h2", "contra"]
     served = {user: [build.completion(app_id, answer=f"answer {user} {i}") for i in range(24)] for user in users}
