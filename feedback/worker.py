@@ -36,6 +36,7 @@ from feedback.db.models import Quarantine
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.events import Event
 from feedback.filters import FilterSettings, Pipeline
+from feedback.filters.replicas import SearchLease
 from feedback.filters.reward_scores import StoredRewardScores
 from feedback.producer import ensure_topic
 from feedback.settings import CommonSettings
@@ -100,6 +101,7 @@ class Worker:
         self.engine = make_engine(settings.resolved_database_url)
         self.sessions = session_factory(self.engine)
         self.reward_scores = StoredRewardScores(self.sessions)  # the trainer's, once a round has run
+        self.lease = SearchLease(self.engine)  # replicas share the history; the lease holder searches it
         ensure_topic(settings)
         self.consumer = KafkaConsumer(
             settings.kafka_topic,
@@ -171,7 +173,7 @@ class Worker:
         """
         if self.pipeline is None:
             with self.sessions() as session:
-                self.pipeline = Pipeline.rebuild(session, self.filter_settings, self.reward_scores)
+                self.pipeline = Pipeline.rebuild(session, self.filter_settings, self.reward_scores, self.lease)
         try:
             with transaction(self.sessions) as session:
                 return store_batch(session, batch, self.pipeline)
@@ -264,4 +266,5 @@ class Worker:
     def close(self) -> None:
         """Leave the group without committing (commits only follow database commits)."""
         self.consumer.close(autocommit=False)
+        self.lease.close()
         self.engine.dispose()

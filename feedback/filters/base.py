@@ -81,6 +81,7 @@ class FilterState:
     user_times: dict[Rater, list[float]] = field(default_factory=lambda: defaultdict(list))
     app_times: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
     accepted: set[tuple[int, str]] = field(default_factory=set)  # Vote.key of accepted votes
+    stored: set[tuple[int, str]] = field(default_factory=set)  # Vote.key of every recorded vote
     flags: dict[Rater, dict[str, dict[str, Any]]] = field(default_factory=lambda: defaultdict(dict))
     weights: dict[Rater, float] = field(default_factory=dict)
 
@@ -109,6 +110,7 @@ class FilterState:
     def record(self, vote: Vote, accepted: bool) -> None:
         """Remember a stored vote; every filter's history is derived from these calls."""
         self.votes[vote.rater].append(vote)
+        self.stored.add(vote.key)
         self.first_vote.setdefault((vote.rater, vote.target), vote.event_id)
         bisect.insort(self.user_times[vote.rater], vote.at)
         bisect.insort(self.app_times[vote.rater[0]], vote.at)

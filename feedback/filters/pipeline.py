@@ -44,6 +44,7 @@ from feedback.filters.contract import BatchRow, ContractFilter, ContractSuite
 from feedback.filters.duplicates import DuplicateFilter
 from feedback.filters.integrity import IntegrityFilter
 from feedback.filters.reliability import ReliabilityFilter, RewardScores
+from feedback.filters.replicas import SearchLease, Tail, read_flags
 from feedback.filters.settings import FilterSettings
 from feedback.filters.text_features import prompt_text
 from feedback.filters.timing import TimingFilter
@@ -88,8 +89,13 @@ def _answer(row: Completion | CompletionEvent, prompt: str) -> Answer:
 class Pipeline:
     """The judge ``store_batch`` calls: per-vote filters, then after each batch the history filters that are due."""
 
-    def __init__(self, settings: FilterSettings | None = None, reward_scores: RewardScores | None = None) -> None:
+    def __init__(self, settings: FilterSettings | None = None, reward_scores: RewardScores | None = None,
+                 lease: SearchLease | None = None) -> None:
+        """``lease``: this is one of several worker replicas (``replicas.py``); None: the only process storing votes."""
         s = self.settings = settings or FilterSettings()
+        self.lease = lease
+        self._tails = None if lease is None else (Tail(Feedback.id), Tail(Quarantine.id), Tail(FlaggedRater.id))
+        self._synced: set[Rater] = set()  # raters with votes other replicas stored, not yet reviewed for bots
         self.state = FilterState()
         self.reliability = ReliabilityFilter(s.reliability_prior_accuracy, s.reliability_prior_strength,
                                              s.reliability_min_weight, s.reliability_min_items,
@@ -130,9 +136,9 @@ class Pipeline:
 
     @classmethod
     def rebuild(cls, session: Session, settings: FilterSettings | None = None,
-                reward_scores: RewardScores | None = None) -> Pipeline:
+                reward_scores: RewardScores | None = None, lease: SearchLease | None = None) -> Pipeline:
         """A pipeline whose state is what an uninterrupted run would hold after the stored events."""
-        pipeline = cls(settings, reward_scores)
+        pipeline = cls(settings, reward_scores, lease)
         state = pipeline.state
         stored = [(vote_of(event_from_feedback(row)), True) for row in session.scalars(select(Feedback))]
         quarantined = session.execute(select(Quarantine.payload, Quarantine.reasons))
@@ -162,6 +168,7 @@ class Pipeline:
     def begin(self, session: Session, batch: Sequence[Event]) -> None:
         """Load, in two queries, the answers this batch's feedback names (one lookup per event would dominate)."""
         self._rows, self._touched = [], set()
+        self._sync(session)
         responses = {e.response_id for e in batch if isinstance(e, ThumbsEvent)} - self.state.answers.keys()
         pairs = {e.pair_id for e in batch if isinstance(e, PairwiseEvent)} - self.state.pairs.keys()
         self._wanted = responses | pairs
@@ -192,7 +199,9 @@ class Pipeline:
         if not self.settings.enabled:
             return
         self._search_due |= self._touched
-        self._apply(session, self.bots.review(self.state, self._touched))
+        if self._searches():
+            self._apply(session, self.bots.review(self.state, self._touched | self._synced))
+            self._synced = set()
         if time.monotonic() - self._searched_at >= self.settings.search_interval_s:
             self._search(session)
 
@@ -202,10 +211,59 @@ class Pipeline:
         The worker calls it when a poll comes back empty, so a quiet stream gets its verdicts
         within a poll timeout instead of waiting for the next batch.
         """
-        if not self._search_due or not self.settings.enabled:
+        if not self.settings.enabled:
             return False
+        self._sync(session)
+        if not self._search_due:
+            return False
+        if self._searches():
+            self._apply(session, self.bots.review(self.state, self._synced))
+            self._synced = set()
         self._search(session)
         return True
+
+    # -- replicas (see replicas.py) --------------------------------------------------------------
+
+    def _searches(self) -> bool:
+        """Whether this process runs the searches that condemn raters and write weights: the only one, or the
+        replica holding the search lease."""
+        return self.lease is None or self.lease.held()
+
+    def _sync(self, session: Session) -> None:
+        """Read into the state what other replicas stored since the last look: votes, moves, releases, flags."""
+        if self._tails is None:
+            return
+        feedback, quarantine, flags = self._tails
+        state = self.state
+        fresh: list[tuple[Vote, bool]] = []
+        new_ids: set[int] = set()
+        for row_id, app_id, event_id in feedback.read(session, (Feedback.app_id, Feedback.event_id)):
+            if (app_id, event_id) in state.stored:
+                state.accepted.add((app_id, event_id))  # ops released it (or this process stored it)
+            else:
+                new_ids.add(row_id)
+        if new_ids:  # read whole only the rows of other processes, in one range (they are the newest)
+            rows = session.scalars(select(Feedback).where(Feedback.id.between(min(new_ids), max(new_ids))))
+            fresh += [(vote_of(event_from_feedback(row)), True) for row in rows if row.id in new_ids]
+        for _, app_id, event_id, payload, reasons in quarantine.read(
+                session, (Quarantine.app_id, Quarantine.event_id, Quarantine.payload, Quarantine.reasons)):
+            if (app_id, event_id) in state.stored:
+                state.accepted.discard((app_id, event_id))  # moved to quarantine by the searcher
+            elif UNSTORABLE not in reasons:  # an unstorable event never reached the filters
+                fresh.append((vote_of(_decode_feedback(payload)), False))
+        for rater, reason, evidence in read_flags(session, flags):
+            state.flags[rater][reason] = evidence
+        self._load_answers(session, {v.target for v, _ in fresh if v.kind == "thumbs"} - state.answers.keys(),
+                           {v.target for v, _ in fresh if v.kind == "pairwise"} - state.pairs.keys())
+        for vote, accepted in sorted(fresh, key=lambda item: (item[0].created_at, item[0].event_id)):
+            state.record(vote, accepted)
+            self._synced.add(vote.rater)
+        self._search_due |= self._synced
+        late = {v.rater for v, accepted in fresh if accepted and state.flags.get(v.rater)}
+        if late and self._searches():  # accepted by a replica that had not yet read the flag: move them now
+            for rater in sorted(late):
+                for reason, evidence in state.flags[rater].items():
+                    self._quarantine_accepted(session, rater, reason, evidence)
 
     # -- after the batch ------------------------------------------------------------------------
 
@@ -227,24 +285,33 @@ class Pipeline:
             FLAGGED.labels(self._flag_filter[flag.reason], flag.reason).inc()
             row = {"app_id": app_id, "user_id": user_id, "reason": flag.reason, "evidence": flag.evidence}
             insert_ignoring_conflicts(session, FlaggedRater, [row], key=("id",))
-            rows = list(session.scalars(select(Feedback).where(
-                Feedback.app_id == app_id, Feedback.user_id == user_id, Feedback.event_id.not_in(_released(app_id))
-            )))
-            moved = [quarantine_row(event_from_feedback(row), Verdict([flag.reason], {flag.reason: {
-                **flag.evidence, "retroactive": True, "accepted_weight": row.weight}})) for row in rows]
-            insert_ignoring_conflicts(session, Quarantine, moved)
-            self.state.accepted.difference_update((r.app_id, r.event_id) for r in rows)
-            for chunk in id_chunks(r.event_id for r in rows):
-                session.execute(delete(Feedback).where(Feedback.app_id == app_id, Feedback.event_id.in_(chunk)))
-            RETROACTIVE.labels(flag.reason).inc(len(rows))
+            self._quarantine_accepted(session, flag.rater, flag.reason, flag.evidence)
+
+    def _quarantine_accepted(self, session: Session, rater: Rater, reason: str, evidence: dict[str, Any]) -> None:
+        """Move a flagged rater's accepted votes (except released ones) to quarantine."""
+        app_id, user_id = rater
+        rows = list(session.scalars(select(Feedback).where(
+            Feedback.app_id == app_id, Feedback.user_id == user_id, Feedback.event_id.not_in(_released(app_id))
+        )))
+        moved = [quarantine_row(event_from_feedback(row), Verdict([reason], {reason: {
+            **evidence, "retroactive": True, "accepted_weight": row.weight}})) for row in rows]
+        insert_ignoring_conflicts(session, Quarantine, moved)
+        self.state.accepted.difference_update((r.app_id, r.event_id) for r in rows)
+        for chunk in id_chunks(r.event_id for r in rows):
+            session.execute(delete(Feedback).where(Feedback.app_id == app_id, Feedback.event_id.in_(chunk)))
+        RETROACTIVE.labels(reason).inc(len(rows))
 
     def _search(self, session: Session) -> None:
         """The history-wide searches over the raters who voted since the last one: campaigns, consensus, then
-        the reliability estimate."""
-        self._apply(session, self.campaigns.review(self.state, self._search_due))
-        # after bots and campaigns are out, so the consensus is learnt from the raters still trusted
-        self._apply(session, self.consensus.review(self.state, self._search_due))
-        self._reweigh(session)
+        the reliability estimate. A replica without the search lease only re-estimates reliability, for its own
+        verdicts and weights, and writes nothing."""
+        if self._searches():
+            self._apply(session, self.campaigns.review(self.state, self._search_due))
+            # after bots and campaigns are out, so the consensus is learnt from the raters still trusted
+            self._apply(session, self.consensus.review(self.state, self._search_due))
+            self._reweigh(session)
+        else:
+            self.reliability.review(self.state)
         self._search_due = set()
         self._searched_at = time.monotonic()
 
