@@ -1,0 +1,103 @@
+"""A one-round `flywheel demo` on a tiny model, on its own real stack: every figure of the report comes from the run.
+
+The run starts its own broker, vLLM engine (a 2-layer Llama), worker and gateway, plays a
+small scenario, trains one real DPO round and promotes through the admin endpoint. The
+win-rate gate is set to measure without blocking (``FLYWHEEL_GATE_WIN_RATE_MIN_LOWER=-1``):
+a tiny random model cannot win a reward model's approval, and this test is about the demo's
+bookkeeping and the promotion under load. That the default gate blocks such a candidate is
+tested in ``tests/trainer/test_trainer_loop.py``, and the test checks here that the gate line
+says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from rich.console import Console
+from sqlalchemy import select
+
+from feedback.db.models import AliasMove, Quarantine
+from feedback.db.session import make_engine, session_factory
+from feedback.simulation.scenario import load_scenario
+from feedback.simulation.tastes import make_taste
+from feedback.simulation.truth import read_truth
+from feedback.simulation.users import load_prompts
+from flywheel.demo.evaluation import PROMPT_SET
+from flywheel.demo.runner import DemoRun
+from flywheel.demo.schema import DemoOptions, DemoReport
+from trainer.base_model import build_tiny_model
+from trainer.config import TrainConfig
+
+pytestmark = pytest.mark.engine
+
+SCENARIO = {
+    "name": "tiny-demo", "seed": 5, "time_scale": 0.01, "concurrency": 8, "arrival_seconds": 5, "prompt_pool": 30,
+    "chat": {"max_tokens": 24, "temperature": 1.0}, "preference": {"taste": "concise", "max_words": 12},
+    "groups": [
+        {"type": "honest", "count": 8, "events_per_user": 8, "pairwise_share": 0.9},
+        {"type": "fast_bot", "count": 1, "events_per_user": 16},
+        {"type": "campaign", "count": 4, "events_per_user": 4, "phrase": "bestdeals.example"},
+    ],
+}
+
+
+def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_GATE_WIN_RATE_MIN_LOWER", "-1")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(SCENARIO))
+    scenario = load_scenario(path)
+    model = build_tiny_model(tmp_path / "model")
+    options = DemoOptions(rounds=1, scenario=scenario.name, taste="concise", seed=3, filters=True,
+                          model=str(model), time_scale=0.01, eval_prompts=4, eval_samples=2)
+    config = TrainConfig(seed=3, max_steps=3, reward_max_steps=2, gate_prompts=4, gate_max_new_tokens=12,
+                         max_length=128)
+    out = tmp_path / "run"
+    report = DemoRun(options, scenario, out, Console(width=120), config).run()
+
+    assert DemoReport.model_validate_json((out / "report.json").read_text()) == report
+    (round_,) = report.rounds
+    truth = list(read_truth(out / "round-1" / "truth.jsonl"))
+    assert round_.votes_sent == len(truth) == scenario.planned_events - round_.votes_failed
+    assert round_.accepted + round_.quarantined + round_.pending == round_.votes_sent
+    sessions = session_factory(make_engine(f"sqlite:///{out / 'stack' / 'flywheel.db'}"))
+    with sessions() as session:
+        reasons = session.scalars(select(Quarantine.reasons).where(
+            Quarantine.event_id.in_([r.event_id for r in truth]))).all()
+        moves = session.scalars(select(AliasMove).where(AliasMove.action == "promote")).all()
+    assert round_.quarantined == len(reasons) and sum(round_.quarantined_by_reason.values()) == sum(map(len, reasons))
+    assert round_.quarantined_share_by_user_type["fast_bot"] > 0.5  # a bot voting at once, always the same way
+
+    # The candidate was trained, registered, judged and promoted as ops would, while chats kept flowing.
+    assert round_.train_status == "trained" and round_.candidate == "2" and round_.promoted
+    candidate = report.version("2")
+    assert candidate.promoted and candidate.gates_passed and candidate.run_id and candidate.run_url
+    gate = next(g for g in candidate.gates if g.name == "win_rate")
+    assert gate.status == "passed" and gate.threshold == "CI low > -1"
+    assert [(m.to_version, m.actor) for m in moves] == [("2", "app:demo")]
+    assert round_.swap is not None and round_.swap.failed == 0 and round_.swap.by_version.get("2", 0) >= 1
+    assert round_.loop_latency_seconds is not None and round_.loop_latency_seconds > 0
+    assert set(round_.phases) == {"traffic", "settle", "train", "evaluate", "promote"}
+
+    # Every version's figures are recomputed from the answers on disk with the users' taste.
+    prompts = {p.id: p.prompt for p in load_prompts(PROMPT_SET)}
+    answers = {v: [json.loads(line) for line in (out / "answers" / f"v{v}.jsonl").read_text().splitlines()]
+               for v in ("1", "2")}
+    assert len(answers["1"]) == len(answers["2"]) == 4 * 2 == candidate.evaluation.answers  # type: ignore[union-attr]
+    taste = make_taste("concise", 12)
+    scores = {"a": 1.0, "tie": 0.5, "b": 0.0}
+    wins = [scores[taste.pick(prompts[mine["prompt_id"]], mine["text"], theirs["text"])]
+            for mine, theirs in zip(answers["2"], answers["1"], strict=True)]
+    evaluation = candidate.evaluation
+    assert evaluation is not None and evaluation.win_rate is not None
+    assert evaluation.win_rate.value == pytest.approx(np.mean(wins))
+    assert evaluation.win_rate.low <= evaluation.win_rate.value <= evaluation.win_rate.high
+    assert evaluation.mean_words == pytest.approx(np.mean([len(a["text"].split()) for a in answers["2"]]))
+    assert evaluation.phrase_rate is not None and evaluation.kl_to_base >= 0
+    assert report.versions[0].evaluation is not None and report.versions[0].evaluation.win_rate is None
+
+    page = (out / "report.html").read_text()
+    assert f"{evaluation.win_rate.value:.1%}" in page and candidate.run_id in page
