@@ -135,7 +135,7 @@ def test_filters_and_trainer_never_import_the_simulator() -> None:
                  if m.startswith(("feedback.simulation", "flywheel.demo"))}
     assert not offenders
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, feedback.worker, feedback.filters; "
+        [sys.executable, "-c", "import sys, feedback.worker, feedback.filters, trainer.scorer; "
          "print(sorted(m for m in sys.modules if m.startswith('feedback.simulation')))"],
         cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"  # nor through anything they import
