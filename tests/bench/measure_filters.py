@@ -1,6 +1,7 @@
 """Measure the filters on the shipped scenarios: simulated users against a real stack, then the report.
 
-    .venv/bin/python -m tests.bench.measure_filters [--scenario all|NAME] [--model DIR] [--time-scale S]
+    .venv/bin/python -m tests.bench.measure_filters [--scenario all|NAME] [--taste all|NAME[,NAME]] [--model DIR]
+        [--time-scale S]
 
 Starts its own broker and engine once (default model: SmolLM2-135M-Instruct, prepared from the
 shipped GGUF on first use), then per scenario a fresh gateway and worker with their own
@@ -8,6 +9,8 @@ database and topic, so no scenario sees another's votes. The worker's time thres
 scaled by the same ``S`` as the users' waits (``FilterSettings.time_scale``); every other
 ``FLYWHEEL_FILTER_*`` setting comes from the environment as in production. Prints the report
 table per scenario and one summary line each (recall, honest false positives, target met).
+``--taste`` runs every scenario once per taste named (``all``: every taste of the simulator),
+overriding the scenario's own; without it each scenario keeps the taste its file names.
 Truth files and databases stay in ``--out`` for a closer look (``flywheel feedback report``
 with ``FLYWHEEL_DATABASE_URL=sqlite:///OUT/NAME/flywheel.db``).
 """
@@ -23,7 +26,8 @@ from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings
 from feedback.simulation.report import Report, measure
 from feedback.simulation.runner import run_scenario
-from feedback.simulation.scenario import load_scenario, shipped_scenarios
+from feedback.simulation.scenario import load_scenario, shipped_scenarios, with_overrides
+from feedback.simulation.tastes import TASTES
 from feedback.simulation.truth import TruthWriter
 from flywheel.cli.common import console
 from flywheel.cli.feedback import print_report
@@ -34,10 +38,11 @@ DEFAULT_MODEL = Path.home() / ".cache" / "flywheel" / "SmolLM2-135M-Instruct"
 MIN_RECALL, MAX_HONEST_FP = 0.95, 0.02  # issue 3's acceptance targets
 
 
-def run_one(name: str, shared: Backend, out: Path, time_scale: float, wait: float) -> Report:
-    """One scenario in its own gateway + worker; returns the report once the worker stored every event."""
-    plan = load_scenario(name).model_copy(update={"time_scale": time_scale})
-    data_dir = out / name
+def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale: float, wait: float) -> Report:
+    """One scenario (under ``taste``, None: its own) in its own gateway + worker; returns the report once the
+    worker stored every event."""
+    plan = with_overrides(load_scenario(name), time_scale=time_scale, taste=taste)
+    data_dir = out / (name if taste is None else f"{name}-{taste}")
     data_dir.mkdir(parents=True, exist_ok=True)
     truth = data_dir / "truth.jsonl"
     filters = FilterSettings(time_scale=time_scale)
@@ -64,6 +69,8 @@ def summary_line(name: str, report: Report) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="all", choices=["all", *shipped_scenarios()])
+    parser.add_argument("--taste", default=None,
+                        help=f"all, or comma-separated tastes of {', '.join(TASTES)}; default: each scenario's own.")
     parser.add_argument("--model", type=Path, default=None,
                         help=f"An HF model folder. Default: SmolLM2-135M-Instruct, prepared into {DEFAULT_MODEL}.")
     parser.add_argument("--time-scale", type=float, default=0.1,
@@ -73,16 +80,23 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=180, help="Seconds to wait for the worker after the run.")
     args = parser.parse_args()
     names = shipped_scenarios() if args.scenario == "all" else [args.scenario]
+    tastes: list[str | None] = [None] if args.taste is None else list(TASTES) if args.taste == "all" \
+        else args.taste.split(",")
+    unknown = [t for t in tastes if t is not None and t not in TASTES]
+    if unknown:
+        parser.error(f"unknown taste(s) {', '.join(unknown)}; known: {', '.join(TASTES)}")
     model = args.model or prepare_default_model(DEFAULT_MODEL)
     args.out.mkdir(parents=True, exist_ok=True)
     console.print(f"model {model}, time scale {args.time_scale}, scenarios {', '.join(names)}")
     lines = []
     with backend(model, args.out) as shared:  # about a minute for the engine
         for name in names:
-            report = run_one(name, shared, args.out, args.time_scale, args.wait)
-            console.rule(name)
-            print_report(report)
-            lines.append(summary_line(name, report))
+            for taste in tastes:
+                label = name if taste is None else f"{name} under {taste}"
+                report = run_one(name, taste, shared, args.out, args.time_scale, args.wait)
+                console.rule(label)
+                print_report(report)
+                lines.append(summary_line(label, report))
     for line in lines:
         console.print(line)
 
