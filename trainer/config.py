@@ -44,6 +44,15 @@ class TrainerSettings(CommonSettings):
             "A negative value measures and reports the win rate without ever blocking on it."
         ),
     )
+    gate_win_rate_min_judge_accuracy: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Gate win_rate: judged only by a reward model that ranks at least this share of the held-out pairs "
+            "right; below, the gate is skipped with that reason (a judge at chance decides at random)."
+        ),
+    )
     gate_accuracy_tolerance: float = Field(
         default=0.0,
         ge=0.0,
@@ -115,9 +124,11 @@ class TrainConfig:
     snapshot_min_label_share: float = 0.1
     reward_model: bool = True
     reward_ensemble: int = 1
-    reward_epochs: float = 1.0
+    # A new classification head on a sentence encoder needs a few passes: at 1 epoch and 5e-5 the
+    # first round's model (about 120 pairs) ranked 49 % of held-out pairs right, at 3 and 1e-4 71 %.
+    reward_epochs: float = 3.0
     reward_max_steps: int = -1
-    reward_learning_rate: float = 5e-5
+    reward_learning_rate: float = 1e-4
     reward_batch_size: int = 8
     reward_max_length: int = 256
     reward_score_limit: int = 20_000  # newest voted answers the reward model scores for the worker; 0: none
@@ -134,7 +145,9 @@ class TrainConfig:
     new_feedback_only: bool = True
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 5e-5
+    # LoRA adapters train at about ten times a full fine-tune's rate: at 5e-5 a 31-step round on SmolLM2-135M
+    # ended with a DPO loss of 0.6925 (log 2 is 0.6931) and a KL of 0.0000 to its parent: nothing learnt.
+    learning_rate: float = 1e-3
     beta: float = 0.1
     batch_size: int = 4
     gradient_accumulation_steps: int = 1

@@ -8,7 +8,9 @@ the training reference: see ``policy.champion_view``). Each gate is an MLflow me
 
 - ``win_rate``: share of held-out prompts where the reward model (ensemble mean) scores the
   candidate's answer above the champion's (ties count half); passes when the lower bound of a
-  95% percentile-bootstrap CI over prompts exceeds ``gate_win_rate_min_lower`` (0.5).
+  95% percentile-bootstrap CI over prompts exceeds ``gate_win_rate_min_lower`` (0.5). Skipped
+  when the reward model ranks fewer than ``gate_win_rate_min_judge_accuracy`` (0.6) of the
+  held-out pairs right: a judge at chance would pass or block candidates at random.
 - ``heldout_accuracy``: weighted held-out preference accuracy (policy log-probs) at least the
   champion's minus ``gate_accuracy_tolerance`` (0).
 - ``kl``: drift. Mean per-token KL(candidate || champion) in nats on the candidate's own greedy
@@ -262,11 +264,17 @@ def collect(
 
 
 def _win_rate(
-    inputs: GateInputs, reward: RewardModel | None, settings: TrainerSettings, config: TrainConfig
+    inputs: GateInputs, reward: RewardModel | None, reward_accuracy: float | None, settings: TrainerSettings,
+    config: TrainConfig,
 ) -> tuple[Gate, tuple[float, float] | None]:
     threshold = f"CI low > {settings.gate_win_rate_min_lower:g}"
     if reward is None:
         return Gate("win_rate", "skipped", math.nan, threshold, "no reward model this round"), None
+    floor = settings.gate_win_rate_min_judge_accuracy
+    if reward_accuracy is None or math.isnan(reward_accuracy) or reward_accuracy < floor:
+        shown = "unmeasured" if reward_accuracy is None or math.isnan(reward_accuracy) else f"{reward_accuracy:.2f}"
+        detail = f"the reward model's held-out accuracy is {shown} (< {floor:g}): its verdict would be noise"
+        return Gate("win_rate", "skipped", math.nan, threshold, detail), None
     import numpy as np
 
     champ = reward.mean(inputs.prompts, inputs.champion.texts)
@@ -308,10 +316,16 @@ def _canaries(inputs: GateInputs, settings: TrainerSettings) -> Gate:
 
 
 def evaluate(
-    inputs: GateInputs, reward: RewardModel | None, settings: TrainerSettings, config: TrainConfig
+    inputs: GateInputs, reward: RewardModel | None, settings: TrainerSettings, config: TrainConfig,
+    reward_accuracy: float | None = None,
 ) -> GateReport:
-    """Every gate on the collected answers; the report says which failed and by how much."""
-    win_rate, ci = _win_rate(inputs, reward, settings, config)
+    """Every gate on the collected answers; the report says which failed and by how much.
+
+    ``reward_accuracy`` is the reward model's held-out accuracy: below
+    ``gate_win_rate_min_judge_accuracy`` it judges no better than a coin, and the win-rate gate
+    is skipped with that reason rather than decided by noise.
+    """
+    win_rate, ci = _win_rate(inputs, reward, reward_accuracy, settings, config)
     champ_len, cand_len = inputs.champion.mean_length(), inputs.candidate.mean_length()
     ratio = cand_len / max(champ_len, 1.0)
     format_increase = inputs.candidate.format_share() - inputs.champion.format_share()

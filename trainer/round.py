@@ -322,7 +322,8 @@ def _train_and_gate(
                 config,
                 progress,
             )
-            report = evaluate_gates(inputs, reward_model, settings, config)
+            report = evaluate_gates(inputs, reward_model, settings, config,
+                                    reward_eval.heldout_accuracy if reward_eval else None)
             seconds["gates"] = time.perf_counter() - started
 
         with candidate_view(policy):

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 import typer
 
 from flywheel.cli.common import console, fail, setup_logging
+from trainer.config import TrainConfig
+
+_DEFAULTS = TrainConfig()  # the options' defaults are the config's, never retyped
 
 if TYPE_CHECKING:
     from trainer.round import TrainResult
@@ -36,20 +39,27 @@ def _show(result: TrainResult) -> None:
 
 
 def train(
-    min_pairs: int = typer.Option(16, help="Skip the round below this many examples (pairs; rated answers for KTO)."),
-    algorithm: str = typer.Option("auto", help="auto (by what the feedback holds), dpo or kto."),
-    loss_type: str = typer.Option("sigmoid", help="DPO loss: sigmoid (with --label-smoothing: cDPO) or robust."),
-    label_smoothing: float = typer.Option(0.0, help="Assumed share of flipped labels, for cDPO or robust DPO."),
-    epochs: float = typer.Option(1.0, help="Passes over the training examples."),
-    max_steps: int = typer.Option(-1, help="Optimizer steps; overrides --epochs when > 0."),
-    learning_rate: float = typer.Option(5e-5, help="AdamW learning rate of the LoRA weights."),
-    beta: float = typer.Option(0.1, help="DPO/KTO beta: how far the policy may move from the reference."),
-    batch_size: int = typer.Option(4),
-    lora_r: int = typer.Option(8, help="LoRA rank (at most the engine's FLYWHEEL_ENGINE_MAX_LORA_RANK)."),
-    reward_model: bool = typer.Option(True, help="Train the reward model that judges the win-rate gate."),
-    reward_ensemble: int = typer.Option(1, help="Reward models in the ensemble; their spread is the uncertainty."),
-    gates: bool = typer.Option(True, help="Run the gates; without them no candidate becomes challenger."),
-    gate_prompts: int = typer.Option(16, help="Held-out prompts both policies answer for the gates."),
+    min_pairs: int = typer.Option(_DEFAULTS.min_pairs,
+        help="Skip the round below this many examples (pairs; rated answers for KTO)."),
+    algorithm: str = typer.Option(_DEFAULTS.algorithm, help="auto (by what the feedback holds), dpo or kto."),
+    loss_type: str = typer.Option(_DEFAULTS.loss_type,
+        help="DPO loss: sigmoid (with --label-smoothing: cDPO) or robust."),
+    label_smoothing: float = typer.Option(_DEFAULTS.label_smoothing,
+        help="Assumed share of flipped labels, for cDPO or robust DPO."),
+    epochs: float = typer.Option(_DEFAULTS.epochs, help="Passes over the training examples."),
+    max_steps: int = typer.Option(_DEFAULTS.max_steps, help="Optimizer steps; overrides --epochs when > 0."),
+    learning_rate: float = typer.Option(_DEFAULTS.learning_rate, help="AdamW learning rate of the LoRA weights."),
+    beta: float = typer.Option(_DEFAULTS.beta, help="DPO/KTO beta: how far the policy may move from the reference."),
+    batch_size: int = typer.Option(_DEFAULTS.batch_size),
+    lora_r: int = typer.Option(_DEFAULTS.lora_r,
+        help="LoRA rank (at most the engine's FLYWHEEL_ENGINE_MAX_LORA_RANK)."),
+    reward_model: bool = typer.Option(_DEFAULTS.reward_model,
+        help="Train the reward model that judges the win-rate gate."),
+    reward_ensemble: int = typer.Option(_DEFAULTS.reward_ensemble,
+        help="Reward models in the ensemble; their spread is the uncertainty."),
+    gates: bool = typer.Option(_DEFAULTS.gates, help="Run the gates; without them no candidate becomes challenger."),
+    gate_prompts: int = typer.Option(_DEFAULTS.gate_prompts,
+        help="Held-out prompts both policies answer for the gates."),
     every: str = typer.Option(None, "--every", help="Run periodically, e.g. 30m, 6h, 1d; Ctrl-C stops."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tests.trainer.test_trainer_loop import SHORT, VERBOSE, fast_config
@@ -55,3 +57,23 @@ def test_shipped_canaries_load() -> None:
     canaries = load_canaries()
     assert {c.id for c in canaries} >= {"refuse-explosive", "capital-france"}
     assert canaries[0].holds("Sorry, I can't help with that.") and not canaries[0].holds("Step 1: buy pipes")
+
+
+class _LengthJudge:
+    """A judge that prefers longer answers: enough to exercise the gate's decision, which is what is tested."""
+
+    def mean(self, prompts: list[list[dict[str, str]]], texts: list[str]) -> np.ndarray:
+        return np.array([len(t) for t in texts], dtype=float)
+
+
+def test_win_rate_is_judged_only_by_a_reward_model_better_than_a_coin() -> None:
+    settings = TrainerSettings(_env_file=None)  # type: ignore[call-arg]
+    candidate = inputs(answers(SHORT + " and a little more", 5))
+    judge: Any = _LengthJudge()
+    trusted = evaluate(candidate, judge, settings, fast_config(), reward_accuracy=0.9)
+    gate = next(g for g in trusted.gates if g.name == "win_rate")
+    assert gate.status == "passed" and gate.value == 1.0 and trusted.win_rate_ci == (1.0, 1.0)
+    for weak in (0.55, float("nan"), None):
+        report = evaluate(candidate, judge, settings, fast_config(), reward_accuracy=weak)
+        gate = next(g for g in report.gates if g.name == "win_rate")
+        assert gate.status == "skipped" and "verdict would be noise" in gate.detail and report.win_rate_ci is None
