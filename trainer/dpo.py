@@ -15,7 +15,7 @@ from typing import Any
 
 from trainer.config import TrainConfig
 from trainer.pairs import PreferencePair, resample_by_weight
-from trainer.policy import ProgressFn, common_args, progress_callback
+from trainer.policy import ProgressFn, common_args, report_progress
 
 
 def dpo_args(config: TrainConfig, output_dir: Path, quiet: bool) -> Any:
@@ -40,11 +40,11 @@ def dpo_trainer(
     from trl import DPOTrainer
 
     examples = resample_by_weight(train, config.seed)
-    return DPOTrainer(
+    trainer = DPOTrainer(
         model=model,
         args=dpo_args(config, output_dir, quiet=progress is not None),
         train_dataset=Dataset.from_list([p.to_trl() for p in examples]),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[progress_callback(progress)] if progress else None,
     )
+    return report_progress(trainer, progress)

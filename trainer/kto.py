@@ -16,7 +16,7 @@ from typing import Any
 
 from trainer.config import TrainConfig
 from trainer.pairs import RatedAnswer, resample_by_weight
-from trainer.policy import ProgressFn, common_args, progress_callback
+from trainer.policy import ProgressFn, common_args, report_progress
 
 
 def class_weights(examples: list[RatedAnswer]) -> tuple[float, float]:
@@ -52,11 +52,11 @@ def kto_trainer(
         desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight,
     )
-    return KTOTrainer(
+    trainer = KTOTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list([e.to_trl() for e in examples]),
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[progress_callback(progress)] if progress else None,
     )
+    return report_progress(trainer, progress)

@@ -104,15 +104,25 @@ def evaluate_pairs(
     return PairMetrics(accuracy=correct / total_weight, mean_margin=margin_sum / total_weight, pairs=len(pairs))
 
 
-def progress_callback(progress: ProgressFn, stage: str = "train") -> Any:
-    """A transformers callback that reports optimizer steps as ``stage``."""
-    from transformers import TrainerCallback
+def report_progress(trainer: Any, progress: ProgressFn | None, stage: str = "train") -> Any:
+    """Report ``trainer``'s optimizer steps to ``progress`` as ``stage`` and return it.
+
+    With a progress function the bars are the caller's: transformers then prints one dict per
+    logged step instead of its tqdm bar, which would scroll through them, so that printer goes.
+    """
+    if progress is None:
+        return trainer
+    from transformers import PrinterCallback, TrainerCallback
+
+    report = progress
 
     class _Progress(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            progress(stage, state.global_step, state.max_steps)
+            report(stage, state.global_step, state.max_steps)
 
-    return _Progress()
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_Progress())
+    return trainer
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.config import TrainConfig
 from trainer.packaged import packaged_file
 from trainer.pairs import PreferencePair, resample_by_weight
-from trainer.policy import ProgressFn, progress_callback
+from trainer.policy import ProgressFn, report_progress
 
 if TYPE_CHECKING:
     import numpy as np
@@ -149,9 +149,8 @@ def train_reward_model(
             args=args,
             train_dataset=Dataset.from_list([_encode(tokenizer, p, config.reward_max_length) for p in examples]),
             processing_class=tokenizer,
-            callbacks=[progress_callback(progress, f"reward-model-{k + 1}")] if progress else None,
         )
-        trainer.train()
+        report_progress(trainer, progress, f"reward-model-{k + 1}").train()
         members.append(trainer.model)
         history = history or list(trainer.state.log_history)
     return RewardModel(members, tokenizer, config.reward_max_length, history)
