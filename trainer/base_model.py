@@ -65,7 +65,12 @@ def load_gguf_tokenizer(gguf_path: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
 
 
-def prepare_default_model(target_dir: Path) -> Path:
+# Where commands that run their own stack (flywheel demo, the benchmarks) keep the prepared default model,
+# so each run does not convert the GGUF again.
+SHARED_DEFAULT_MODEL = Path.home() / ".cache" / "flywheel" / "SmolLM2-135M-Instruct"
+
+
+def prepare_default_model(target_dir: Path = SHARED_DEFAULT_MODEL) -> Path:
     """Convert the shipped SmolLM2-135M-Instruct GGUF to a bf16 safetensors folder (once).
 
     Skipped when ``target_dir/config.json`` exists. Takes about 25 s on 2 cores.

@@ -11,8 +11,7 @@ import typer
 from feedback.simulation.scenario import ScenarioError, load_scenario, with_overrides
 from feedback.simulation.tastes import TASTES
 from flywheel.cli.common import console, fail, setup_logging
-
-DEFAULT_MODEL = Path.home() / ".cache" / "flywheel" / "SmolLM2-135M-Instruct"
+from trainer.base_model import SHARED_DEFAULT_MODEL, prepare_default_model
 
 
 def demo(
@@ -29,7 +28,7 @@ def demo(
     compare: Annotated[Path | None, typer.Option(
         help="Another run's report.json (same seed, e.g. --no-filters) to draw beside this one.")] = None,
     model: Annotated[Path | None, typer.Option(
-        help=f"An HF model folder. Default: SmolLM2-135M-Instruct, prepared once into {DEFAULT_MODEL}.")] = None,
+        help=f"An HF model folder. Default: SmolLM2-135M-Instruct, prepared once into {SHARED_DEFAULT_MODEL}.")] = None,
     time_scale: Annotated[float, typer.Option(
         min=0.001, max=1.0, help="Users' reading and pauses, and the filters' time thresholds, scaled alike.")] = 0.1,
     eval_prompts: Annotated[int, typer.Option(min=2, help="Held-out prompts every version answers.")] = 40,
@@ -45,7 +44,6 @@ def demo(
     """
     from flywheel.demo.runner import DemoRun
     from flywheel.demo.schema import DemoOptions, DemoReport
-    from trainer.base_model import prepare_default_model
     from trainer.config import TrainConfig
 
     setup_logging(verbose)
@@ -54,7 +52,7 @@ def demo(
     except ScenarioError as exc:
         fail(str(exc))
     baseline = DemoReport.model_validate_json(compare.read_text()) if compare else None
-    model_dir = model or prepare_default_model(DEFAULT_MODEL)
+    model_dir = model or prepare_default_model()
     options = DemoOptions(rounds=rounds, scenario=plan.name, taste=plan.preference.taste, seed=seed,
                           filters=not no_filters, model=str(model_dir.resolve()), time_scale=time_scale,
                           eval_prompts=eval_prompts, eval_samples=eval_samples)

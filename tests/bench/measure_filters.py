@@ -32,9 +32,8 @@ from feedback.simulation.truth import TruthWriter
 from flywheel.cli.common import console
 from flywheel.cli.feedback import print_report
 from tests.bench.stack import Backend, backend, service
-from trainer.base_model import prepare_default_model
+from trainer.base_model import SHARED_DEFAULT_MODEL, prepare_default_model
 
-DEFAULT_MODEL = Path.home() / ".cache" / "flywheel" / "SmolLM2-135M-Instruct"
 MIN_RECALL, MAX_HONEST_FP = 0.95, 0.02  # issue 3's acceptance targets
 
 
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("--taste", default=None,
                         help=f"all, or comma-separated tastes of {', '.join(TASTES)}; default: each scenario's own.")
     parser.add_argument("--model", type=Path, default=None,
-                        help=f"An HF model folder. Default: SmolLM2-135M-Instruct, prepared into {DEFAULT_MODEL}.")
+                        help=f"An HF model folder. Default: SmolLM2-135M-Instruct in {SHARED_DEFAULT_MODEL}.")
     parser.add_argument("--time-scale", type=float, default=0.1,
                         help="Multiplies the users' waits and the worker's time thresholds alike (default 0.1).")
     parser.add_argument("--out", type=Path, default=Path("data") / "measure-filters",
@@ -85,7 +84,7 @@ def main() -> None:
     unknown = [t for t in tastes if t is not None and t not in TASTES]
     if unknown:
         parser.error(f"unknown taste(s) {', '.join(unknown)}; known: {', '.join(TASTES)}")
-    model = args.model or prepare_default_model(DEFAULT_MODEL)
+    model = args.model or prepare_default_model()
     args.out.mkdir(parents=True, exist_ok=True)
     console.print(f"model {model}, time scale {args.time_scale}, scenarios {', '.join(names)}")
     lines = []
