@@ -40,13 +40,13 @@ votes carry no signal for training, so losing them costs nothing.
 
 from __future__ import annotations
 
-import copy
 import math
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import expit
 from scipy.stats import binom
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
@@ -89,6 +89,8 @@ class ConsensusFilter:
     reasons: tuple[str, ...] = ("against_consensus",)
     _text: TextFeatures = field(default_factory=TextFeatures)
     _chosen: tuple[float, int] | None = None  # the penalty cross-validation chose, and on how many votes
+    _columns: dict[int, int] = field(default_factory=dict)  # hashed column -> position in the fitted design
+    _coef: dict[str, np.ndarray] = field(default_factory=dict)  # the last search's fits: full, and per fold
 
     def _targets(self, state: FilterState, vote: Vote) -> tuple[str, ...] | None:
         """The response ids a directional vote compares (one thumb, or A then B), else None."""
@@ -128,7 +130,11 @@ class ConsensusFilter:
         pair = np.array([len(t) == 2 for _, t, _ in rows])
         second = np.array([index[t[-1]] for _, t, _ in rows])
         x = features[first] - sp.diags(pair.astype(float)) @ features[second]
-        x = x[:, np.flatnonzero(x.getnnz(axis=0))]  # hashing spreads terms over 2^18 columns: fit only the used ones
+        # Hashing spreads terms over 2^18 columns: fit only those ever used, in the order first used, so the
+        # coefficients of the last search (``_coef``) warm-start this one's fits.
+        for column in np.flatnonzero(x.getnnz(axis=0)):
+            self._columns.setdefault(int(column), len(self._columns))
+        x = x[:, np.fromiter(self._columns, dtype=np.int64, count=len(self._columns))]
         bias = sp.csr_matrix(np.column_stack([~pair, pair]).astype(float) * _BIAS_SCALE)
         return Votes(sp.hstack([bias, x], format="csr"), np.array([y for _, _, y in rows]),
                      np.array([n for n, _, _ in rows]), raters)
@@ -146,13 +152,19 @@ class ConsensusFilter:
                     column[n, 0] = (score - judge.median) / scale
         return sp.csr_matrix(column)
 
-    def _fit(self, votes: Votes, rows: np.ndarray, l2: float,
-             start: LogisticRegression | None = None) -> LogisticRegression:
-        """The logistic model on ``rows`` (a boolean mask) with L2 penalty ``l2``; warm-started from ``start``."""
-        model = copy.deepcopy(start) if start is not None else \
-            LogisticRegression(fit_intercept=False, solver="newton-cg", tol=1e-4)
-        model.set_params(C=1 / l2, warm_start=start is not None)
-        return model.fit(votes.x[rows], votes.y[rows])
+    def _fit(self, votes: Votes, rows: np.ndarray, l2: float, start: np.ndarray | None = None) -> np.ndarray:
+        """The coefficients of the logistic model on ``rows`` (a boolean mask) with L2 penalty ``l2``, warm-started
+        from ``start`` (coefficients of an earlier fit; columns added since start at 0)."""
+        model = LogisticRegression(C=1 / l2, fit_intercept=False, solver="newton-cg", tol=1e-4,
+                                   warm_start=start is not None)
+        if start is not None:
+            model.coef_ = np.pad(start, (0, votes.x.shape[1] - len(start)))[None, :]
+        return np.asarray(model.fit(votes.x[rows], votes.y[rows]).coef_[0])
+
+    @staticmethod
+    def _probability(votes: Votes, coef: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """P(positive) of the votes in ``rows``."""
+        return np.asarray(expit(votes.x[rows] @ coef))
 
     def _judge(self, votes: Votes, p: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per rater: votes among ``rows`` the probabilities ``p`` judge (confident), and those against them."""
@@ -180,10 +192,10 @@ class ConsensusFilter:
             held = fold == f
             if not held.any() or not self._learnable(votes, ~held):
                 continue
-            model = None
+            coef = self._coef.get(f"fold {f}")  # the last search's fit of this fold
             for g, l2 in enumerate(grid):  # strongest penalty first: each fit warm-starts the next
-                model = self._fit(votes, ~held, l2, model)
-                p[g, held] = model.predict_proba(votes.x[held])[:, 1]
+                coef = self._coef[f"fold {f}"] = self._fit(votes, ~held, l2, coef)
+                p[g, held] = self._probability(votes, coef, held)
         predicted = ~np.isnan(p[0])
         if not predicted.any():
             return grid[0], *self._judge(votes, np.full(len(votes.y), 0.5), predicted)
@@ -203,7 +215,8 @@ class ConsensusFilter:
         if not self._learnable(votes, everyone):
             return []
         l2, judged_oof, against_oof = self._cross_validate(votes)
-        full = self._fit(votes, everyone, l2)  # the warm start of every leave-one-out fit
+        # the model fitted on everyone: the warm start of each leave-one-out fit (and of the next search's)
+        full = self._coef["full"] = self._fit(votes, everyone, l2, self._coef.get("full"))
         index = {rater: n for n, rater in enumerate(votes.raters)}
         flags = []
         for rater in candidates:
@@ -218,7 +231,7 @@ class ConsensusFilter:
                 continue
             mine = ~others
             p = np.full(len(votes.y), 0.5)
-            p[mine] = self._fit(votes, others, l2, full).predict_proba(votes.x[mine])[:, 1]
+            p[mine] = self._probability(votes, self._fit(votes, others, l2, full), mine)
             judged, against = self._judge(votes, p, mine)
             n, k = int(judged[me]), int(against[me])
             p_value = self.condemns(n, k, base)
