@@ -19,7 +19,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import kafka.errors as kafka_errors
@@ -69,6 +69,7 @@ class EventProducer:
         self._broken: str | None = None  # why the producer is being rebuilt; sends fail at once meanwhile
         self._rebuilder: threading.Thread | None = None
         self._probed: tuple[float, bool] = (-PROBE_TTL_S, False)
+        self.generation = 0  # rebuilds done: a change tells the outbox relay the broker may have forgotten records
         self._producer = self._connect()
 
     def _connect(self) -> KafkaProducer:
@@ -103,8 +104,7 @@ class EventProducer:
         return self._broken is None
 
     def check_available(self) -> None:
-        """Raise ``BrokerUnavailable`` at once if the producer is being rebuilt (so a chat fails before the engine
-        spends time on an answer that could not be recorded)."""
+        """Raise ``BrokerUnavailable`` at once if the producer is being rebuilt, rather than wait out a timeout."""
         broken = self._broken
         if broken is not None:
             raise BrokerUnavailable(f"the broker is unreachable ({broken}); reconnecting in the background")
@@ -138,6 +138,7 @@ class EventProducer:
                 continue
             with self._lock:
                 self._producer, self._broken = producer, None
+                self.generation += 1
             self._probed = (-PROBE_TTL_S, False)
             REBUILDS.labels("done").inc()
             log.info("producer rebuilt: the broker at %s takes events again", self.settings.kafka_bootstrap_servers)
@@ -194,6 +195,21 @@ class EventProducer:
         except kafka_errors.KafkaError as exc:
             self._failed(f"{type(exc).__name__}: {exc}")
             raise BrokerUnavailable(f"event {event.event_id} not acknowledged: {exc}") from exc
+
+    def send_records(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send raw ``(key, value)`` records in order and block until the broker acknowledged them all.
+
+        For the outbox relay (a thread): any failure fails the whole call, and the caller sends the
+        same records again, in the same order, once the producer is rebuilt.
+        """
+        self.check_available()
+        try:
+            futures = [self._producer.send(self.topic, key=key, value=value) for key, value in records]
+            for future in futures:
+                future.get(timeout=self.timeout)
+        except kafka_errors.KafkaError as exc:
+            self._failed(f"{type(exc).__name__}: {exc}")
+            raise BrokerUnavailable(f"{len(records)} records not acknowledged: {exc}") from exc
 
     async def probe(self) -> bool:
         """Whether a write goes through now: a record to the probe topic, acknowledged like any event (``/readyz``).

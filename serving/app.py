@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request, Response
 
 from feedback.db.session import make_engine, session_factory
+from feedback.outbox import Outbox, Relay
 from feedback.producer import EventProducer
 from feedback.promotion import Promotion
 from serving.champion import ChampionWatcher
@@ -32,10 +33,12 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         db = make_engine(settings.resolved_database_url)
         engine = EngineClient(settings.resolved_engine_url, settings.engine_timeout)
         producer = EventProducer(settings)
+        outbox = Outbox(settings.resolved_outbox_path, settings.outbox_max_events, settings.outbox_retain_s)
+        relay = Relay(outbox, producer).start()  # also delivers what a previous run left in the file
         sessions = session_factory(db)
         registry = Promotion(settings.resolved_mlflow_uri, settings.registered_model, sessions)
         watcher = ChampionWatcher(settings, engine, registry)
-        app.state.gateway = GatewayState(settings, sessions, engine, producer, registry, watcher)
+        app.state.gateway = GatewayState(settings, sessions, engine, producer, outbox, relay, registry, watcher)
         await watcher.refresh()
         poller = asyncio.create_task(watcher.run(), name="champion-watcher")
         log.info("gateway ready on %s:%s, engine %s", settings.host, settings.port, settings.resolved_engine_url)
@@ -46,6 +49,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             await engine.close()
+            await asyncio.to_thread(relay.stop)
+            outbox.close()
             await asyncio.to_thread(producer.close)
             db.dispose()
 

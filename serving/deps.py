@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.apps import Caller, find_caller, hash_key
 from feedback.events import Event
-from feedback.producer import BrokerUnavailable, EventProducer
+from feedback.outbox import Outbox, OutboxFull, Relay
+from feedback.producer import EventProducer
 from feedback.promotion import Promotion
 from feedback.storable import first_unstorable
 from serving.champion import ChampionWatcher
@@ -33,6 +34,8 @@ class GatewayState:
     sessions: sessionmaker[Session]
     engine: EngineClient
     producer: EventProducer
+    outbox: Outbox
+    relay: Relay
     registry: Promotion
     watcher: ChampionWatcher
     # key hash -> (caller, verified at): a key is looked up in the database at most once per TTL.
@@ -41,13 +44,17 @@ class GatewayState:
     sent: OrderedDict[tuple[int, str], None] = field(default_factory=OrderedDict)
 
     async def record(self, events: Sequence[Event]) -> None:
-        """Put events on the broker; a failure is counted per kind (``flywheel_record_failures_total``) and raised."""
+        """Commit events to the durable outbox (the relay puts them on the broker), so they may be acknowledged.
+
+        A full outbox refuses them: counted per kind (``flywheel_record_failures_total``) and raised (503).
+        """
         try:
-            await self.producer.send_many(events)
-        except BrokerUnavailable:
+            await asyncio.to_thread(self.outbox.put, events)
+        except OutboxFull:
             for kind, n in Counter(event.type for event in events).items():
                 RECORD_FAILURES.labels(kind).inc(n)
             raise
+        self.relay.wake()
         for event in events:
             if event.type != "completion":
                 self.sent[(event.app_id, event.event_id)] = None

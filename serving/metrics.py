@@ -11,7 +11,7 @@ CHAT_LATENCY = Histogram(
 )
 ANSWERS = Counter("flywheel_answers_total", "Answers served, by model version.", ["model_version"])
 FEEDBACK = Counter("flywheel_feedback_events_total", "Feedback events accepted (202) by type.", ["type"])
-RECORD_FAILURES = Counter("flywheel_record_failures_total", "Events the broker did not acknowledge.", ["kind"])
+RECORD_FAILURES = Counter("flywheel_record_failures_total", "Events refused because the outbox was full.", ["kind"])
 SWAPS = Counter("flywheel_model_swaps_total", "Champion switches performed without restart.")
 SWAP_FAILURES = Counter("flywheel_model_swap_failures_total", "Champion switches that failed and were retried.")
 LIVE_VERSION = Gauge("flywheel_live_model_version", "The registry version currently answering.")

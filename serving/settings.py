@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from feedback.settings import CommonSettings
@@ -24,6 +26,19 @@ class ServingSettings(CommonSettings):
     engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
     swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")
     key_cache_seconds: float = Field(default=30.0, ge=0, description="How long a verified API key is trusted.")
+    outbox_path: Path | None = Field(
+        default=None, description="The gateway's durable outbox (SQLite). Default: outbox.db in the data dir; "
+                                  "one gateway process per file.")
+    outbox_max_events: int = Field(default=100_000, ge=1,
+                                   description="Undelivered events the outbox holds; beyond, 503 with Retry-After.")
+    outbox_retain_s: float = Field(
+        default=600.0, ge=0, description="How long events the broker acknowledged stay in the outbox, to be sent "
+                                         "again if the broker fails (a memory broker forgets). Keep it above the "
+                                         "worker's lag.")
+
+    @property
+    def resolved_outbox_path(self) -> Path:
+        return self.outbox_path or self.data_dir / "outbox.db"
 
     @property
     def resolved_engine_url(self) -> str:

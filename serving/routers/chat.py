@@ -91,7 +91,6 @@ async def create_chat_completion(
     if body.model != state.settings.public_model:
         raise HTTPException(404, f"model {body.model!r} does not exist; this gateway serves "
                                  f"{state.settings.public_model!r}")
-    state.producer.check_available()  # no answer is generated that could not be recorded
     exchange = _Exchange(body, caller, state.watcher.route, state.settings.public_model)
     payload = body.engine_payload(exchange.route.engine_model)
     if body.stream:

@@ -22,8 +22,10 @@ class Alive(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
-    checks: dict[str, bool] = Field(description="engine answers, broker takes a write, registry champion loaded.")
+    checks: dict[str, bool] = Field(description="engine answers, broker takes a write, registry champion loaded, "
+                                                "outbox has room.")
     model_version: str | None = Field(description="The version answering now.")
+    outbox_depth: int = Field(description="Acknowledged events waiting in the outbox for the broker.")
 
 
 @router.get("/healthz", responses=responses())
@@ -35,13 +37,16 @@ async def healthz() -> Alive:
             responses={503: {"model": Readiness, "description": "Not ready: the failing checks are false."},
                        **responses()})
 async def readyz(state: StateDep) -> JSONResponse:
-    """Ready when the engine answers, a write to the broker is acknowledged and a champion is loaded."""
+    """Ready when the engine answers, a write to the broker is acknowledged, a champion is loaded and the outbox
+    has room (a full one refuses events)."""
     engine_ok, broker_ok = await asyncio.gather(state.engine.healthy(), state.producer.probe())
     route = state.watcher.current
-    checks = {"engine": engine_ok, "broker": broker_ok, "registry": route is not None}
+    depth = state.outbox.depth
+    checks = {"engine": engine_ok, "broker": broker_ok, "registry": route is not None,
+              "outbox": depth < state.outbox.max_pending}
     ready = all(checks.values())
     body = Readiness(status="ready" if ready else "not ready", checks=checks,
-                     model_version=route.version if route else None)
+                     model_version=route.version if route else None, outbox_depth=depth)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 

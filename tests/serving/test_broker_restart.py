@@ -1,4 +1,4 @@
-"""The producer recovers by itself after a broker restart, and the gateway says the truth meanwhile.
+"""The producer recovers by itself after a broker restart, and the gateway's outbox loses nothing meanwhile.
 
 A private Tansu broker is killed (SIGKILL) and started again on the same port; being a memory
 broker, it comes back without the topic and without the producer's id, which used to leave the
@@ -8,6 +8,7 @@ gateway's idempotent producer failing every send until the gateway restarted.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -15,14 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from kafka import KafkaAdminClient
 
 from feedback.broker import tansu_process
 from feedback.producer import BrokerUnavailable, EventProducer
 from feedback.settings import CommonSettings
 from feedback.supervise import ManagedProcess, free_port, wait_for
+from serving.app import create_app
 from tests.conftest import EventBuilder
-from tests.feedback.test_kafka import metric
+from tests.feedback.test_kafka import metric, read_all
 from tests.serving.conftest import Gateway, gateway_settings, running_gateway
 
 TIMEOUT_S = 2.0  # kafka_send_timeout_s here: the longest any request may wait on a dead broker
@@ -100,31 +103,63 @@ def gateway_on_private_broker(private_broker: Broker, db_url: str, tmp_path: Pat
     yield from running_gateway(settings)
 
 
+def votes(n: int, prefix: str) -> list[dict[str, str]]:
+    return [{"type": "thumbs", "response_id": "resp_" + "0" * 32, "rating": "up", "user_id": "u1",
+             "event_id": f"{prefix}-{i}"} for i in range(n)]
+
+
+def on_the_broker(gateway: Gateway, expected: int) -> list[str]:
+    """The event ids on the gateway's topic, in offset order per partition."""
+    return [json.loads(r.value)["event_id"] for r in read_all(gateway.settings, expected)]  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the broker, not the database, is under test
-def test_the_gateway_fails_fast_during_the_outage_and_recovers(
-    gateway_on_private_broker: Gateway, private_broker: Broker
-) -> None:
+def test_the_outbox_keeps_what_the_broker_forgot(gateway_on_private_broker: Gateway, private_broker: Broker) -> None:
+    """Votes acknowledged before a memory broker dies, and while it is down, are all on the restarted broker."""
     gateway = gateway_on_private_broker
-    vote = {"type": "thumbs", "response_id": "resp_" + "0" * 32, "rating": "up", "user_id": "u1"}
-    chat = {"model": "flywheel", "messages": [{"role": "user", "content": "hi"}]}
-    assert gateway.post("/v1/feedback", vote).status_code == 202
-    assert gateway.client.get("/readyz").json()["checks"]["broker"] is True
-    failures_before = metric("flywheel_record_failures_total", kind="thumbs")
+    before, during = votes(5, "before"), votes(5, "during")
+    for vote in before:
+        assert gateway.post("/v1/feedback", vote).status_code == 202
+    wait_for(lambda: gateway.client.get("/readyz").json()["outbox_depth"] == 0, 10, "outbox delivered")
+    assert sorted(on_the_broker(gateway, 5)) == sorted(v["event_id"] for v in before)
+    replayed_before = metric("flywheel_outbox_replayed_total")
 
     private_broker.kill()
-    for bound in (TIMEOUT_S + 1, 0.5):
+    for vote in during:  # acknowledged at once from the outbox, however long the broker is away
         started = time.monotonic()
-        refused = gateway.post("/v1/feedback", vote)
-        assert time.monotonic() - started < bound
-        assert refused.status_code == 503 and refused.headers["Retry-After"]
-        assert "nothing was accepted" in refused.json()["error"]["message"]
-    assert metric("flywheel_record_failures_total", kind="thumbs") == failures_before + 2
-    started = time.monotonic()
-    answer = gateway.post("/v1/chat/completions", chat)  # refused before any engine time is spent
-    assert answer.status_code == 503 and "broker" in answer.json()["error"]["message"]
-    assert time.monotonic() - started < 0.5
-    assert gateway.client.get("/readyz").json()["checks"]["broker"] is False  # not the probe's cached answer
+        assert gateway.post("/v1/feedback", vote).status_code == 202
+        assert time.monotonic() - started < 0.5
+    wait_for(lambda: gateway.client.get("/readyz").json()["checks"]["broker"] is False, TIMEOUT_S * 3,
+             "readyz sees the broker gone")
+    ready = gateway.client.get("/readyz").json()
+    assert ready["outbox_depth"] == 5 and metric("flywheel_outbox_depth") == 5
 
     private_broker.start()
-    wait_for(lambda: gateway.post("/v1/feedback", vote).status_code == 202, 30, "feedback accepted again")
+    wait_for(lambda: gateway.client.get("/readyz").json()["outbox_depth"] == 0, 30, "outbox delivered again")
+    ids = on_the_broker(gateway, 10)  # the broker lost "before"; the outbox sent it again, in order, then "during"
+    assert sorted(ids) == sorted(v["event_id"] for v in before + during)
+    assert metric("flywheel_outbox_replayed_total") >= replayed_before + 5
     wait_for(lambda: gateway.client.get("/readyz").json()["checks"]["broker"], 10, "readyz sees the broker")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_full_outbox_refuses_and_a_restarted_gateway_delivers_what_it_held(
+    private_broker: Broker, db_url: str, tmp_path: Path, mlflow_uri: str
+) -> None:
+    settings = gateway_settings(db_url, private_broker.address, tmp_path / "data", mlflow_uri,
+                                kafka_send_timeout_s=TIMEOUT_S, outbox_max_events=3)
+    pending = votes(4, "held")
+    for gateway in running_gateway(settings):
+        private_broker.kill()
+        failures = metric("flywheel_record_failures_total", kind="thumbs")
+        assert [gateway.post("/v1/feedback", v).status_code for v in pending[:3]] == [202] * 3
+        refused = gateway.post("/v1/feedback", pending[3])
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        assert "outbox" in refused.json()["error"]["message"]
+        assert metric("flywheel_record_failures_total", kind="thumbs") == failures + 1
+        ready = gateway.client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["outbox"] is False
+    private_broker.start()  # a new gateway on the same data dir finds the three in the file and delivers them
+    with TestClient(create_app(settings)) as client:
+        wait_for(lambda: client.get("/readyz").json()["outbox_depth"] == 0, 30, "outbox delivered")
+    assert sorted(on_the_broker(gateway, 3)) == [v["event_id"] for v in pending[:3]]
