@@ -3,17 +3,25 @@
 The broker (here), the engine (``serving``) and the MLflow UI (``trainer``) are all
 external programs in the embedded stack; this one class gives them the same lifecycle so
 ``flywheel up`` and the test fixtures treat them alike.
+
+Children die with the process that started them, however it dies (``PR_SET_PDEATHSIG``): each
+runs in a session of its own (so a Ctrl-C reaches only the supervisor, which stops them in order),
+and without that signal a SIGKILLed supervisor used to leave them holding their ports. A
+``Supervisor`` restarts a child that dies, with back-off, instead of stopping everything.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -32,6 +40,46 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+class ProcessFailed(RuntimeError):
+    """A child process exited or never became ready; the message carries the tail of its log."""
+
+
+class PortTaken(ProcessFailed):
+    """A port a service of the stack needs is already bound (often by a stack still running): the stack
+    cannot start, and says so the way it reports a child that could not start."""
+
+
+def check_ports_free(ports: Iterable[tuple[str, str, int]]) -> None:
+    """Raise ``PortTaken`` naming every ``(service, host, port)`` that cannot be bound, before anything starts.
+
+    Bound with ``SO_REUSEADDR`` like the services do, so a port in TIME_WAIT from the last run counts as free.
+    """
+    taken = []
+    for name, host, port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                taken.append(f"{name} ({host}:{port})")
+    if taken:
+        raise PortTaken(f"port already in use for: {', '.join(taken)}; is another flywheel stack running?")
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when the thread that started it ends (Linux only).
+
+    The starting thread must live as long as the child (the main thread does). If the parent died
+    between fork and prctl the signal would never come, so the child checks and exits at once.
+    """
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:
+                os._exit(1)
+    return arm
+
+
 def wait_for(ready: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
     """Poll ``ready`` until it returns true; errors count as "not yet" except ProcessFailed."""
     deadline = time.monotonic() + timeout
@@ -45,10 +93,6 @@ def wait_for(ready: Callable[[], bool], timeout: float, what: str, interval: flo
             pass
         time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
-
-
-class ProcessFailed(RuntimeError):
-    """A child process exited or never became ready; the message carries the tail of its log."""
 
 
 class ManagedProcess:
@@ -74,7 +118,8 @@ class ManagedProcess:
         log.info("starting %s (log: %s)", self.name, self.log_path)
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
             )
         return self
 
@@ -121,3 +166,50 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object | TracebackType) -> None:
         self.stop()
+
+
+class Supervisor:
+    """Watches running children and restarts one that exits, waiting ``backoff`` seconds doubling to
+    ``max_backoff`` between tries; a child that stayed up ``stable_s`` starts again from ``backoff``.
+
+    One dead child no longer takes the stack down: the broker, a worker SIGKILLed mid-batch, the
+    engine each come back while the others keep serving (the gateway's outbox holds events meanwhile).
+    """
+
+    def __init__(self, procs: Sequence[ManagedProcess], backoff: float = 1.0, max_backoff: float = 60.0,
+                 stable_s: float = 60.0, on_restart: Callable[[ManagedProcess, str], None] | None = None) -> None:
+        self.procs = list(procs)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.stable_s = stable_s
+        self.on_restart = on_restart or (lambda proc, why: log.warning("%s", why))
+        self.restarts: dict[str, int] = {proc.name: 0 for proc in procs}
+        self._delay = {proc.name: backoff for proc in procs}
+        self._started = {proc.name: time.monotonic() for proc in procs}
+
+    def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
+        """Check every ``poll_s`` until ``stop`` is set."""
+        while not stop.wait(poll_s):
+            for proc in self.procs:
+                if not stop.is_set():
+                    self._check(proc, stop)
+
+    def _check(self, proc: ManagedProcess, stop: threading.Event) -> None:
+        name = proc.name
+        if proc.alive:
+            if time.monotonic() - self._started[name] > self.stable_s:
+                self._delay[name] = self.backoff
+            return
+        code = proc.proc.returncode if proc.proc is not None else None
+        delay = self._delay[name]
+        self.on_restart(proc, f"{name} exited (code {code}); restarting it in {delay:.1f}s. Its log ends:\n"
+                              f"{proc.log_tail(10)}")
+        if stop.wait(delay):
+            return
+        self._delay[name] = min(delay * 2, self.max_backoff)
+        self._started[name] = time.monotonic()
+        self.restarts[name] += 1
+        try:
+            proc.start().wait_ready()
+        except ProcessFailed as exc:  # tried again at the next poll, after a longer wait
+            self.on_restart(proc, f"{name} did not come back: {exc}")

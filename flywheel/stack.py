@@ -2,8 +2,10 @@
 
 Broker, MLflow UI and engine are external programs; gateway and worker run as
 ``python -m flywheel serve|worker`` children with the same settings, exactly as they
-would run alone in production. If any child dies the whole stack stops, loudly.
-``start_services`` is the start-up both ``flywheel up`` and ``flywheel demo`` use.
+would run alone in production. A child that dies is restarted with back-off while the others
+keep running (``feedback.supervise.Supervisor``), and every child dies with this process, even
+when it is SIGKILLed. ``start_services`` is the start-up both ``flywheel up`` and ``flywheel demo``
+use; it first checks that every port it needs is free and names the ones that are not.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import time
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from urllib.parse import urlsplit
@@ -24,7 +26,7 @@ from feedback.apps import create_app, list_apps
 from feedback.broker import tansu_process
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
 from feedback.producer import ensure_topic
-from feedback.supervise import ManagedProcess, ProcessFailed
+from feedback.supervise import ManagedProcess, Supervisor, check_ports_free
 from serving.engine import vllm_process
 from serving.settings import ServingSettings
 from trainer.base_model import ensure_base_model
@@ -64,7 +66,7 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def run_stack(settings: ServingSettings, console: Console, mlflow_ui_port: int) -> None:
-    """Start everything in dependency order, then watch; leaving (Ctrl-C or a death) stops all in reverse."""
+    """Start everything in dependency order, then restart what dies until Ctrl-C/SIGTERM stops all in reverse."""
     # SIGTERM (kill, systemd, a container stop) must clean up like Ctrl-C; and a shell that started us in
     # the background may have set SIGINT to "ignore", which would leave the children running.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -73,14 +75,11 @@ def run_stack(settings: ServingSettings, console: Console, mlflow_ui_port: int) 
         procs = start_services(stack, settings, console, mlflow_ui_port=mlflow_ui_port)
         key = _first_app_key(settings)
         _print_banner(console, settings, f"http://{settings.host}:{settings.port}", mlflow_ui_port, key)
+        supervisor = Supervisor(procs, on_restart=lambda _proc, why: console.print(f"[yellow]{why}[/]"))
         try:
-            while all(proc.alive for proc in procs):
-                time.sleep(1)
+            supervisor.run(threading.Event())
         except KeyboardInterrupt:
             console.print("stopping…")
-            return
-        dead = next(proc for proc in procs if not proc.alive)
-        raise ProcessFailed(f"{dead.name} exited; stopping the stack. Its log ends:\n{dead.log_tail()}")
 
 
 def start_services(
@@ -97,6 +96,14 @@ def start_services(
     registered on ``stack``, so leaving it stops them in reverse. ``flywheel up`` and ``flywheel demo`` share it."""
     logs = settings.data_dir / "logs"
     procs: list[ManagedProcess] = []
+    broker = urlsplit(f"//{settings.bootstrap_servers[0]}")
+    engine_address = urlsplit(settings.resolved_engine_url)
+    check_ports_free([
+        ("broker", broker.hostname or "127.0.0.1", broker.port or 9092),
+        ("engine", engine_address.hostname or "127.0.0.1", engine_address.port or settings.engine_port),
+        ("gateway", settings.host, settings.port),
+        *([("MLflow UI", "127.0.0.1", mlflow_ui_port)] if mlflow_ui_port is not None else []),
+    ])
 
     def start(status: str, proc: ManagedProcess) -> None:
         with console.status(status):
@@ -105,7 +112,6 @@ def start_services(
     with console.status("preparing the base model (once)…"):
         model_dir = ensure_base_model(settings)
         upgrade(settings.resolved_database_url)
-    broker = urlsplit(f"//{settings.bootstrap_servers[0]}")
     start("starting the broker…",
           tansu_process(broker.port or 9092, logs / "broker.log", broker.hostname or "127.0.0.1"))
     ensure_topic(settings)

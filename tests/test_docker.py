@@ -29,6 +29,18 @@ def test_compose_runs_the_whole_loop() -> None:
     assert "--enable-lora" in services["vllm"]["command"]
 
 
+def test_services_restart_and_report_their_health() -> None:
+    """A crashed service comes back by itself; a service waits for what it needs to be healthy."""
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        assert service.get("restart") == ("on-failure" if name == "migrate" else "unless-stopped"), name
+        if name not in {"migrate", "trainer"}:  # a one-shot and a batch job have nothing to probe
+            assert service["healthcheck"]["test"][0] == "CMD", name
+        for needed, how in service.get("depends_on", {}).items():
+            expected = "service_completed_successfully" if needed == "migrate" else "service_healthy"
+            assert how == {"condition": expected}, f"{name} waits for {needed} only to start"
+
+
 def test_flywheel_services_run_real_commands_with_real_settings() -> None:
     commands = get_command(app).commands  # type: ignore[attr-defined]
     fields = {f"FLYWHEEL_{name.upper()}" for name in {*ServingSettings.model_fields, *TrainerSettings.model_fields}}
