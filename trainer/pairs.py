@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,6 +38,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from feedback.db.models import Completion, Feedback
 
 Source = Literal["pairwise", "thumbs"]
+
+
+class EventKey(NamedTuple):
+    """What names one stored vote: an ``event_id`` is the app's idempotency key, unique only per app.
+
+    Keying by the id alone would let one app's reused ids stand for (or block) another app's votes.
+    """
+
+    app_id: int
+    event_id: str
+
+    @classmethod
+    def of(cls, fb: Feedback) -> EventKey:
+        return cls(fb.app_id, fb.event_id)
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,7 @@ class PreferencePair:
     chosen_response_id: str
     rejected_response_id: str
     source: Source
-    event_ids: tuple[str, ...]
+    event_ids: tuple[EventKey, ...]
     weight: float
 
     def to_trl(self) -> dict[str, list[dict[str, str]]]:
@@ -72,7 +86,7 @@ class RatedAnswer:
     desirable: bool
     response_id: str
     source: Source
-    event_ids: tuple[str, ...]
+    event_ids: tuple[EventKey, ...]
     weight: float
 
     def to_trl(self) -> dict[str, Any]:
@@ -93,7 +107,7 @@ class Example(Protocol):
     @property
     def source(self) -> Source: ...
     @property
-    def event_ids(self) -> tuple[str, ...]: ...
+    def event_ids(self) -> tuple[EventKey, ...]: ...
     @property
     def weight(self) -> float: ...
 
@@ -151,7 +165,7 @@ def _pairwise_pairs(session: Session, since: datetime | None) -> list[Preference
                 chosen_response_id=chosen.response_id,
                 rejected_response_id=rejected.response_id,
                 source="pairwise",
-                event_ids=tuple(fb.event_id for fb in events),
+                event_ids=tuple(EventKey.of(fb) for fb in events),
                 weight=abs(net),
             )
         )
@@ -163,17 +177,17 @@ class _Thumbs:
     """Net weighted rating per answer (up +weight, down -weight), its events, and the answers by prompt."""
 
     score: dict[str, float]
-    events: dict[str, list[str]]
+    events: dict[str, list[EventKey]]
     by_prompt: dict[str, list[Completion]]
 
 
 def _thumbs(session: Session, since: datetime | None) -> _Thumbs:
     score: dict[str, float] = defaultdict(float)
-    events: dict[str, list[str]] = defaultdict(list)
+    events: dict[str, list[EventKey]] = defaultdict(list)
     for fb in session.scalars(_accepted("thumbs", since).where(Feedback.rating.in_(("up", "down")))):
         if fb.response_id:
             score[fb.response_id] += fb.weight if fb.rating == "up" else -fb.weight
-            events[fb.response_id].append(fb.event_id)
+            events[fb.response_id].append(EventKey.of(fb))
     by_prompt: dict[str, list[Completion]] = defaultdict(list)
     if score:
         for c in session.scalars(

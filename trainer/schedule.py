@@ -33,6 +33,7 @@ from feedback.db.models import Feedback
 from feedback.db.session import make_engine
 from feedback.model_versions import CHAMPION
 from trainer.config import ConfigError, TrainerSettings
+from trainer.pairs import EventKey
 from trainer.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,12 @@ def training_lock(settings: TrainerSettings) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def last_snapshot_event_ids(registry: Registry) -> set[str] | None:
-    """Event ids of the newest trained version's snapshot; None before the first trained version."""
+def last_snapshot_event_ids(registry: Registry) -> set[EventKey] | None:
+    """Event keys of the newest trained version's snapshot; None before the first trained version.
+
+    Snapshots frozen before events were keyed per app hold bare ids, which match no key: their
+    events count as new once, so at worst one extra round trains.
+    """
     versions = [
         v
         for v in registry.client.search_model_versions(f"name='{registry.name}'")
@@ -114,7 +119,7 @@ def last_snapshot_event_ids(registry: Registry) -> set[str] | None:
     newest = max(versions, key=lambda v: int(v.version))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(registry.client.download_artifacts(str(newest.run_id), SNAPSHOT_ARTIFACT, tmp))
-        return set(json.loads(path.read_text())["event_ids"])
+        return {EventKey(*key) for key in json.loads(path.read_text())["event_ids"] if isinstance(key, list)}
 
 
 def champion_learnt_until(registry: Registry) -> datetime | None:
@@ -129,7 +134,8 @@ def champion_learnt_until(registry: Registry) -> datetime | None:
 def new_feedback_count(factory: sessionmaker[Session], registry: Registry) -> int:
     """Accepted, usable events that no registered version's latest snapshot holds."""
     with factory() as session:
-        current = set(session.scalars(select(Feedback.event_id).where(Feedback.weight > 0)))
+        usable = select(Feedback.app_id, Feedback.event_id).where(Feedback.weight > 0)
+        current = {EventKey(app_id, event_id) for app_id, event_id in session.execute(usable)}
     seen = last_snapshot_event_ids(registry)
     return len(current - seen) if seen is not None else len(current)
 

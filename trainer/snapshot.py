@@ -1,6 +1,6 @@
 """The frozen snapshot of the feedback a round trains on, and the Great Expectations suite that gates it.
 
-A round freezes exactly the accepted events it will learn from (ids, a content hash of the
+A round freezes exactly the accepted events it will learn from (keys, a content hash of the
 examples built from them, counts by source and label, the time window) before any training,
 and logs it as an MLflow artifact, so every model version can be traced to its feedback.
 
@@ -13,6 +13,9 @@ The suite then refuses a snapshot that should not train a model unattended:
   same answer or pair (a replay the idempotency key did not catch);
 - ``no_quarantined``: an event that has since been quarantined (ops or a re-run filter
   flagged it after it was accepted).
+Events are keyed by ``(app_id, event_id)`` throughout (``EventKey``): an event id is unique
+only per app, so an app reusing another app's ids must neither duplicate nor quarantine that
+app's votes in a snapshot, which would block training for everyone.
 Great Expectations is imported lazily (about 4 s), only when a round actually validates.
 """
 
@@ -23,7 +26,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,15 +34,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from feedback.db.id_lists import id_chunks
 from feedback.db.models import Feedback, Quarantine
 from feedback.gx_context import ephemeral_context, json_safe
-from trainer.pairs import Example
+from trainer.pairs import EventKey, Example
 
 POSITIVE_LABELS = frozenset({"a", "up"})
+
+Row = TypeVar("Row", Feedback, Quarantine)
 
 
 @dataclass(frozen=True)
 class SnapshotEvent:
     """One accepted feedback event as the snapshot records it."""
 
+    app_id: int
     event_id: str
     source: str
     label: str
@@ -55,7 +61,7 @@ class Snapshot:
 
     content_hash: str
     algorithm: str
-    event_ids: list[str]
+    event_ids: list[EventKey]  # serialised as [app_id, event_id] pairs
     counts_by_source: dict[str, int]  # training + held-out examples by source
     counts_by_label: dict[str, int]  # events by label: a, b, up, down
     window_start: str | None
@@ -100,9 +106,9 @@ def freeze(
         ensure_ascii=False,
     )
     with factory() as session:
-        rows = session.scalars(select(Feedback).where(Feedback.event_id.in_(event_ids)).order_by(Feedback.event_id))
         events = [
             SnapshotEvent(
+                app_id=fb.app_id,
                 event_id=fb.event_id,
                 source=fb.type,
                 label=str(fb.rating or fb.choice),
@@ -111,7 +117,7 @@ def freeze(
                 target=str(fb.response_id or fb.pair_id),
                 created_at=fb.created_at.isoformat(),
             )
-            for fb in rows
+            for fb in _stored(session, Feedback, event_ids)
         ]
     times = sorted(e.created_at for e in events)
     return Snapshot(
@@ -128,15 +134,32 @@ def freeze(
     )
 
 
-def quarantined_among(factory: sessionmaker[Session], event_ids: Sequence[str]) -> list[str]:
-    """Which of ``event_ids`` sit in quarantine now (indexed queries, whatever the quarantine's size)."""
+def quarantined_among(factory: sessionmaker[Session], keys: Sequence[EventKey]) -> list[EventKey]:
+    """Which of ``keys`` sit in quarantine now: another app's quarantined event with the same id does not count.
+
+    """
     with factory() as session:
-        return sorted(e for chunk in id_chunks(event_ids)
-                      for e in session.scalars(select(Quarantine.event_id).where(Quarantine.event_id.in_(chunk))))
+        return [EventKey(q.app_id, q.event_id) for q in _stored(session, Quarantine, keys)]
+
+
+def _stored(session: Session, model: type[Row], keys: Sequence[EventKey]) -> list[Row]:
+    """The rows of ``model`` with one of ``keys``, in key order: indexed by event id, then matched on the app."""
+    wanted = set(keys)
+    rows = (
+        row
+        for chunk in id_chunks({k.event_id for k in wanted})
+        for row in session.scalars(select(model).where(model.event_id.in_(chunk)))
+    )
+    return sorted((r for r in rows if EventKey(r.app_id, r.event_id) in wanted), key=lambda r: (r.app_id, r.event_id))
+
+
+def _key_text(key: EventKey) -> str:
+    """One column value per key for the suite (the app id is an integer, so the first ``:`` splits it)."""
+    return f"{key.app_id}:{key.event_id}"
 
 
 def validate(
-    snapshot: Snapshot, quarantined: Sequence[str], min_rows: int, min_label_share: float
+    snapshot: Snapshot, quarantined: Sequence[EventKey], min_rows: int, min_label_share: float
 ) -> SnapshotValidation:
     """Run the snapshot suite on the snapshot's events (an ephemeral GX context over a pandas frame)."""
     import great_expectations as gx
@@ -145,7 +168,7 @@ def validate(
 
     frame = pd.DataFrame(
         {
-            "event_id": [e.event_id for e in snapshot.events],
+            "event": [_key_text(EventKey(e.app_id, e.event_id)) for e in snapshot.events],
             "vote": [f"{e.user_id}|{e.target}" for e in snapshot.events],
             "positive": [float(e.label in POSITIVE_LABELS) for e in snapshot.events],
         }
@@ -158,10 +181,10 @@ def validate(
             ),
             f"share of a/up labels in [{min_label_share}, {1 - min_label_share:g}]",
         ),
-        "unique_event_ids": (gxe.ExpectColumnValuesToBeUnique(column="event_id"), "no event id twice"),
+        "unique_event_ids": (gxe.ExpectColumnValuesToBeUnique(column="event"), "no event (app, event id) twice"),
         "unique_votes": (gxe.ExpectColumnValuesToBeUnique(column="vote"), "one vote per user and answer or pair"),
         "no_quarantined": (
-            gxe.ExpectColumnValuesToNotBeInSet(column="event_id", value_set=list(quarantined)),
+            gxe.ExpectColumnValuesToNotBeInSet(column="event", value_set=[_key_text(k) for k in quarantined]),
             "no event that is in quarantine",
         ),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from feedback.db.models import App, Completion, Feedback
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
 from trainer.base_model import build_tiny_model
 from trainer.config import TrainerSettings
+from trainer.pairs import EventKey
 
 _ids = itertools.count()
 
@@ -53,7 +54,8 @@ class Store:
     def __init__(self, factory: sessionmaker[Session]) -> None:
         self.factory = factory
         with transaction(factory) as session:
-            app = App(name=f"app-{next(_ids)}", key_hash=hashlib.sha256(b"k").hexdigest(), key_prefix="k")
+            name = f"app-{next(_ids)}"  # several apps per store: keys must differ too
+            app = App(name=name, key_hash=hashlib.sha256(name.encode()).hexdigest(), key_prefix="k")
             session.add(app)
             session.flush()
             self.app_id = app.id
@@ -77,18 +79,32 @@ class Store:
             )
         return response_id
 
-    def pair(self, prompt: str, answer_a: str, answer_b: str, *choices: str, weight: float = 1.0) -> list[str]:
-        """A pair ``pair_<root>`` with its two completions and one vote per choice; returns the event ids."""
+    def pair(
+        self, prompt: str, answer_a: str, answer_b: str, *choices: str, weight: float = 1.0,
+        event_ids: Sequence[str | None] = (),
+    ) -> list[str]:
+        """A pair ``pair_<root>`` with its two completions and one vote per choice; returns the event ids.
+
+        ``event_ids`` names the votes (in order) instead of fresh ids: another app's ids, say.
+        """
         root = hashlib.md5(f"{prompt}{next(_ids)}".encode()).hexdigest()
         self.completion(f"resp_{root}_a", prompt, answer_a, f"pair_{root}")
         self.completion(f"resp_{root}_b", prompt, answer_b, f"pair_{root}")
-        return [self.feedback("pairwise", pair_id=f"pair_{root}", choice=c, weight=weight) for c in choices]
+        names = [*event_ids, *[None] * len(choices)]
+        return [
+            self.feedback("pairwise", pair_id=f"pair_{root}", choice=c, weight=weight, event_id=name)
+            for c, name in zip(choices, names, strict=False)
+        ]
+
+    def key(self, event_id: str) -> EventKey:
+        """This app's key for one of its event ids."""
+        return EventKey(self.app_id, event_id)
 
     def thumbs(self, response_id: str, rating: str, weight: float = 1.0) -> str:
         return self.feedback("thumbs", response_id=response_id, rating=rating, weight=weight)
 
-    def feedback(self, type_: str, weight: float = 1.0, **fields: str) -> str:
-        event_id = f"evt_f_{next(_ids)}"
+    def feedback(self, type_: str, weight: float = 1.0, event_id: str | None = None, **fields: str) -> str:
+        event_id = event_id or f"evt_f_{next(_ids)}"
         with transaction(self.factory) as session:
             session.add(
                 Feedback(

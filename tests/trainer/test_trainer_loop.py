@@ -171,7 +171,8 @@ def test_dpo_round_passes_the_gates_and_a_drifting_candidate_is_blocked(
     assert {s.response_id for s in scored} == voted and len(voted) == 48
     assert {(s.run_id, s.model_accuracy) for s in scored} == {(result.run_id, result.reward.heldout_accuracy)}
     snap = json.loads(artifact(registry, result.run_id, SNAPSHOT_ARTIFACT, tmp_path).read_text())
-    assert sorted(snap["event_ids"]) == sorted(events) and snap["counts_by_source"] == {"pairwise": 24}
+    assert sorted(snap["event_ids"]) == sorted([store.app_id, e] for e in events)  # keys: (app, event id)
+    assert snap["counts_by_source"] == {"pairwise": 24}
     assert snap["counts_by_label"] == {"a": 12, "b": 12} and snap["window_start"] <= snap["window_end"]
     for plot in ("loss.png", "reward_margin.png", "win_rate.png"):
         assert artifact(registry, result.run_id, f"plots/{plot}", tmp_path).stat().st_size > 0

@@ -20,8 +20,8 @@ def test_pairwise_votes_become_pairs_and_ties_are_skipped(store: Store, factory:
     pairs = load_pairs(factory)
 
     assert [(p.chosen, p.rejected, p.source, p.event_ids) for p in pairs] == [
-        ("Hello there!", "Go away.", "pairwise", (a_vote,)),
-        ("Goodbye, take care!", "Whatever.", "pairwise", (b_vote,)),
+        ("Hello there!", "Go away.", "pairwise", (store.key(a_vote),)),
+        ("Goodbye, take care!", "Whatever.", "pairwise", (store.key(b_vote),)),
     ]
     assert pairs[0].prompt == [{"role": "user", "content": "Say hi"}]
     assert pairs[0].chosen_response_id.endswith("_a") and pairs[1].chosen_response_id.endswith("_b")
@@ -31,7 +31,7 @@ def test_pairwise_votes_become_pairs_and_ties_are_skipped(store: Store, factory:
 def test_pairwise_votes_are_summed_by_weight(store: Store, factory: sessionmaker[Session]) -> None:
     events = store.pair("Q", "A answer", "B answer", "a", "a", "b")
     (pair,) = load_pairs(factory)
-    assert (pair.chosen, pair.weight, set(pair.event_ids)) == ("A answer", 1.0, set(events))
+    assert (pair.chosen, pair.weight, set(pair.event_ids)) == ("A answer", 1.0, set(map(store.key, events)))
 
 
 def test_thumbs_on_one_prompt_pair_each_up_with_each_down_capped(
@@ -56,7 +56,7 @@ def test_thumbs_on_one_prompt_pair_each_up_with_each_down_capped(
         (up1, down2, 1.0),
         (up2, down1, 1.0),
     ]
-    assert pairs[0].event_ids == (events[up1], events[down1])
+    assert pairs[0].event_ids == (store.key(events[up1]), store.key(events[down1]))
 
 
 def test_split_is_deterministic_and_disjoint_by_prompt(store: Store, factory: sessionmaker[Session]) -> None:

@@ -30,7 +30,7 @@ def test_a_clean_snapshot_passes_and_records_its_lineage(store: Store, factory: 
 
     frozen = freeze(factory, "dpo", train, heldout)
 
-    assert frozen.event_ids == sorted(events) and frozen.counts_by_label == {"a": 4, "b": 4}
+    assert frozen.event_ids == sorted(map(store.key, events)) and frozen.counts_by_label == {"a": 4, "b": 4}
     assert (frozen.train_examples + frozen.heldout_examples, frozen.counts_by_source) == (8, {"pairwise": 8})
     assert frozen.window_start and frozen.window_end and frozen.window_start <= frozen.window_end
     assert frozen.content_hash == freeze(factory, "dpo", train, heldout).content_hash
@@ -66,6 +66,27 @@ def test_a_snapshot_with_quarantined_events_trains_nothing(
     run = registry.client.get_run(str(result.run_id))
     assert run.info.status == "FINISHED" and run.data.tags["flywheel.outcome"] == "snapshot_rejected"
     assert VALIDATION_ARTIFACT in {a.path for a in registry.client.list_artifacts(str(result.run_id))}
+
+
+def test_an_app_reusing_another_apps_event_ids_blocks_nothing(store: Store, factory: sessionmaker[Session]) -> None:
+    events = seed_consistent_pairs(store, 8)
+    copycat, third = Store(factory), Store(factory)
+    for i, event_id in enumerate(events):  # the same ids, on the copycat's own pairs
+        copycat.pair(f"Copied topic {i}.", "x", f"y {i}", "a" if i % 2 else "b", event_ids=[event_id])
+    with transaction(factory) as session:  # a third app's event with one of those ids, quarantined
+        session.add(Quarantine(event_id=events[0], type="pairwise", app_id=third.app_id, user_id="user",
+                               reasons=["bot"], evidence={}, payload={}, created_at=datetime.now(UTC)))
+
+    frozen = freeze(factory, "dpo", *split_pairs(load_examples(factory).pairs, 0.25))
+
+    assert frozen.event_ids == sorted([*map(store.key, events), *map(copycat.key, events)])
+    assert len(frozen.events) == 16 and quarantined_among(factory, frozen.event_ids) == []
+    assert all(checks(factory).values())
+    with transaction(factory) as session:  # the same app's event, quarantined: that one counts
+        session.add(Quarantine(event_id=events[0], type="pairwise", app_id=store.app_id, user_id="user",
+                               reasons=["bot"], evidence={}, payload={}, created_at=datetime.now(UTC)))
+    assert quarantined_among(factory, frozen.event_ids) == [store.key(events[0])]
+    assert not checks(factory)["no_quarantined"]
 
 
 def test_auto_picks_dpo_for_paired_feedback_and_kto_for_lone_thumbs(
