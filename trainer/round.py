@@ -37,6 +37,7 @@ from trainer.policy import (
 )
 from trainer.registry import BASE_MODEL_TAG, Registry
 from trainer.reward import RewardEvaluation, RewardModel, default_backbone, evaluate_reward_model, train_reward_model
+from trainer.reward_artifact import log_reward_model
 from trainer.reward_scores import publish_reward_scores
 from trainer.schedule import (
     SNAPSHOT_ARTIFACT,
@@ -284,6 +285,8 @@ def _train_and_gate(
             started = time.perf_counter()
             scored = publish_reward_scores(reward_model, reward_eval.heldout_accuracy, registry.factory, run_id,
                                            config.reward_score_limit, progress)
+            # `flywheel scorer` goes on scoring new answers with the model whose scores the table now holds
+            log_reward_model(registry.client, run_id, reward_model)
             seconds["reward_scores"] = time.perf_counter() - started
 
         started = time.perf_counter()
