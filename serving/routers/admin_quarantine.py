@@ -26,7 +26,11 @@ router = APIRouter(prefix="/admin/quarantine", tags=["admin"])
 
 T = TypeVar("T")
 EventPath = Annotated[EventId, Path(description="The quarantined event's id.")]
-AppQuery = Annotated[int | None, Query(ge=1, description="The event's app, when several apps used the id.")]
+# App ids are the store's 32-bit integer keys; a larger number names no app and must not reach the database.
+APP_ID_MAX = 2**31 - 1
+AppQuery = Annotated[
+    int | None, Query(ge=1, le=APP_ID_MAX, description="The event's app, when several apps used the id.")
+]
 
 
 class ReleaseRequest(BaseModel):
@@ -89,7 +93,7 @@ async def list_quarantine(
     state: StateDep,
     reason: Annotated[str | None, Query(max_length=64, description="One reason code, e.g. too_fast.")] = None,
     user_id: Annotated[str | None, Query(max_length=256)] = None,
-    app_id: Annotated[int | None, Query(ge=1)] = None,
+    app_id: Annotated[int | None, Query(ge=1, le=APP_ID_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> QuarantineList:
     rows = await _run(state, lambda s: [QuarantinedEvent.model_validate(r) for r in

@@ -47,6 +47,14 @@ def test_bad_chat_parameters_are_400_not_500(gateway: Gateway) -> None:
     assert envelope(unavailable, 503)["type"] == "service_unavailable" and unavailable.headers["Retry-After"]
 
 
+def test_an_app_id_no_store_can_hold_is_400_not_500(gateway: Gateway) -> None:
+    """Found by schemathesis: a 22-digit app_id reached SQLite and overflowed its INTEGER (a 500)."""
+    ops = gateway.auth("ops")
+    for path in ("/admin/quarantine?app_id=3521784474266468089856", "/admin/quarantine/e1?app_id=2147483648"):
+        assert "app_id" in envelope(gateway.client.get(path, headers=ops), 400)["message"]
+    assert envelope(gateway.client.get("/admin/quarantine/e1?app_id=2147483647", headers=ops), 404)
+
+
 def test_an_unexpected_failure_is_a_500_in_the_envelope(gateway: Gateway) -> None:
     engine = sa.create_engine(gateway.settings.resolved_database_url)
     with engine.begin() as conn:  # the database loses a table under the gateway's feet
