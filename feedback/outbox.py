@@ -38,9 +38,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
@@ -48,6 +46,7 @@ from sqlalchemy import (
 )
 
 from feedback import events
+from feedback.db.session import sqlite_engine
 from feedback.events import Event
 from feedback.producer import BrokerUnavailable, EventProducer
 
@@ -86,8 +85,9 @@ class Outbox:
         self.path = path
         self.max_pending = max_pending
         self.retain_s = retain_s
-        self.engine: Engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
-        event.listen(self.engine, "connect", _durable)
+        # WAL plus synchronous=FULL: a committed put survives a crash of the process and of the machine.
+        self.engine: Engine = sqlite_engine(f"sqlite:///{path}", "journal_mode=WAL", "synchronous=FULL",
+                                            "busy_timeout=30000")
         _metadata.create_all(self.engine)
         self._lock = threading.Lock()  # guards _pending against concurrent puts and marks
         with self.engine.connect() as conn:
@@ -141,15 +141,6 @@ class Outbox:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _durable(dbapi_conn: Any, _record: Any) -> None:
-    """WAL plus ``synchronous=FULL``: a committed put survives a crash of the process and of the machine."""
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
 
 
 class Relay:

@@ -22,19 +22,23 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets the gateway read keys while the worker writes; FKs are off by default in SQLite.
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
+        # WAL lets the gateway read keys while the worker writes; FKs are off by default in SQLite.
+        return sqlite_engine(url, "journal_mode=WAL", "foreign_keys=ON", "busy_timeout=30000")
     return create_engine(url, pool_pre_ping=True)
+
+
+def sqlite_engine(url: str, *pragmas: str) -> Engine:
+    """A SQLite engine that sets ``PRAGMA <p>`` for each of ``pragmas`` on every new connection."""
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        for pragma in pragmas:
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
