@@ -49,12 +49,12 @@ def postgres_admin() -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A freshly migrated database of each dialect, dropped after the test."""
+def fresh_database(request: pytest.FixtureRequest, tmp_path: Path, migrate: bool) -> Iterator[str]:
+    """A database of its own of the dialect ``request.param``, migrated or empty, dropped after the test."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'flywheel.db'}"
-        upgrade(url)
+        if migrate:
+            upgrade(url)
         yield url
         return
     admin: sa.Engine = request.getfixturevalue("postgres_admin")
@@ -63,11 +63,24 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = admin.url.set(database=name).render_as_string(hide_password=False)
     try:
-        upgrade(url)
+        if migrate:
+            upgrade(url)
         yield url
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A freshly migrated database of each dialect, dropped after the test."""
+    yield from fresh_database(request, tmp_path, migrate=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database of each dialect with no tables yet (for tests of the migration itself)."""
+    yield from fresh_database(request, tmp_path, migrate=False)
 
 
 @pytest.fixture

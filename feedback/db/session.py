@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,12 +11,16 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 import migrations
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"flywheel.migrations").digest()[:8], "big", signed=True)
+"""The PostgreSQL advisory lock (one bigint per database) every ``upgrade`` holds while it migrates."""
 
 
 def make_engine(url: str) -> Engine:
@@ -60,7 +66,51 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema to ``revision``: the only way tables are created."""
+    """Bring the schema to ``revision``: the only way tables are created.
+
+    Run under a lock, so processes started together (``flywheel serve`` and ``flywheel worker`` on
+    an empty database) migrate one after the other: the first creates the tables, the others find
+    them at ``revision`` and do nothing. Without it both created ``alembic_version`` and one crashed.
+    """
+    with migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
+
+
+@contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """Hold the database's migration lock: PostgreSQL's advisory lock, or a file lock beside a SQLite file.
+
+    The advisory lock belongs to its own connection's session and is released when that connection
+    ends, however the process dies. Alembic's DDL on SQLite is not transactional, so SQLite's own
+    locking would not keep two migrations apart; the ``<db>.migrate.lock`` file's ``flock`` does and
+    is likewise released by the kernel on exit. An in-memory SQLite database has nobody to race.
+    """
     if url.startswith("sqlite"):
-        make_engine(url).dispose()  # creates the parent directory
-    command.upgrade(alembic_config(url), revision)
+        engine = make_engine(url)  # creates the parent directory
+        engine.dispose()
+        database = engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name != "postgresql":
+                yield
+                return
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
