@@ -4,17 +4,27 @@ Time thresholds are realistic for people by default. Simulations that really wai
 fraction of human time (``flywheel simulate --time-scale S``), set ``time_scale`` to the same
 ``S`` (``FLYWHEEL_FILTER_TIME_SCALE``) instead of rescaling each threshold: every duration the
 filters compare with the gateway's clock (reading time, rate windows) is multiplied by it.
+A scale other than 1 is refused unless the launcher also says it runs a simulation
+(``FLYWHEEL_SIMULATION=1``): in production it would let bots vote 100 times faster than people.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class FilterSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_FILTER_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_FILTER_", env_file=".env", extra="ignore",
+                                      populate_by_name=True)
 
+    simulation: bool = Field(
+        default=False, validation_alias="FLYWHEEL_SIMULATION",
+        description="FLYWHEEL_SIMULATION=1: this worker judges a simulation, so time_scale may differ from 1. Set by "
+        "the simulation launchers (flywheel demo, the simulation tests); never in production.",
+    )
     time_scale: float = Field(
         default=1.0, gt=0, le=1,
         description="For simulations only: multiplies the timing and velocity thresholds, so traffic that waits "
@@ -157,6 +167,17 @@ class FilterSettings(BaseSettings):
         "a rater flagged late are moved to quarantine retroactively, so a longer interval delays verdicts, never "
         "loses them.",
     )
+
+    @model_validator(mode="after")
+    def _time_scale_only_in_simulations(self) -> Self:
+        """A scaled clock is a simulation knob: refused unless the launcher explicitly runs a simulation."""
+        if self.time_scale != 1.0 and not self.simulation:
+            raise ValueError(
+                f"FLYWHEEL_FILTER_TIME_SCALE={self.time_scale} is for simulations only: it scales the filters' "
+                "reading-time and rate thresholds, so real voters would be judged at a fraction of human time. "
+                "Unset it, or set FLYWHEEL_SIMULATION=1 if this worker serves a simulation."
+            )
+        return self
 
     def scaled(self, seconds: float) -> float:
         """A duration threshold at the configured ``time_scale`` (1.0: as set)."""

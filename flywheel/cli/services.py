@@ -53,18 +53,24 @@ def worker(
 ) -> None:
     """Run the feedback worker alone: consume events, filter, store; offsets commit after the database."""
     from prometheus_client import start_http_server
+    from pydantic import ValidationError
 
     from feedback.db.session import upgrade
+    from feedback.filters import FilterSettings
     from feedback.worker import Worker
     from feedback.worker_settings import WorkerSettings
 
     setup_logging(verbose)
+    try:
+        filters = FilterSettings()
+    except ValidationError as exc:  # e.g. a simulation's time scale outside a simulation: say so, no traceback
+        fail("; ".join(error["msg"] for error in exc.errors()))
     settings = WorkerSettings()
     upgrade(settings.resolved_database_url)
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host)
     stop = threading.Event()
     try:
-        Worker(settings).run(stop)
+        Worker(settings, filters).run(stop)
     except KeyboardInterrupt:
         stop.set()

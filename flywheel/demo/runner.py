@@ -112,7 +112,7 @@ class DemoRun:
     def run(self) -> DemoReport:
         self.out.mkdir(parents=True, exist_ok=True)
         settings = demo_settings(self.out / "stack", Path(self.options.model))
-        worker_env = {"FLYWHEEL_FILTER_TIME_SCALE": str(self.options.time_scale),
+        worker_env = {"FLYWHEEL_SIMULATION": "1", "FLYWHEEL_FILTER_TIME_SCALE": str(self.options.time_scale),
                       "FLYWHEEL_FILTER_ENABLED": str(self.options.filters).lower()}
         # The engine idles while the trainer works (the phases alternate), so it may use every core.
         engine_env = {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}

@@ -44,7 +44,7 @@ def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale
     data_dir = out / (name if taste is None else f"{name}-{taste}")
     data_dir.mkdir(parents=True, exist_ok=True)
     truth = data_dir / "truth.jsonl"
-    filters = FilterSettings(time_scale=time_scale)
+    filters = FilterSettings(time_scale=time_scale, simulation=True)
     with service(shared, data_dir, filters) as stack:
         started = time.monotonic()
         with TruthWriter(truth) as writer:

@@ -38,7 +38,7 @@ SCENARIO = {
 @pytest.fixture(scope="module")
 def filter_settings() -> FilterSettings:
     """The production thresholds, their durations scaled as the users' waits are."""
-    return FilterSettings(time_scale=TIME_SCALE)
+    return FilterSettings(time_scale=TIME_SCALE, simulation=True)
 
 
 def test_fast_bots_quarantined_and_honest_users_not(stack: Stack, tmp_path: Path) -> None:

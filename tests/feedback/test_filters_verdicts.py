@@ -362,7 +362,7 @@ def test_campaign_cohort_riders_need_a_majority(sessions: sessionmaker[Session],
 
 def test_time_scale_scales_the_time_thresholds() -> None:
     """A simulation waiting a tenth of human time is judged by a tenth of the human thresholds."""
-    pipeline = Pipeline(filter_settings(time_scale=0.1, timing_min_ms=1000, timing_ms_per_char=10,
+    pipeline = Pipeline(filter_settings(time_scale=0.1, simulation=True, timing_min_ms=1000, timing_ms_per_char=10,
                                         velocity_user_window_s=60, velocity_app_window_s=120))
     timing = next(f for f in pipeline.filters if f.name == "timing")
     velocity = next(f for f in pipeline.filters if f.name == "velocity")
