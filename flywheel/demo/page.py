@@ -169,8 +169,8 @@ def _rounds(report: DemoReport) -> str:
     headers = ["round", "champion before", "candidate", "train status", "train message", "promoted",
                "champion after", "votes sent", "votes failed", "accepted", "quarantined", "pending",
                "quarantined by reason", "quarantined share by user type", "adversarial recall", "honest false positive",
-               *(f"{name} time" for name in phase_names), "loop latency", "swap requests", "swap failed",
-               "served during swap"]
+               *(f"{name} time" for name in phase_names), "training stages", "loop latency", "swap requests",
+               "swap failed", "served during swap"]
 
     def row(r: RoundRecord) -> list[str]:
         swap = r.swap
@@ -179,12 +179,14 @@ def _rounds(report: DemoReport) -> str:
                 str(r.votes_failed), str(r.accepted), str(r.quarantined), str(r.pending),
                 _text(_counts(r.quarantined_by_reason)), _text(_counts(r.quarantined_share_by_user_type, share=True)),
                 _share(r.adversarial_recall), _share(r.honest_false_positive),
-                *(_duration(r.phases.get(name)) for name in phase_names), _duration(r.loop_latency_seconds),
+                *(_duration(r.phases.get(name)) for name in phase_names),
+                _text(", ".join(f"{name} {_duration(seconds)}" for name, seconds in r.train_stages.items())),
+                _duration(r.loop_latency_seconds),
                 MISSING if swap is None else str(swap.requests), MISSING if swap is None else str(swap.failed),
                 MISSING if swap is None else _text(_counts(swap.by_version))]
 
     return _table(headers, (row(r) for r in report.rounds), "rounds",
-                  prose=("train message", "quarantined by reason", "quarantined share by user type"))
+                  prose=("train message", "quarantined by reason", "quarantined share by user type", "training stages"))
 
 
 def _figure(plot: Plot) -> str:

@@ -318,5 +318,5 @@ def _round_record(
         quarantined_by_reason=dict(reasons),
         quarantined_share_by_user_type={t: f.share_quarantined for t, f in filtered.by_type.items()},
         adversarial_recall=filtered.adversarial_recall, honest_false_positive=filtered.honest_false_positive,
-        phases=phases, loop_latency_seconds=latency, swap=swap,
+        phases=phases, train_stages=result.seconds, loop_latency_seconds=latency, swap=swap,
     )

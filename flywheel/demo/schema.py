@@ -87,6 +87,9 @@ class RoundRecord(BaseModel):
     adversarial_recall: float | None
     honest_false_positive: float | None
     phases: dict[str, float] = Field(description="Seconds per phase: traffic, settle, train, evaluate, promote.")
+    train_stages: dict[str, float] = Field(
+        default_factory=dict, description="Seconds per stage of the training round (reward model, policy training, "
+        "gates, ...), as the trainer logs them to MLflow.")
     loop_latency_seconds: float | None = Field(
         description="From the round's first vote to the first answer served by the version trained on it.")
     swap: SwapRecord | None
