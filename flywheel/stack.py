@@ -90,7 +90,6 @@ def start_services(
     mlflow_ui_port: int | None = None,
     worker_args: Sequence[str] = (),
     worker_env: dict[str, str] | None = None,
-    engine_env: dict[str, str] | None = None,
 ) -> list[ManagedProcess]:
     """Broker, MLflow UI (given a port), engine, worker and gateway, started in that order and each
     registered on ``stack``, so leaving it stops them in reverse. ``flywheel up`` and ``flywheel demo`` share it."""
@@ -117,9 +116,8 @@ def start_services(
     ensure_topic(settings)
     if mlflow_ui_port is not None:
         start("starting the MLflow UI…", mlflow_ui_process(settings, mlflow_ui_port, logs / "mlflow.log"))
-    engine = vllm_process(settings, model_dir, logs / "engine.log")
-    engine.env |= engine_env or {}
-    start("starting the engine (vLLM, about a minute on 2 cores)…", engine)
+    start("starting the engine (vLLM, about a minute on 2 cores)…",
+          vllm_process(settings, model_dir, logs / "engine.log"))
     gateway = f"http://{settings.host}:{settings.port}"
     start("starting the worker…", flywheel_process("worker", settings, ready=lambda: True, args=worker_args,
                                                    env=worker_env))

@@ -13,7 +13,6 @@ The filters and the trainer are not told the taste: it reaches them only through
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -114,12 +113,10 @@ class DemoRun:
         settings = demo_settings(self.out / "stack", Path(self.options.model))
         worker_env = {"FLYWHEEL_SIMULATION": "1", "FLYWHEEL_FILTER_TIME_SCALE": str(self.options.time_scale),
                       "FLYWHEEL_FILTER_ENABLED": str(self.options.filters).lower()}
-        # The engine idles while the trainer works (the phases alternate), so it may use every core.
-        engine_env = {"VLLM_CPU_OMP_THREADS_BIND": f"0-{(os.cpu_count() or 1) - 1}"}
         started = time.perf_counter()
         with ExitStack() as stack, self.display.progress:
             start_services(stack, settings, self.console, worker_args=["--metrics-port", "0"],
-                           worker_env=worker_env, engine_env=engine_env)
+                           worker_env=worker_env)
             self.report.startup_seconds = time.perf_counter() - started
             sessions = session_factory(make_engine(settings.resolved_database_url))
             with transaction(sessions) as session:
