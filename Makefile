@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up demo test lint bench clean
+.PHONY: install up demo test fault lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy serving feedback trainer flywheel
 	$(BIN)/pytest -q
+
+# Real faults under load (worker, broker, gateway SIGKILL, database away, engine killed), counted acknowledged
+# vs stored on SQLite and PostgreSQL; docs/reliability.md#fault-tests. The engine test waits for the engine lock.
+fault: install
+	$(BIN)/pytest -q -m "fault and not engine" tests/fault
+	flock /tmp/flywheel-engine.lock $(BIN)/pytest -q -m "fault and engine" tests/fault
 
 bench: install
 	$(BIN)/python -m tests.bench.run_all

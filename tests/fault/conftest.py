@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -27,11 +28,11 @@ from tests.serving.test_broker_restart import Broker, private_broker  # noqa: F4
 
 
 @pytest.fixture
-def stack_settings(private_broker: Broker, tmp_path: Path, mlflow_uri: str) -> Callable[[str], ServingSettings]:  # noqa: F811
+def stack_settings(private_broker: Broker, tmp_path: Path, mlflow_uri: str) -> Callable[..., ServingSettings]:  # noqa: F811
     """Gateway/worker settings on the private broker for a database URL (the test's own, or a proxy's)."""
-    def make(database_url: str) -> ServingSettings:
+    def make(database_url: str, **overrides: Any) -> ServingSettings:
         return gateway_settings(database_url, private_broker.address, tmp_path / "data", mlflow_uri,
-                                port=free_port(), kafka_send_timeout_s=SEND_TIMEOUT_S)
+                                **{"port": free_port(), "kafka_send_timeout_s": SEND_TIMEOUT_S} | overrides)
     return make
 
 

@@ -79,16 +79,23 @@ class Stack:
     pairs: list[str]
 
     @property
+    def seeded(self) -> set[str]:
+        """The answers stored before the load began (not events the load sent)."""
+        return set(self.responses) | {f"resp_{pair[5:]}_{side}" for pair in self.pairs for side in "ab"}
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.settings.port}"
 
     def stored(self, tables: tuple[type[Any], ...] = (Feedback, Quarantine)) -> Counter[str]:
-        """Rows per event id of this app, over ``tables`` (an event stored once has exactly one row in all)."""
+        """Rows per id of this app over ``tables`` (an event stored once has exactly one row in all of them):
+        votes by event id, answers by the response id the app was given."""
         engine = make_engine(self.db_url)
         try:
             with engine.connect() as conn:
-                return Counter(event_id for table in tables for (event_id,) in conn.execute(
-                    sa.select(table.event_id).where(table.app_id == self.app_id)))
+                return Counter(key for table in tables for (key,) in conn.execute(
+                    sa.select(table.response_id if table is Completion else table.event_id)
+                    .where(table.app_id == self.app_id)))
         finally:
             engine.dispose()
 
@@ -111,7 +118,8 @@ class Stack:
         refused = f"refused: {dict(load.refused)}" if load.refused else ""
         figures = Figures(test, database, acknowledged=len(acked), stored=len(acked & set(rows)),
                           lost=len(acked - set(rows)), duplicated=sum(n - 1 for n in rows.values()),
-                          unacknowledged=len(set(rows) - acked), note="; ".join(filter(None, [note, refused])))
+                          unacknowledged=len(set(rows) - acked - self.seeded),
+                          note="; ".join(filter(None, [note, refused])))
         FIGURES.append(figures)
         return figures
 
@@ -184,13 +192,20 @@ class Load:
         with self._lock:
             return set(self._acknowledged)
 
-    def send(self, client: httpx.Client) -> tuple[httpx.Response, list[str]]:
-        """One request; the event ids it carries. Votes: thumbs, pairwise, and every fifth a batch of five."""
+    def send(self, client: httpx.Client) -> list[str]:
+        """One request; the event ids it got acknowledged. Votes: thumbs, pairwise, and every fifth a batch of five."""
         n = next(self.numbers)
         votes = [self.vote(n * 5 + i) for i in range(5 if n % 5 == 4 else 1)]
         path = "/v1/feedback/batch" if len(votes) > 1 else "/v1/feedback"
-        response = client.post(path, json=votes if len(votes) > 1 else votes[0])
-        return response, [v["event_id"] for v in votes]
+        return self.accepted(client.post(path, json=votes if len(votes) > 1 else votes[0]),
+                             [v["event_id"] for v in votes])
+
+    def accepted(self, response: httpx.Response, ids: list[str]) -> list[str]:
+        """``ids`` if ``response`` acknowledged them; else none, and the refusal counted by status."""
+        if response.is_success:
+            return ids
+        self.refused[str(response.status_code)] += 1
+        return []
 
     def vote(self, n: int) -> dict[str, str]:
         common = {"user_id": f"user-{n % 40}", "event_id": f"{self.prefix}-{n}"}
@@ -205,17 +220,14 @@ class Load:
                           headers={"Authorization": f"Bearer {self.stack.key}"}) as client:
             while not self._stop.is_set():
                 try:
-                    response, ids = self.send(client)
+                    ids = self.send(client)
                 except httpx.HTTPError as exc:
                     self.refused[type(exc).__name__] += 1
-                    time.sleep(0.05)
-                    continue
-                if response.is_success:
+                    ids = []
+                if ids:
                     with self._lock:
                         self._acknowledged.update(ids)
                     self.acked.set()
-                else:
-                    self.refused[str(response.status_code)] += 1
                 time.sleep(self.pause)
 
     def __enter__(self) -> Load:
