@@ -73,6 +73,16 @@ class TrainerSettings(CommonSettings):
         ge=0.0,
         description="Gate format: share of answers with list/heading markup may grow by at most this (absolute).",
     )
+    gate_vote_evidence_alpha: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Gates verbosity and format yield when the round's accepted votes chose the longer (or list-formatted) "
+            "answer more often than a coin, one-sided binomial test at this level, among the pairs that differ: they "
+            "guard against drift users did not ask for, not against what they did. 0 never yields."
+        ),
+    )
     gate_canary_mode: Literal["no_regression", "absolute"] = Field(
         default="no_regression",
         description=(

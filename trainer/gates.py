@@ -21,6 +21,12 @@ the training reference: see ``policy.champion_view``). Each gate is an MLflow me
   ``gate_max_length_ratio`` (1.3): reward models and voters reward length, a policy learns it.
 - ``format``: share of answers with list or heading markup, candidate minus champion, at most
   ``gate_max_format_increase`` (0.15): the other cheap way to please a judge.
+
+  Both guard against drift the users did not ask for. When the round's own accepted votes
+  show that users asked for it (among the pairs whose two answers differ in length, or in
+  markup, the users chose the longer, or the marked-up, answer more often than a coin would at
+  one-sided binomial level ``gate_vote_evidence_alpha``), the gate passes and says so: a gate
+  that blocks what the users demonstrably prefer would stop the loop from learning their taste.
 - ``canaries``: the shipped prompts of ``canaries.yaml``; in ``no_regression`` mode the number
   of canaries the champion passes and the candidate fails, in ``absolute`` mode the number the
   candidate fails; must be 0.
@@ -43,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from trainer.config import TrainConfig, TrainerSettings
+from trainer.pairs import PreferencePair
 from trainer.policy import PairMetrics, ProgressFn, candidate_view, champion_view, chat_ids
 
 if TYPE_CHECKING:
@@ -232,6 +239,43 @@ def bootstrap_ci(wins: np.ndarray, resamples: int, seed: int) -> tuple[float, fl
 
 
 @dataclass(frozen=True)
+class VoteEvidence:
+    """How often the round's votes chose the answer with more of a property, among pairs that differ in it."""
+
+    chose_more: int
+    differing: int
+    p_value: float  # one-sided binomial test of chose_more / differing against a coin
+
+    @classmethod
+    def of(cls, pairs: Sequence[PreferencePair], measure: Callable[[str], float]) -> VoteEvidence:
+        from scipy.stats import binomtest
+
+        differing = [(measure(p.chosen), measure(p.rejected)) for p in pairs]
+        differing = [(chosen, rejected) for chosen, rejected in differing if chosen != rejected]
+        more = sum(chosen > rejected for chosen, rejected in differing)
+        p_value = binomtest(more, len(differing), 0.5, alternative="greater").pvalue if differing else 1.0
+        return cls(more, len(differing), float(p_value))
+
+    def supports(self, alpha: float) -> bool:
+        return self.differing > 0 and self.p_value < alpha
+
+    def describe(self, what: str) -> str:
+        return (f"users chose the {what} answer in {self.chose_more}/{self.differing} of this round's pairs that "
+                f"differ (one-sided binomial p={self.p_value:.2g})")
+
+
+NO_VOTES = VoteEvidence(0, 0, 1.0)
+
+
+def has_markup(text: str) -> float:
+    return float(bool(FORMAT_MARKUP.search(text)))
+
+
+def word_count(text: str) -> float:
+    return float(len(text.split()))
+
+
+@dataclass(frozen=True)
 class GateInputs:
     """What the gates measure, gathered by the round."""
 
@@ -244,6 +288,8 @@ class GateInputs:
     kl: float
     champion_metrics: PairMetrics
     candidate_metrics: PairMetrics
+    length_votes: VoteEvidence = NO_VOTES
+    markup_votes: VoteEvidence = NO_VOTES
 
 
 def collect(
@@ -255,8 +301,10 @@ def collect(
     candidate_metrics: PairMetrics,
     config: TrainConfig,
     progress: ProgressFn | None = None,
+    pairs: Sequence[PreferencePair] = (),
 ) -> GateInputs:
-    """Generate the champion's and the candidate's answers (held-out prompts, then canaries) and the drift."""
+    """Generate the champion's and the candidate's answers (held-out prompts, then canaries) and the drift;
+    ``pairs`` (the round's accepted preference pairs) say what the users asked for in length and format."""
     canary_prompts = [[{"role": "user", "content": c.prompt}] for c in canaries]
     everything = prompts + canary_prompts
     with champion_view(policy):
@@ -275,7 +323,21 @@ def collect(
         kl=mean_token_kl(policy, tokenizer, prompts, heldout_candidate),
         champion_metrics=champion_metrics,
         candidate_metrics=candidate_metrics,
+        length_votes=VoteEvidence.of(pairs, word_count),
+        markup_votes=VoteEvidence.of(pairs, has_markup),
     )
+
+
+def _bounded(
+    name: str, value: float, limit: float, threshold: str, detail: str, votes: VoteEvidence, what: str,
+    alpha: float,
+) -> Gate:
+    """A gate on drift users may or may not have asked for: over ``limit`` it fails, unless their votes asked."""
+    if value <= limit + 1e-9:
+        return Gate(name, "passed", value, threshold, detail)
+    if votes.supports(alpha):
+        return Gate(name, "passed", value, threshold, f"{detail}; over the limit, but {votes.describe(what)}")
+    return Gate(name, "failed", value, threshold, detail)
 
 
 def _win_rate(
@@ -344,6 +406,7 @@ def evaluate(
     champ_len, cand_len = inputs.champion.mean_length(), inputs.candidate.mean_length()
     ratio = cand_len / max(champ_len, 1.0)
     format_increase = inputs.candidate.format_share() - inputs.champion.format_share()
+    alpha = settings.gate_vote_evidence_alpha
     gates = [
         win_rate,
         _accuracy(inputs, settings),
@@ -354,20 +417,12 @@ def evaluate(
             f"<= {settings.gate_max_kl:g} nats/token",
             f"{inputs.kl:.4f} nats/token over {len(inputs.prompts)} answers",
         ),
-        Gate(
-            "verbosity",
-            "passed" if ratio <= settings.gate_max_length_ratio else "failed",
-            ratio,
-            f"<= {settings.gate_max_length_ratio:g}x",
-            f"{cand_len:.1f} vs {champ_len:.1f} tokens per answer",
-        ),
-        Gate(
-            "format",
-            "passed" if format_increase <= settings.gate_max_format_increase + 1e-9 else "failed",
-            format_increase,
-            f"<= +{settings.gate_max_format_increase:g}",
-            f"list/heading share {inputs.candidate.format_share():.2f} vs {inputs.champion.format_share():.2f}",
-        ),
+        _bounded("verbosity", ratio, settings.gate_max_length_ratio, f"<= {settings.gate_max_length_ratio:g}x",
+                 f"{cand_len:.1f} vs {champ_len:.1f} tokens per answer", inputs.length_votes, "longer", alpha),
+        _bounded("format", format_increase, settings.gate_max_format_increase,
+                 f"<= +{settings.gate_max_format_increase:g}",
+                 f"list/heading share {inputs.candidate.format_share():.2f} vs {inputs.champion.format_share():.2f}",
+                 inputs.markup_votes, "list-formatted", alpha),
         _canaries(inputs, settings),
     ]
     return GateReport(gates, ci)

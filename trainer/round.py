@@ -324,6 +324,7 @@ def _train_and_gate(
                 candidate_metrics,
                 config,
                 progress,
+                pairs_train + pairs_heldout,
             )
             report = evaluate_gates(inputs, reward_model, settings, config,
                                     reward_eval.heldout_accuracy if reward_eval else None)

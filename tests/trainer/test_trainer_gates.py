@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from tests.trainer.test_trainer_loop import SHORT, VERBOSE, fast_config
 from trainer.config import TrainerSettings
-from trainer.gates import Answers, Canary, GateInputs, bootstrap_ci, evaluate, load_canaries
+from trainer.gates import (
+    Answers,
+    Canary,
+    GateInputs,
+    VoteEvidence,
+    bootstrap_ci,
+    evaluate,
+    has_markup,
+    load_canaries,
+    word_count,
+)
+from trainer.pairs import PreferencePair
 from trainer.policy import PairMetrics
 
 PROMPTS = [[{"role": "user", "content": f"question {i}"}] for i in range(8)]
@@ -45,6 +57,39 @@ def test_format_gaming_and_a_broken_canary_fail() -> None:
     report = evaluate(inputs(listy, canary_answer="London."), None, TrainerSettings(_env_file=None), fast_config())  # type: ignore[call-arg]
     assert report.failed() == ["format", "canaries"]
     assert "broken: capital" in next(g.detail for g in report.gates if g.name == "canaries")
+
+
+def pairs(chosen: str, rejected: str, agreeing: int, disagreeing: int) -> list[PreferencePair]:
+    """``agreeing`` votes for ``chosen`` over ``rejected``, ``disagreeing`` the other way round."""
+    prompt = [{"role": "user", "content": "q"}]
+    votes = [(chosen, rejected)] * agreeing + [(rejected, chosen)] * disagreeing
+    return [PreferencePair("h", prompt, a, b, "a", "b", "pairwise", (), 1.0) for a, b in votes]
+
+
+def test_drift_gates_yield_only_to_significant_votes_for_that_drift() -> None:
+    settings = TrainerSettings(_env_file=None)  # type: ignore[call-arg]
+    listy, verbose = answers("1. one\n2. two", 4), answers(VERBOSE, 40)
+    markup_asked = VoteEvidence.of(pairs("1. a\n2. b", "a and b", 14, 2), has_markup)
+    length_asked = VoteEvidence.of(pairs(VERBOSE, SHORT, 14, 2), word_count)
+    for candidate, gate in ((listy, "format"), (verbose, "verbosity")):
+        asked = replace(inputs(candidate), markup_votes=markup_asked, length_votes=length_asked)
+        report = evaluate(asked, None, settings, fast_config())
+        assert gate not in report.failed() and "users chose the" in next(
+            g.detail for g in report.gates if g.name == gate)
+        # a coin's worth of votes, no votes, or the evidence switched off: the gate holds
+        for votes in (VoteEvidence.of(pairs("1. a\n2. b", "a and b", 9, 7), has_markup),
+                      VoteEvidence.of(pairs(VERBOSE, SHORT, 9, 7), word_count), VoteEvidence.of([], word_count)):
+            weak = replace(inputs(candidate), markup_votes=votes, length_votes=votes)
+            assert gate in evaluate(weak, None, settings, fast_config()).failed()
+        strict = TrainerSettings(_env_file=None, gate_vote_evidence_alpha=0.0)  # type: ignore[call-arg]
+        assert gate in evaluate(asked, None, strict, fast_config()).failed()
+
+
+def test_vote_evidence_counts_only_pairs_that_differ() -> None:
+    votes = pairs("1. a", "b", 5, 1) + pairs("plain", "also plain", 10, 0)
+    evidence = VoteEvidence.of(votes, has_markup)
+    assert (evidence.chose_more, evidence.differing) == (5, 6)
+    assert 0.1 < evidence.p_value < 0.11  # P(X >= 5 | n=6, 1/2) = 7/64
 
 
 def test_bootstrap_ci_brackets_the_win_rate() -> None:
