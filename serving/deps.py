@@ -22,6 +22,7 @@ from feedback.storable import first_unstorable
 from serving.champion import ChampionWatcher
 from serving.engine import EngineClient
 from serving.metrics import RECORD_FAILURES
+from serving.ratelimit import RateLimiter
 from serving.settings import ServingSettings
 
 SENT_MEMORY = 100_000
@@ -42,6 +43,10 @@ class GatewayState:
     key_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
     # (app id, event id) of feedback this gateway got acknowledged, oldest first, at most SENT_MEMORY.
     sent: OrderedDict[tuple[int, str], None] = field(default_factory=OrderedDict)
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
 
     async def record(self, events: Sequence[Event]) -> None:
         """Commit events to the durable outbox (the relay puts them on the broker), so they may be acknowledged.
@@ -98,10 +103,19 @@ async def get_caller(
     return caller
 
 
-CallerDep = Annotated[Caller, Depends(get_caller)]
+async def get_app_caller(caller: Annotated[Caller, Depends(get_caller)], state: StateDep) -> Caller:
+    """The caller of an app route (``/v1``), counted against its app's rate limit (429 beyond it).
+
+    Admin routes are not limited: ops must be able to roll back while an app floods the gateway.
+    """
+    state.limiter.check(caller.app_id)
+    return caller
 
 
-async def get_admin(caller: CallerDep) -> Caller:
+CallerDep = Annotated[Caller, Depends(get_app_caller)]
+
+
+async def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
     if not caller.is_admin:
         raise HTTPException(403, "this needs an admin key (flywheel apps create NAME --admin)")
     return caller

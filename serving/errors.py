@@ -22,12 +22,14 @@ from feedback.promotion import RegistryError
 from serving.champion import NoChampion
 from serving.engine import EngineError
 from serving.protocol import ErrorBody, ErrorResponse
+from serving.ratelimit import RateLimited
 
 RETRY_AFTER_SECONDS = 2
 """What a 503 tells the client to wait: the producer reconnects and the champion loads within seconds."""
 
 _KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error", 500: "api_error",
+          404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error", 429: "rate_limit_error",
+          500: "api_error",
           502: "engine_error", 503: "service_unavailable"}
 _MEANING = {
     400: "Invalid request: the message names the field and the problem.",
@@ -35,6 +37,7 @@ _MEANING = {
     403: "The key is not allowed here (admin routes need an admin key).",
     404: "No such thing (model, event, version or route).",
     409: "Conflicts with the current state (registry, quarantine).",
+    429: "This app is over its rate limit (FLYWHEEL_RATE_LIMIT_PER_S); retry after Retry-After seconds.",
     502: "The engine failed the request.",
     503: "A dependency is down (broker, engine, no champion yet); retry after Retry-After seconds.",
 }
@@ -62,6 +65,8 @@ def error_for(exc: BaseException) -> tuple[int, ErrorResponse]:
         return 503, envelope(503, f"could not record the event, nothing was accepted: {exc}")
     if isinstance(exc, RegistryError):
         return 409, envelope(409, str(exc))
+    if isinstance(exc, RateLimited):
+        return 429, envelope(429, str(exc))
     if isinstance(exc, NoChampion):
         return 503, envelope(503, str(exc))
     return 500, envelope(500, f"internal error ({type(exc).__name__}); it is logged on the gateway")
@@ -72,6 +77,8 @@ async def _answer(_request: Request, exc: Exception) -> JSONResponse:
     headers = dict(getattr(exc, "headers", None) or {})
     if status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers or None)
 
 
@@ -79,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Answer every error in the envelope. ``Exception`` covers the unexpected: Starlette answers with this
     handler, then re-raises so that the server logs the traceback."""
     for kind in (HTTPException, RequestValidationError, EngineError, BrokerUnavailable, RegistryError, NoChampion,
-                 Exception):
+                 RateLimited, Exception):
         app.add_exception_handler(kind, _answer)
 
 

@@ -25,6 +25,11 @@ class ServingSettings(CommonSettings):
     engine_startup_timeout: float = Field(default=600.0)
     engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
     swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")
+    rate_limit_per_s: float = Field(
+        default=500.0, ge=0, description="Requests a second each app may send to /v1 routes on average (a token "
+                                         "bucket per app and gateway); beyond, 429 with Retry-After. 0: no limit.")
+    rate_limit_burst: int = Field(
+        default=5000, ge=1, description="Requests an app may send at once above its rate (the bucket's size).")
     key_cache_seconds: float = Field(default=30.0, ge=0, description="How long a verified API key is trusted.")
     outbox_path: Path | None = Field(
         default=None, description="The gateway's durable outbox (SQLite). Default: outbox.db in the data dir; "

@@ -83,7 +83,7 @@ class _Exchange:
     "/v1/chat/completions",
     response_model=None,
     responses={200: {"model": ChatCompletion, "content": {"text/event-stream": {}}},
-               **responses(400, 401, 404, 502, 503)},
+               **responses(400, 401, 404, 429, 502, 503)},
 )
 async def create_chat_completion(
     body: ChatCompletionRequest, caller: CallerDep, state: StateDep

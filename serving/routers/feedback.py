@@ -48,14 +48,14 @@ async def _send(state: StateDep, events: list[FeedbackEvent]) -> FeedbackAccepte
     return FeedbackAccepted(event_ids=[event.event_id for event in events])
 
 
-@router.post("/v1/feedback", status_code=202, responses=responses(400, 401, 503))
+@router.post("/v1/feedback", status_code=202, responses=responses(400, 401, 429, 503))
 async def send_feedback(
     item: Annotated[ThumbsFeedback | PairwiseFeedback, Body(discriminator="type")], caller: CallerDep, state: StateDep
 ) -> FeedbackAccepted:
     return await _send(state, [_recorded(item, caller)])
 
 
-@router.post("/v1/feedback/batch", status_code=202, responses=responses(400, 401, 503))
+@router.post("/v1/feedback/batch", status_code=202, responses=responses(400, 401, 429, 503))
 async def send_feedback_batch(
     items: Annotated[list[FeedbackIn], Body(min_length=1, max_length=MAX_BATCH)],
     caller: CallerDep,
@@ -68,7 +68,7 @@ async def send_feedback_batch(
     return await _send(state, [_recorded(item, caller) for item in items])
 
 
-@router.get("/v1/feedback/{event_id}", responses=responses(400, 401, 404))
+@router.get("/v1/feedback/{event_id}", responses=responses(400, 401, 404, 429))
 async def feedback_verdict(
     event_id: Annotated[EventId, Path(description="The id the 202 named.")], caller: CallerDep, state: StateDep
 ) -> FeedbackVerdict:

@@ -13,7 +13,7 @@ from serving.protocol import ModelCard, ModelList
 router = APIRouter(tags=["models"])
 
 
-@router.get("/v1/models", responses=responses(401, 503))
+@router.get("/v1/models", responses=responses(401, 429, 503))
 async def list_models(_caller: CallerDep, state: StateDep) -> ModelList:
     route = state.watcher.route
     card = ModelCard(id=state.settings.public_model, created=int(time.time()),

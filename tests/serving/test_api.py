@@ -67,9 +67,11 @@ def test_an_unexpected_failure_is_a_500_in_the_envelope(gateway: Gateway) -> Non
 def test_every_route_declares_what_it_answers(gateway: Gateway) -> None:
     schema = gateway.client.get("/openapi.json").json()
     expected = {
-        ("post", "/v1/chat/completions"): {"200", "400", "401", "404", "502", "503"},
-        ("post", "/v1/feedback"): {"202", "400", "401", "503"},
-        ("get", "/v1/feedback/{event_id}"): {"200", "400", "401", "404"},
+        ("post", "/v1/chat/completions"): {"200", "400", "401", "404", "429", "502", "503"},
+        ("post", "/v1/feedback"): {"202", "400", "401", "429", "503"},
+        ("post", "/v1/feedback/batch"): {"202", "400", "401", "429", "503"},
+        ("get", "/v1/feedback/{event_id}"): {"200", "400", "401", "404", "429"},
+        ("get", "/v1/models"): {"200", "401", "429", "503"},
         ("post", "/admin/models/{version}/promote"): {"200", "400", "401", "403", "409"},
         ("post", "/admin/models/rollback"): {"200", "400", "401", "403", "409"},
         ("get", "/admin/quarantine/{event_id}"): {"200", "400", "401", "403", "404", "409"},
