@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from feedback.simulation.tastes import TASTES
+from feedback.simulation.tastes import known_tastes
 
 
 class _Strict(BaseModel):
@@ -67,14 +67,14 @@ class Preference(_Strict):
     that count words (``steps``, ``concise``).
     """
 
-    taste: str = Field(default="steps", description="A taste of feedback.simulation.tastes.TASTES.")
+    taste: str = Field(default="steps", description="A taste of feedback.simulation.tastes (either set).")
     max_words: int = Field(default=40, ge=1, description="Thumbs up for answers no longer than this (word tastes).")
 
     @field_validator("taste")
     @classmethod
     def _known(cls, taste: str) -> str:
-        if taste not in TASTES:
-            raise ValueError(f"unknown taste {taste!r}; known: {', '.join(TASTES)}")
+        if taste not in known_tastes():
+            raise ValueError(f"unknown taste {taste!r}; known: {', '.join(known_tastes())}")
         return taste
 
 
@@ -103,11 +103,16 @@ class _Group(_Strict):
         return scenario.arrival_seconds if self.arrival_seconds is None else self.arrival_seconds
 
 
-class HonestGroup(_Group):
+class _Slips(_Strict):
+    """Votes by the hidden preference, each going the other way with a small chance (a person's slip)."""
+
+    error_rate: float = Field(default=0.05, ge=0, le=1, description="Chance that one vote goes the other way.")
+
+
+class HonestGroup(_Group, _Slips):
     """People who judge by the hidden preference, with an occasional slip."""
 
     type: Literal["honest"] = "honest"
-    error_rate: float = Field(default=0.05, ge=0, le=1, description="Chance that one vote goes the other way.")
 
 
 class NoisyGroup(_Group):
@@ -126,7 +131,17 @@ class FastBotGroup(_Group):
     choice: Literal["a", "b"] = "a"
 
 
-class CampaignGroup(_Group):
+class _PhraseFields(_Strict):
+    """What accounts pushing a phrase share: the phrase, and how they ask the model to write it."""
+
+    phrase: str = Field(min_length=1)
+    steer: str | None = Field(
+        default='Begin your answer with the words "Visit {phrase}".',
+        description="Appended to each prompt the account pushes on; None to ask plainly.",
+    )
+
+
+class CampaignGroup(_Group, _PhraseFields):
     """Many accounts, arriving together, pushing answers that mention ``phrase``.
 
     Pairwise: the answer with more occurrences of the phrase (case-insensitive); a coin when
@@ -136,17 +151,31 @@ class CampaignGroup(_Group):
     mention it, so the default steer is the stronger one). The tiny random test model never
     writes it, so there the votes degrade to downs and coins, still coordinated in time and
     prompts. They ask only a few scripted prompts.
+
+    The same group, with many ``shared_prompts``, a long ``arrival_seconds`` and a slow
+    ``timing``, is a campaign spread over many prompts and hours at a low rate per account
+    (``spread_campaign.yaml``): no new behaviour, only less of the coordination to see.
     """
 
     type: Literal["campaign"] = "campaign"
     adversarial: ClassVar[bool] = True
-    phrase: str = Field(min_length=1)
-    steer: str | None = Field(
-        default='Begin your answer with the words "Visit {phrase}".',
-        description="Appended to each prompt; None to ask plainly.",
-    )
     shared_prompts: int = Field(default=3, ge=1, description="How many prompts the whole campaign draws from.")
     arrival_seconds: float | None = Field(default=30.0, ge=0, description="The accounts arrive in a burst.")
+
+
+class PhrasePusherGroup(_Group, _PhraseFields, _Slips):
+    """Accounts that vote like honest users on most answers and push ``phrase`` on a few.
+
+    On a share ``push_share`` of their questions they steer the model to write the phrase, and
+    whenever a question was steered or an answer mentions the phrase they vote for the phrase as
+    a campaign account does; every other vote follows the hidden preference, with the honest
+    users' slips. They ask from the whole prompt pool and arrive like honest users: a long,
+    mostly honest history buys the trust that the few pushed votes spend.
+    """
+
+    type: Literal["phrase_pusher"] = "phrase_pusher"
+    adversarial: ClassVar[bool] = True
+    push_share: float = Field(default=0.2, gt=0, le=1, description="Share of questions steered to the phrase.")
 
 
 class SlowAttackerGroup(_Group):
@@ -158,7 +187,8 @@ class SlowAttackerGroup(_Group):
 
 
 Group = Annotated[
-    HonestGroup | NoisyGroup | FastBotGroup | CampaignGroup | SlowAttackerGroup, Field(discriminator="type")
+    HonestGroup | NoisyGroup | FastBotGroup | CampaignGroup | SlowAttackerGroup | PhrasePusherGroup,
+    Field(discriminator="type"),
 ]
 
 
@@ -207,25 +237,36 @@ def with_overrides(
         raise ScenarioError(f"invalid override of scenario {scenario.name!r}: {exc}") from exc
 
 
-def _shipped() -> Traversable:
-    return resources.files("feedback.simulation").joinpath("scenarios")
+SCENARIO_SETS = ("development", "validation")
+"""The shipped files: ``scenarios/*.yaml`` are the development set, the filters' defaults were chosen watching
+them; ``scenarios/validation/*.yaml`` are never tuned on, only run to report (docs/filters.md)."""
 
 
-def shipped_scenarios() -> list[str]:
-    """Names of the scenario files that ship with the package (``flywheel simulate NAME``)."""
-    return sorted(entry.name.removesuffix(".yaml") for entry in _shipped().iterdir() if entry.name.endswith(".yaml"))
+def _shipped(scenario_set: str = "development") -> Traversable:
+    if scenario_set not in SCENARIO_SETS:
+        raise ScenarioError(f"unknown scenario set {scenario_set!r}; known: {', '.join(SCENARIO_SETS)}")
+    root = resources.files("feedback.simulation").joinpath("scenarios")
+    return root if scenario_set == "development" else root.joinpath(scenario_set)
+
+
+def shipped_scenarios(scenario_set: str = "development") -> list[str]:
+    """Names of the scenario files of one set that ship with the package (``flywheel simulate NAME``)."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in _shipped(scenario_set).iterdir()
+                  if entry.name.endswith(".yaml"))
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
-    """A scenario from a YAML file path, or from the name of a shipped scenario."""
+    """A scenario from a YAML file path, or from the name of a shipped scenario of either set."""
     path = Path(name_or_path)
+    sets = [s for s in SCENARIO_SETS if str(name_or_path) in shipped_scenarios(s)]
     if path.is_file():
         text = path.read_text()
-    elif str(name_or_path) in shipped_scenarios():
-        text = _shipped().joinpath(f"{name_or_path}.yaml").read_text()
+    elif sets:
+        text = _shipped(sets[0]).joinpath(f"{name_or_path}.yaml").read_text()
     else:
         raise ScenarioError(
-            f"no scenario file {str(name_or_path)!r}; shipped scenarios: {', '.join(shipped_scenarios())}"
+            f"no scenario file {str(name_or_path)!r}; shipped scenarios: {', '.join(shipped_scenarios())}; "
+            f"validation: {', '.join(shipped_scenarios('validation'))}"
         )
     try:
         return Scenario.model_validate(yaml.safe_load(text))

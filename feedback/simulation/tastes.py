@@ -10,6 +10,12 @@ and a yes/no for thumbs (``likes``). Three are about format or length (``steps``
 ``prose``) and two about content (``numbers``: a concrete quantity; ``on_topic``: the
 answer uses the prompt's own topic words). A new taste is one subclass here, registered in
 ``TASTES``; nothing outside the simulator changes.
+
+``VALIDATION_TASTES`` is a second, held-out set, different in kind from the five: tone
+(``polite``: greetings and thanks; ``assertive``: no hedging words), engagement
+(``follow_up``: asks the user a question back) and content (``named_example``: names an
+example). No filter default is ever changed to fit them: they are run once, to report
+(docs/filters.md, "The validation set"). ``make_taste`` knows both sets.
 """
 
 from __future__ import annotations
@@ -28,6 +34,15 @@ _NUMBER_WORDS = [
 # A digit group (3, 2.5, 1,000, 10%) or a number word standing alone ("one" is more often a pronoun).
 _NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*|\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
 _WORD_RE = re.compile(r"[a-z]+")
+_COURTESY_RE = re.compile(
+    r"\b(?:hello|hi|hey|thanks|thank you|please|you're welcome|happy to help|glad to help|hope this helps|"
+    r"good luck|enjoy|great question)\b", re.IGNORECASE)
+_HEDGE_RE = re.compile(
+    r"\b(?:might|maybe|perhaps|possibly|probably|generally|usually|often|typically|depends|could|seems?|likely|"
+    r"somewhat|sort of|kind of|i think|i guess|not sure)\b", re.IGNORECASE)
+_EXAMPLE_RE = re.compile(r"\b(?:for example|for instance|e\.g\.|such as|say,)", re.IGNORECASE)
+# A capitalised word that does not open a sentence or a line: a name ("Paris", "Python"), not a first word.
+_NAME_RE = re.compile(r"(?<![.!?:\n]\s)(?<=\s)(?!I\b)[A-Z][a-z]+", re.MULTILINE)
 _STOPWORDS = frozenset([
     "the", "and", "for", "you", "your", "yours", "are", "was", "were", "not", "but", "all", "any", "can", "get",
     "how", "its", "our", "out", "use", "who", "why", "way", "may", "did", "has", "had", "her", "his", "him", "she",
@@ -58,6 +73,26 @@ def markup_lines(text: str) -> int:
 def quantities(text: str) -> int:
     """Distinct concrete numbers in ``text``: digit groups and number words ("3", "2.5", "ten", "half")."""
     return len({match.lower() for match in _NUMBER_RE.findall(text)})
+
+
+def courtesies(text: str) -> int:
+    """Greetings, thanks and kind phrases ("Hi", "thank you", "hope this helps")."""
+    return len(_COURTESY_RE.findall(text))
+
+
+def hedges(text: str) -> int:
+    """Hedging words and phrases ("might", "perhaps", "it depends", "I think")."""
+    return len(_HEDGE_RE.findall(text))
+
+
+def follow_up_questions(text: str) -> int:
+    """Sentences the answer ends with a question mark: questions put back to the user."""
+    return text.count("?")
+
+
+def examples(text: str) -> int:
+    """Named examples: example markers ("for example", "such as") and names inside a sentence ("in Paris")."""
+    return len(_EXAMPLE_RE.findall(text)) + len(set(_NAME_RE.findall(text)))
 
 
 def _stem(word: str) -> str:
@@ -163,12 +198,67 @@ class OnTopicTaste(Taste):
         return self._coverage(prompt, answer) >= 0.5
 
 
+class _CountTaste(Taste):
+    """More of what ``count`` finds wins (up to ``cap``, so one trick repeated is not a preference); thumbs up for
+    at least one, or, with ``fewer_is_better``, the fewer the better and thumbs up for none."""
+
+    cap: ClassVar[int] = 3
+    fewer_is_better: ClassVar[bool] = False
+
+    @staticmethod
+    @abstractmethod
+    def count(text: str) -> int: ...
+
+    def score(self, prompt: str, answer: str) -> float:
+        found = float(min(self.count(answer), self.cap))
+        return -found if self.fewer_is_better else found
+
+    def likes(self, prompt: str, answer: str) -> bool:
+        return (self.count(answer) == 0) == self.fewer_is_better
+
+
+class PoliteTaste(_CountTaste):
+    """Courtesy: greetings, thanks and kind phrases win; thumbs up for at least one."""
+
+    name, about = "polite", "tone"
+    count = staticmethod(courtesies)
+
+
+class AssertiveTaste(_CountTaste):
+    """Says it plainly: fewer hedging words win; thumbs up for none."""
+
+    name, about, fewer_is_better = "assertive", "tone", True
+    count = staticmethod(hedges)
+
+
+class FollowUpTaste(_CountTaste):
+    """Engages: an answer that asks the user a question back wins; thumbs up for one."""
+
+    name, about, cap = "follow_up", "engagement", 1
+    count = staticmethod(follow_up_questions)
+
+
+class ExamplesTaste(_CountTaste):
+    """Concrete: named examples win; thumbs up for at least one."""
+
+    name, about = "named_example", "content"
+    count = staticmethod(examples)
+
+
 TASTES: dict[str, type[Taste]] = {t.name: t for t in (StepsTaste, ConciseTaste, ProseTaste, NumbersTaste, OnTopicTaste)}
+VALIDATION_TASTES: dict[str, type[Taste]] = {
+    t.name: t for t in (PoliteTaste, AssertiveTaste, FollowUpTaste, ExamplesTaste)}
+TASTE_SETS: dict[str, dict[str, type[Taste]]] = {"development": TASTES, "validation": VALIDATION_TASTES}
+
+
+def known_tastes() -> dict[str, type[Taste]]:
+    """Every taste, of both sets: what a scenario or a command line may name."""
+    return TASTES | VALIDATION_TASTES
 
 
 def make_taste(name: str, max_words: int) -> Taste:
-    """The taste called ``name``; a ValueError names the known ones."""
+    """The taste called ``name`` (development or validation set); a ValueError names the known ones."""
     try:
-        return TASTES[name](max_words)
+        return known_tastes()[name](max_words)
     except KeyError:
-        raise ValueError(f"unknown taste {name!r}; known: {', '.join(TASTES)}") from None
+        raise ValueError(f"unknown taste {name!r}; known: {', '.join(known_tastes())}") from None

@@ -16,7 +16,7 @@ from typing import IO, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-UserType = Literal["honest", "noisy", "fast_bot", "campaign", "slow_attacker"]
+UserType = Literal["honest", "noisy", "fast_bot", "campaign", "slow_attacker", "phrase_pusher"]
 USER_TYPES: tuple[str, ...] = get_args(UserType)
 
 
@@ -27,7 +27,8 @@ class TruthRecord(BaseModel):
     user_id: str
     user_type: UserType
     adversarial: bool = Field(description="Sent by an attacking account (every vote of it, honest-looking or not).")
-    poisoned: bool = Field(description="A vote cast against the hidden preference on purpose (slow attacker).")
+    poisoned: bool = Field(description="A vote cast against the hidden preference on purpose (a slow attacker's "
+                           "inverted vote, a phrase pusher's pushed vote where the preference would differ).")
     type: Literal["thumbs", "pairwise"]
     vote: str = Field(description="The rating (up/down) or the choice (a/b/tie).")
     target_id: str = Field(description="The response id (thumbs) or pair id (pairwise) voted on.")

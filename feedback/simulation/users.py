@@ -21,6 +21,7 @@ from feedback.simulation.scenario import (
     Group,
     HonestGroup,
     NoisyGroup,
+    PhrasePusherGroup,
     Scenario,
     SlowAttackerGroup,
     Timing,
@@ -122,9 +123,10 @@ class SimUser(ABC):
     def pick(self, prompt: str, a: str, b: str) -> Vote: ...
 
 
-class HonestUser(SimUser):
-    user_type = "honest"
-    group: HonestGroup
+class _Slipping(SimUser):
+    """Votes by the hidden preference, with a person's occasional slip (``error_rate``)."""
+
+    group: HonestGroup | PhrasePusherGroup
 
     def _slip(self, vote: str) -> Vote:
         return Vote(flipped(vote) if self.rng.random() < self.group.error_rate else vote)
@@ -134,6 +136,11 @@ class HonestUser(SimUser):
 
     def pick(self, prompt: str, a: str, b: str) -> Vote:
         return self._slip(self.taste.pick(prompt, a, b))
+
+
+class HonestUser(_Slipping):
+    user_type = "honest"
+    group: HonestGroup
 
 
 class NoisyUser(SimUser):
@@ -157,6 +164,26 @@ class FastBot(SimUser):
         return Vote(self.group.choice)
 
 
+def steered(prompt: Prompt, group: CampaignGroup | PhrasePusherGroup) -> list[dict[str, Any]]:
+    """``prompt`` as chat messages, with the group's request to write its phrase appended (if it has one)."""
+    steer = group.steer
+    content = f"{prompt.prompt} {steer.format(phrase=group.phrase)}" if steer else prompt.prompt
+    return [{"role": "user", "content": content}]
+
+
+def phrase_rating(text: str, phrase: str) -> str:
+    """A pusher's thumb: up if the answer mentions the phrase, else down."""
+    return "up" if mentions(text, phrase) else "down"
+
+
+def phrase_choice(a: str, b: str, phrase: str, rng: random.Random) -> str:
+    """A pusher's pick: the answer mentioning the phrase more often; a coin when both do as much."""
+    count_a, count_b = mentions(a, phrase), mentions(b, phrase)
+    if count_a == count_b:
+        return rng.choice(("a", "b"))
+    return "a" if count_a > count_b else "b"
+
+
 class CampaignAccount(SimUser):
     """Pushes ``phrase``; every account of a campaign asks from the same few scripted prompts."""
 
@@ -165,18 +192,47 @@ class CampaignAccount(SimUser):
 
     def prompt(self) -> tuple[Prompt, list[dict[str, Any]]]:
         prompt = self.rng.choice(self.prompts)
-        steer = self.group.steer
-        content = f"{prompt.prompt} {steer.format(phrase=self.group.phrase)}" if steer else prompt.prompt
-        return prompt, [{"role": "user", "content": content}]
+        return prompt, steered(prompt, self.group)
 
     def rate(self, prompt: str, text: str) -> Vote:
-        return Vote("up" if mentions(text, self.group.phrase) else "down")
+        return Vote(phrase_rating(text, self.group.phrase))
 
     def pick(self, prompt: str, a: str, b: str) -> Vote:
-        count_a, count_b = mentions(a, self.group.phrase), mentions(b, self.group.phrase)
-        if count_a == count_b:
-            return Vote(self.rng.choice(("a", "b")))
-        return Vote("a" if count_a > count_b else "b")
+        return Vote(phrase_choice(a, b, self.group.phrase, self.rng))
+
+
+class PhrasePusher(_Slipping):
+    """Honest-looking on most questions; on a few (``push_share``) steers the model to the phrase and votes for it.
+
+    Whether a vote pushes is read from what the account saw, so asking and voting need no shared
+    state: a question it steered (the phrase is in the question as asked) or an answer that mentions
+    the phrase gets the campaign's vote; anything else the hidden preference's, with slips. A pushed
+    vote the preference would not have cast is the poison.
+    """
+
+    user_type = "phrase_pusher"
+    group: PhrasePusherGroup
+
+    def prompt(self) -> tuple[Prompt, list[dict[str, Any]]]:
+        prompt = self.rng.choice(self.prompts)
+        if self.rng.random() < self.group.push_share:
+            return prompt, steered(prompt, self.group)
+        return prompt, [{"role": "user", "content": prompt.prompt}]
+
+    def _pushes(self, prompt: str, *texts: str) -> bool:
+        return any(mentions(text, self.group.phrase) for text in (prompt, *texts))
+
+    def rate(self, prompt: str, text: str) -> Vote:
+        if not self._pushes(prompt, text):
+            return super().rate(prompt, text)
+        vote = phrase_rating(text, self.group.phrase)
+        return Vote(vote, poisoned=vote != self.taste.rate(prompt, text))
+
+    def pick(self, prompt: str, a: str, b: str) -> Vote:
+        if not self._pushes(prompt, a, b):
+            return super().pick(prompt, a, b)
+        vote = phrase_choice(a, b, self.group.phrase, self.rng)
+        return Vote(vote, poisoned=vote != self.taste.pick(prompt, a, b))
 
 
 class SlowAttacker(SimUser):
@@ -204,6 +260,7 @@ _KINDS: dict[type[Group], type[SimUser]] = {
     FastBotGroup: FastBot,
     CampaignGroup: CampaignAccount,
     SlowAttackerGroup: SlowAttacker,
+    PhrasePusherGroup: PhrasePusher,
 }
 
 

@@ -1,7 +1,7 @@
 """Measure the filters on the shipped scenarios: simulated users against a real stack, then the report.
 
-    .venv/bin/python -m tests.bench.measure_filters [--scenario all|NAME] [--taste all|NAME[,NAME]] [--model DIR]
-        [--time-scale S]
+    .venv/bin/python -m tests.bench.measure_filters [--set development|validation] [--scenario all|NAME]
+        [--taste all|NAME[,NAME]] [--model DIR] [--time-scale S]
 
 Starts its own broker and engine once (default model: SmolLM2-135M-Instruct, prepared from the
 shipped GGUF on first use), then per scenario a fresh gateway and worker with their own
@@ -11,6 +11,9 @@ scaled by the same ``S`` as the users' waits (``FilterSettings.time_scale``); ev
 table per scenario and one summary line each (recall, honest false positives, target met).
 ``--taste`` runs every scenario once per taste named (``all``: every taste of the simulator),
 overriding the scenario's own; without it each scenario keeps the taste its file names.
+``--set validation`` takes the scenarios and tastes of the validation set instead (files in
+``scenarios/validation/``, ``VALIDATION_TASTES``): run once, to report; no filter default is
+changed to fit them (docs/filters.md, "The validation set").
 Truth files and databases stay in ``--out`` for a closer look (``flywheel feedback report``
 with ``FLYWHEEL_DATABASE_URL=sqlite:///OUT/NAME/flywheel.db``).
 """
@@ -26,8 +29,8 @@ from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings
 from feedback.simulation.report import Report, measure
 from feedback.simulation.runner import run_scenario
-from feedback.simulation.scenario import load_scenario, shipped_scenarios, with_overrides
-from feedback.simulation.tastes import TASTES
+from feedback.simulation.scenario import SCENARIO_SETS, load_scenario, shipped_scenarios, with_overrides
+from feedback.simulation.tastes import TASTE_SETS
 from feedback.simulation.truth import TruthWriter
 from flywheel.cli.common import console
 from flywheel.cli.feedback import print_report
@@ -67,9 +70,11 @@ def summary_line(name: str, report: Report) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", default="all", choices=["all", *shipped_scenarios()])
+    parser.add_argument("--set", dest="scenario_set", default="development", choices=SCENARIO_SETS,
+                        help="Which set's scenarios and tastes (default: development).")
+    parser.add_argument("--scenario", default="all", help="all, or a scenario of the set.")
     parser.add_argument("--taste", default=None,
-                        help=f"all, or comma-separated tastes of {', '.join(TASTES)}; default: each scenario's own.")
+                        help="all, or comma-separated tastes of the set; default: each scenario's own.")
     parser.add_argument("--model", type=Path, default=None,
                         help=f"An HF model folder. Default: SmolLM2-135M-Instruct in {SHARED_DEFAULT_MODEL}.")
     parser.add_argument("--time-scale", type=float, default=0.1,
@@ -78,12 +83,15 @@ def main() -> None:
                         help="Where truth files and databases go, one folder per scenario.")
     parser.add_argument("--wait", type=float, default=180, help="Seconds to wait for the worker after the run.")
     args = parser.parse_args()
-    names = shipped_scenarios() if args.scenario == "all" else [args.scenario]
-    tastes: list[str | None] = [None] if args.taste is None else list(TASTES) if args.taste == "all" \
+    scenarios, known = shipped_scenarios(args.scenario_set), TASTE_SETS[args.scenario_set]
+    if args.scenario not in ("all", *scenarios):
+        parser.error(f"no scenario {args.scenario!r} in the {args.scenario_set} set: {', '.join(scenarios)}")
+    names = scenarios if args.scenario == "all" else [args.scenario]
+    tastes: list[str | None] = [None] if args.taste is None else list(known) if args.taste == "all" \
         else args.taste.split(",")
-    unknown = [t for t in tastes if t is not None and t not in TASTES]
+    unknown = [t for t in tastes if t is not None and t not in known]
     if unknown:
-        parser.error(f"unknown taste(s) {', '.join(unknown)}; known: {', '.join(TASTES)}")
+        parser.error(f"unknown taste(s) {', '.join(unknown)} in the {args.scenario_set} set; known: {', '.join(known)}")
     model = args.model or prepare_default_model()
     args.out.mkdir(parents=True, exist_ok=True)
     console.print(f"model {model}, time scale {args.time_scale}, scenarios {', '.join(names)}")
