@@ -6,7 +6,8 @@ external programs in the embedded stack; this one class gives them the same life
 
 Children die with the process that started them, however it dies (``PR_SET_PDEATHSIG``): each
 runs in a session of its own (so a Ctrl-C reaches only the supervisor, which stops them in order),
-and without that signal a SIGKILLed supervisor used to leave them holding their ports. A
+and without that signal a SIGKILLed supervisor used to leave them holding their ports. Each runs
+under ``feedback.process_guard``, which takes the processes the child started down with it. A
 ``Supervisor`` restarts a child that dies, with back-off, instead of stopping everything.
 """
 
@@ -117,8 +118,11 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("starting %s (log: %s)", self.name, self.log_path)
         with self.log_path.open("ab") as out:
+            # Through the guard, which leads the child's process group and ends all of it with the child
+            # or with us: a program's own workers (vLLM's engine core) never receive our death signal.
+            guarded = [sys.executable, "-m", "feedback.process_guard", str(os.getpid()), *self.argv]
             self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                guarded, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
                 preexec_fn=_die_with_parent(os.getpid()),
             )
         return self

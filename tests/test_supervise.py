@@ -60,6 +60,44 @@ def test_children_die_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
     wait_for(lambda: gone(child), 10, "the child gone with its parent", interval=0.1)
 
 
+GRANDPARENT = textwrap.dedent("""
+    import subprocess, sys, time
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print(grandchild.pid, flush=True)
+    time.sleep(600)
+""")
+
+
+def _grandchild(log: Path) -> int:
+    """The pid the child printed to its log: a process it started itself, as vLLM starts its engine core."""
+    wait_for(lambda: log.exists() and log.read_text().strip() != "", 30, "the grandchild's pid", interval=0.1)
+    return int(log.read_text().split()[0])
+
+
+def test_what_a_child_started_dies_with_it_when_it_is_stopped(tmp_path: Path) -> None:
+    child = ManagedProcess("child", [sys.executable, "-c", GRANDPARENT], tmp_path / "child.log",
+                           ready=lambda: True).start()
+    grandchild = _grandchild(tmp_path / "child.log")
+    child.stop()
+    wait_for(lambda: gone(grandchild), 15, "the grandchild gone with the child", interval=0.1)
+
+
+def test_what_a_child_started_dies_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from feedback.supervise import ManagedProcess
+        ManagedProcess("child", [sys.executable, "-c", {GRANDPARENT!r}], Path({str(log)!r}),
+                       ready=lambda: True).start()
+        time.sleep(600)
+    """)])
+    grandchild = _grandchild(log)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    wait_for(lambda: gone(grandchild), 15, "the grandchild gone with the supervisor", interval=0.1)
+
+
 def test_a_dead_child_is_restarted_with_backoff_and_the_others_keep_running(tmp_path: Path) -> None:
     victim, bystander = sleeper(tmp_path, "victim").start(), sleeper(tmp_path, "bystander").start()
     assert victim.proc is not None and bystander.proc is not None
