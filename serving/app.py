@@ -18,6 +18,7 @@ from serving.champion import ChampionWatcher
 from serving.deps import GatewayState, storable_body
 from serving.engine import EngineClient
 from serving.errors import install_error_handlers
+from serving.feedback_tokens import FeedbackTokens
 from serving.metrics import REQUESTS
 from serving.routers import admin_models, admin_quarantine, chat, feedback, health, models
 from serving.settings import ServingSettings
@@ -38,7 +39,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         sessions = session_factory(db)
         registry = Promotion(settings.resolved_mlflow_uri, settings.registered_model, sessions)
         watcher = ChampionWatcher(settings, engine, registry)
-        app.state.gateway = GatewayState(settings, sessions, engine, producer, outbox, relay, registry, watcher)
+        tokens = FeedbackTokens(settings.feedback_token_key(), settings.feedback_token_ttl_s)
+        app.state.gateway = GatewayState(settings, sessions, engine, producer, outbox, relay, registry, watcher,
+                                         tokens)
         await watcher.refresh()
         poller = asyncio.create_task(watcher.run(), name="champion-watcher")
         log.info("gateway ready on %s:%s, engine %s", settings.host, settings.port, settings.resolved_engine_url)

@@ -14,13 +14,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.apps import Caller, find_caller, hash_key
-from feedback.events import Event
+from feedback.events import Event, FeedbackEvent
 from feedback.outbox import Outbox, OutboxFull, Relay
 from feedback.producer import EventProducer
 from feedback.promotion import Promotion
 from feedback.storable import first_unstorable
+from feedback.store import find_verdict
 from serving.champion import ChampionWatcher
 from serving.engine import EngineClient
+from serving.feedback_tokens import FeedbackTokens, Grant, is_feedback_token
 from serving.metrics import RECORD_FAILURES
 from serving.ratelimit import RateLimiter
 from serving.settings import ServingSettings
@@ -39,11 +41,14 @@ class GatewayState:
     relay: Relay
     registry: Promotion
     watcher: ChampionWatcher
+    tokens: FeedbackTokens
     # key hash -> (caller, verified at): a key is looked up in the database at most once per TTL.
     key_cache: dict[str, tuple[Caller, float]] = field(default_factory=dict)
     # (app id, event id) of feedback this gateway got acknowledged, oldest first, at most SENT_MEMORY.
     sent: OrderedDict[tuple[int, str], None] = field(default_factory=OrderedDict)
     limiter: RateLimiter = field(init=False)
+    # (app id, event id) of feedback-token votes being recorded right now: a token's second use waits for none.
+    claimed: set[tuple[int, str]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.rate_limit_per_s, self.settings.rate_limit_burst)
@@ -66,6 +71,28 @@ class GatewayState:
         while len(self.sent) > SENT_MEMORY:
             self.sent.popitem(last=False)
 
+    async def record_once(self, event: FeedbackEvent) -> None:
+        """Record the one vote a feedback token allows; 409 if that vote was already recorded.
+
+        Known from this gateway's memory of what it acknowledged (or is recording now) and from the
+        store. Another gateway's acknowledgement not yet stored is not seen here: the worker's idempotent
+        store then keeps the second copy (same app and event id) from counting.
+        """
+        key = (event.app_id, event.event_id)
+        if key in self.sent or key in self.claimed:
+            raise _reused(event.event_id)
+        self.claimed.add(key)
+        try:
+            def stored() -> bool:
+                with self.sessions() as session:
+                    return find_verdict(session, *key) is not None
+
+            if await asyncio.to_thread(stored):
+                raise _reused(event.event_id)
+            await self.record([event])
+        finally:
+            self.claimed.discard(key)
+
     async def authenticate(self, key: str) -> Caller | None:
         digest = hash_key(key)
         cached = self.key_cache.get(digest)
@@ -83,6 +110,10 @@ class GatewayState:
         return caller
 
 
+def _reused(event_id: str) -> HTTPException:
+    return HTTPException(409, f"this feedback token was already used: its vote is recorded as event {event_id}")
+
+
 def get_state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.gateway
     return state
@@ -97,6 +128,8 @@ async def get_caller(
 ) -> Caller:
     if credentials is None:
         raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'")
+    if is_feedback_token(credentials.credentials):
+        raise HTTPException(401, "a feedback token is accepted by POST /v1/feedback only, for its one vote")
     caller = await state.authenticate(credentials.credentials)
     if caller is None:
         raise HTTPException(401, "invalid or revoked API key")
@@ -113,6 +146,28 @@ async def get_app_caller(caller: Annotated[Caller, Depends(get_caller)], state: 
 
 
 CallerDep = Annotated[Caller, Depends(get_app_caller)]
+
+
+@dataclass(frozen=True)
+class Voter:
+    """Who sends a vote: an app by its key, or a browser by a feedback token (``grant``: the one vote it allows)."""
+
+    caller: Caller
+    grant: Grant | None = None
+
+
+async def get_voter(
+    state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Voter:
+    """An app key, or a feedback token (401 if forged or expired), counted against the app's rate limit."""
+    if credentials is None or not is_feedback_token(credentials.credentials):
+        return Voter(await get_app_caller(await get_caller(state, credentials), state))
+    grant = state.tokens.verify(credentials.credentials)
+    state.limiter.check(grant.app_id)
+    return Voter(Caller(grant.app_id, name="feedback-token", is_admin=False), grant)
+
+
+VoterDep = Annotated[Voter, Depends(get_voter)]
 
 
 async def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:

@@ -57,6 +57,9 @@ class FlywheelAnswer(BaseModel):
     response_id: ResponseId | None = None
     pair_id: PairId | None = None
     response_ids: list[ResponseId] | None = Field(default=None, description="Pairwise: A then B.")
+    feedback_token: str | None = Field(
+        default=None, description="For the browser: accepted instead of the app key by POST /v1/feedback for one "
+                                  "vote on this answer (thumbs) or pair (pairwise), until it expires.")
 
 
 class ChatCompletion(BaseModel):

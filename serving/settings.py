@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from feedback.settings import CommonSettings
+from serving.feedback_tokens import load_or_create_secret
 
 
 class ServingSettings(CommonSettings):
@@ -25,6 +26,12 @@ class ServingSettings(CommonSettings):
     engine_startup_timeout: float = Field(default=600.0)
     engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
     swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")
+    feedback_token_secret: SecretStr | None = Field(
+        default=None, description="HMAC secret of browser feedback tokens. Unset: generated once into "
+                                  "feedback_token.secret in the data dir. Set it alike on every gateway of a "
+                                  "deployment that does not share a data dir.")
+    feedback_token_ttl_s: float = Field(
+        default=1800.0, gt=0, description="How long the feedback token returned with an answer stays valid.")
     rate_limit_per_s: float = Field(
         default=500.0, ge=0, description="Requests a second each app may send to /v1 routes on average (a token "
                                          "bucket per app and gateway); beyond, 429 with Retry-After. 0: no limit.")
@@ -44,6 +51,12 @@ class ServingSettings(CommonSettings):
     @property
     def resolved_outbox_path(self) -> Path:
         return self.outbox_path or self.data_dir / "outbox.db"
+
+    def feedback_token_key(self) -> bytes:
+        """The feedback tokens' HMAC secret: the setting, or the data dir's file (created on first use)."""
+        if self.feedback_token_secret is not None:
+            return self.feedback_token_secret.get_secret_value().encode()
+        return load_or_create_secret(self.data_dir / "feedback_token.secret")
 
     @property
     def resolved_engine_url(self) -> str:

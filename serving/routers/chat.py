@@ -21,6 +21,7 @@ from serving.champion import Route
 from serving.deps import CallerDep, GatewayState, StateDep
 from serving.engine import EngineError
 from serving.errors import error_for, responses
+from serving.feedback_tokens import FeedbackTokens
 from serving.metrics import ANSWERS, CHAT_LATENCY
 from serving.protocol import ChatCompletion, ChatCompletionRequest, FlywheelAnswer
 
@@ -30,7 +31,8 @@ router = APIRouter(tags=["chat"])
 class _Exchange:
     """One request's identity and the facts its completion events will record."""
 
-    def __init__(self, body: ChatCompletionRequest, caller: Caller, route: Route, public_model: str) -> None:
+    def __init__(self, body: ChatCompletionRequest, caller: Caller, route: Route, public_model: str,
+                 tokens: FeedbackTokens) -> None:
         self.body = body
         self.caller = caller
         self.route = route
@@ -43,6 +45,7 @@ class _Exchange:
             response_id=None if self.pair_id else self.response_ids[0],
             pair_id=self.pair_id,
             response_ids=self.response_ids if self.pair_id else None,
+            feedback_token=tokens.issue(caller.app_id, self.pair_id or self.response_ids[0]),
         ).model_dump(exclude_none=True)
 
     def label(self, chunk: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +94,7 @@ async def create_chat_completion(
     if body.model != state.settings.public_model:
         raise HTTPException(404, f"model {body.model!r} does not exist; this gateway serves "
                                  f"{state.settings.public_model!r}")
-    exchange = _Exchange(body, caller, state.watcher.route, state.settings.public_model)
+    exchange = _Exchange(body, caller, state.watcher.route, state.settings.public_model, state.tokens)
     payload = body.engine_payload(exchange.route.engine_model)
     if body.stream:
         chunks = state.engine.chat_stream(payload)

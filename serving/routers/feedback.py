@@ -26,7 +26,7 @@ from feedback.events import (
     ThumbsFeedback,
 )
 from feedback.store import find_verdict
-from serving.deps import CallerDep, StateDep
+from serving.deps import CallerDep, StateDep, VoterDep
 from serving.errors import responses
 from serving.metrics import FEEDBACK
 from serving.protocol import FeedbackAccepted, FeedbackVerdict
@@ -41,18 +41,29 @@ def _recorded(item: ThumbsFeedback | PairwiseFeedback, caller: Caller) -> Feedba
     return PairwiseEvent(**fields) if isinstance(item, PairwiseFeedback) else ThumbsEvent(**fields)
 
 
-async def _send(state: StateDep, events: list[FeedbackEvent]) -> FeedbackAccepted:
-    await state.record(events)
+async def _send(state: StateDep, events: list[FeedbackEvent], once: bool = False) -> FeedbackAccepted:
+    """Record and count ``events``; ``once``: the single vote of a feedback token (409 if already recorded)."""
+    await (state.record_once(events[0]) if once else state.record(events))
     for event in events:
         FEEDBACK.labels(type=event.type).inc()
     return FeedbackAccepted(event_ids=[event.event_id for event in events])
 
 
-@router.post("/v1/feedback", status_code=202, responses=responses(400, 401, 429, 503))
+@router.post("/v1/feedback", status_code=202, responses=responses(400, 401, 403, 409, 429, 503))
 async def send_feedback(
-    item: Annotated[ThumbsFeedback | PairwiseFeedback, Body(discriminator="type")], caller: CallerDep, state: StateDep
+    item: Annotated[ThumbsFeedback | PairwiseFeedback, Body(discriminator="type")], voter: VoterDep, state: StateDep
 ) -> FeedbackAccepted:
-    return await _send(state, [_recorded(item, caller)])
+    """With an app key, or with the answer's ``flywheel.feedback_token`` (from a browser) for its one vote: a
+    thumbs on its response or a choice on its pair (403 for anything else, 409 once that vote is recorded; the
+    event id is then the token's own)."""
+    grant = voter.grant
+    if grant is None:
+        return await _send(state, [_recorded(item, voter.caller)])
+    voted_on = item.pair_id if isinstance(item, PairwiseFeedback) else item.response_id
+    if voted_on != grant.target:
+        raise HTTPException(403, f"this feedback token allows one vote on {grant.target}, not on {voted_on}")
+    return await _send(state, [_recorded(item.model_copy(update={"event_id": grant.event_id}), voter.caller)],
+                       once=True)
 
 
 @router.post("/v1/feedback/batch", status_code=202, responses=responses(400, 401, 429, 503))

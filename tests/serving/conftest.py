@@ -7,6 +7,7 @@ get the gateway's own 503 (no champion). The MLflow store is shared by the sessi
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ from httpx2 import Response  # what Starlette's TestClient answers with
 from feedback.apps import create_app as create_api_app
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.supervise import free_port
+from feedback.worker import Worker
 from serving.app import create_app
 from serving.settings import ServingSettings
+from tests.feedback.filtering import filter_settings
 
 
 @dataclass
@@ -74,3 +77,15 @@ def running_gateway(settings: ServingSettings) -> Iterator[Gateway]:
 @pytest.fixture
 def gateway(db_url: str, broker: str, tmp_path: Path, mlflow_uri: str) -> Iterator[Gateway]:
     yield from running_gateway(gateway_settings(db_url, broker, tmp_path / "data", mlflow_uri))
+
+
+@pytest.fixture
+def worker(gateway: Gateway) -> Iterator[None]:
+    """The real worker on the gateway's topic and database (votes right after the answer are fine here)."""
+    running = Worker(gateway.settings, filter_settings(timing_min_ms=0, timing_ms_per_char=0))
+    stop = threading.Event()
+    thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(30)

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from feedback.db.models import AliasMove
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.producer import EventProducer
 from feedback.supervise import wait_for
-from feedback.worker import Worker
 from serving.protocol import ErrorResponse
 from tests.conftest import EventBuilder
-from tests.feedback.filtering import filter_settings
 from tests.serving.conftest import Gateway
 
 
@@ -107,18 +102,6 @@ def test_promote_and_rollback_take_no_body_and_history_has_a_time_zone(gateway: 
     engine.dispose()
     [move] = gateway.get("/admin/models/history", app="ops").json()
     assert move["at"].endswith(("Z", "+00:00")), move["at"]
-
-
-@pytest.fixture
-def worker(gateway: Gateway) -> Iterator[None]:
-    """The real worker on the gateway's topic and database (votes right after the answer are fine here)."""
-    running = Worker(gateway.settings, filter_settings(timing_min_ms=0, timing_ms_per_char=0))
-    stop = threading.Event()
-    thread = threading.Thread(target=running.run, args=(stop,), daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(30)
 
 
 def test_an_app_sees_its_own_verdicts_only(gateway: Gateway, worker: None, build: EventBuilder) -> None:
