@@ -32,7 +32,7 @@ from feedback.db.models import Completion, Feedback, Quarantine
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.events import utcnow
 from feedback.store import completion_row, insert_ignoring_conflicts
-from feedback.supervise import ManagedProcess, wait_for
+from feedback.supervise import ManagedProcess, Supervisor, wait_for
 from flywheel.stack import flywheel_process
 from serving.settings import ServingSettings
 from tests.conftest import EventBuilder
@@ -246,6 +246,20 @@ class Load:
         """Wait until ``more`` further events are acknowledged."""
         target = len(self.acknowledged) + more
         wait_for(lambda: len(self.acknowledged) >= target, timeout, f"{more} more acknowledged events", interval=0.1)
+
+
+@contextmanager
+def supervised(*procs: ManagedProcess) -> Iterator[Supervisor]:
+    """Restart any of ``procs`` that exits, as ``flywheel up`` does (``Supervisor``, back-off from 1 s)."""
+    supervisor = Supervisor(list(procs), on_restart=lambda _proc, why: None)
+    stop = threading.Event()
+    watcher = threading.Thread(target=supervisor.run, args=(stop, 0.2), name="supervisor", daemon=True)
+    watcher.start()
+    try:
+        yield supervisor
+    finally:
+        stop.set()
+        watcher.join(60)
 
 
 def mid_batch(stack: Stack, load: Load, look: float = 0.3) -> bool:

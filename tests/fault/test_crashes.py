@@ -15,7 +15,17 @@ import pytest
 
 from serving.settings import ServingSettings
 from tests.fault.conftest import TcpProxy, sqlite_write_lock
-from tests.fault.harness import Figures, Load, Stack, database_name, running_stack, sigkill, sqlite_path, wait_mid_batch
+from tests.fault.harness import (
+    Figures,
+    Load,
+    Stack,
+    database_name,
+    running_stack,
+    sigkill,
+    sqlite_path,
+    supervised,
+    wait_mid_batch,
+)
 from tests.serving.test_broker_restart import Broker
 
 pytestmark = pytest.mark.fault
@@ -44,8 +54,12 @@ def test_worker_sigkilled_mid_batch(db_url: str, stack_settings: Settings) -> No
 
 
 def test_broker_sigkilled_and_restarted(db_url: str, stack_settings: Settings, private_broker: Broker) -> None:
-    """The memory broker is SIGKILLed twice (it forgets topics, offsets and every record) and started again."""
-    with running_stack(stack_settings(db_url), db_url) as stack:
+    """The memory broker is SIGKILLed twice (it forgets topics, offsets and every record) and started again.
+
+    The worker runs under a ``Supervisor`` as in ``flywheel up``: a consumer that loses its broker may raise out
+    of ``poll`` (kafka-python's coordinator lookup: ECONNREFUSED), which ends the worker process; its supervisor
+    starts it again and, the broker having forgotten the group's offsets, it re-reads from the start."""
+    with running_stack(stack_settings(db_url), db_url) as stack, supervised(stack.worker) as supervisor:
         with Load(stack, "br") as load:
             for _ in range(2):
                 load.wait_acknowledged(200)
@@ -53,7 +67,8 @@ def test_broker_sigkilled_and_restarted(db_url: str, stack_settings: Settings, p
                 load.wait_acknowledged(100)  # acknowledged from the outbox while the broker is gone
                 private_broker.start()
             load.wait_acknowledged(200)
-        figures = stack.settle(load, "broker SIGKILL x2 + restart", database_name(db_url))
+        figures = stack.settle(load, "broker SIGKILL x2 + restart", database_name(db_url),
+                               note=f"worker restarts by its supervisor: {supervisor.restarts['worker']}")
     check(figures)
 
 
