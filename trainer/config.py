@@ -1,17 +1,16 @@
 """What one training round does (``TrainConfig``) and where the trainer finds things (``TrainerSettings``).
 
-The config lives beside the trainer, as in TRL: a plain dataclass that a CLI, a test or a
+The config lives beside the trainer, as in TRL: a validated model that a CLI, a test or a
 cron job fills in. ``TrainerSettings`` holds only what differs between deployments and so
 comes from ``FLYWHEEL_`` environment variables.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from feedback.settings import CommonSettings
 
@@ -107,133 +106,201 @@ class TrainerSettings(CommonSettings):
 
 
 class ConfigError(ValueError):
-    """A TrainConfig value that cannot work; the message says which field and what to use."""
+    """A training setting that cannot work in this round (found at run time); the message says what to use."""
 
 
 Algorithm = Literal["auto", "dpo", "kto"]
 LossType = Literal["sigmoid", "robust"]
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(BaseModel):
     """One round: snapshot -> reward model -> policy (DPO or KTO, LoRA) -> gates.
 
-    Defaults suit SmolLM2-135M on a few CPU cores; a GPU job raises ``batch_size`` and
-    ``max_length``. When the champion already has an adapter, training continues that
-    adapter, so its own rank and target modules win over ``lora_*`` here.
-
-    ``min_pairs`` is the least number of training examples a round needs: preference pairs
-    for DPO, rated answers for KTO.
+    As in TRL, the config sits beside the trainer, every field carries its help (``flywheel
+    train --help`` and ``docs/configuration.md`` are generated from it) and a value that cannot
+    work is refused when the config is built, naming the field. Defaults suit SmolLM2-135M on a
+    few CPU cores; a GPU job raises ``batch_size`` and ``max_length``. When the champion already
+    has an adapter, training continues that adapter, so its own rank and target modules win over
+    ``lora_*`` here.
     """
 
-    min_pairs: int = 16
-    algorithm: Algorithm = "auto"
-    loss_type: LossType = "sigmoid"
-    label_smoothing: float = 0.0  # > 0 with "sigmoid" is conservative DPO; "robust" needs it > 0
-    snapshot_min_rows: int = 16
-    snapshot_min_label_share: float = 0.1
-    reward_model: bool = True
-    reward_ensemble: int = 1
-    # A new classification head on a sentence encoder needs a few passes: at 1 epoch and 5e-5 the
-    # first round's model (about 120 pairs) ranked 49 % of held-out pairs right, at 3 and 1e-4 71 %.
-    reward_epochs: float = 3.0
-    reward_max_steps: int = -1
-    reward_learning_rate: float = 1e-4
-    reward_batch_size: int = 8
-    reward_max_length: int = 256
-    reward_score_limit: int = 20_000  # newest voted answers the reward model scores for the worker; 0: none
-    gates: bool = True
-    gate_prompts: int = 16
-    gate_max_new_tokens: int = 48
-    gate_bootstrap: int = 1000
-    canaries: Path | None = None  # default: trainer/canaries.yaml
-    heldout_fraction: float = 0.2
-    max_pairs_per_prompt: int = 8
-    # Train on the votes cast after the champion's own snapshot only: the round continues from the
-    # champion, which has learnt the older ones already; counting them again every round would
-    # weigh old votes more with each round and make rounds slower as the store grows.
-    new_feedback_only: bool = True
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    # LoRA adapters train at about ten times a full fine-tune's rate: at 5e-5 a 31-step round on SmolLM2-135M
-    # ended with a DPO loss of 0.6925 (log 2 is 0.6931) and a KL of 0.0000 to its parent: nothing learnt.
-    learning_rate: float = 1e-3
-    beta: float = 0.1
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
-    gradient_checkpointing: bool = False  # saves memory, costs ~30% time: worth it only for big models
-    lora_r: int = 8  # must not exceed the serving engine's --max-lora-rank
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = field(default_factory=lambda: ("q_proj", "k_proj", "v_proj", "o_proj"))
-    seed: int = 0
-    output_dir: Path | None = None  # default: <data_dir>/trainer
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    def validate(self) -> TrainConfig:
-        """Raise ConfigError naming the first bad field; returns self so calls can chain."""
-        checks: list[tuple[bool, str]] = [
-            (self.min_pairs >= 1, f"min_pairs must be >= 1 (got {self.min_pairs})"),
-            (self.algorithm in ("auto", "dpo", "kto"), f"algorithm must be auto, dpo or kto (got {self.algorithm!r})"),
-            (self.loss_type in ("sigmoid", "robust"), f"loss_type must be sigmoid or robust (got {self.loss_type!r})"),
-            (
-                0.0 <= self.label_smoothing < 0.5,
-                f"label_smoothing is the assumed share of flipped labels, in [0, 0.5) (got {self.label_smoothing})",
-            ),
-            (
-                self.loss_type != "robust" or self.label_smoothing > 0,
-                "loss_type='robust' needs label_smoothing > 0 (the assumed flip rate, e.g. 0.1)",
-            ),
-            (self.snapshot_min_rows >= 1, f"snapshot_min_rows must be >= 1 (got {self.snapshot_min_rows})"),
-            (
-                0.0 <= self.snapshot_min_label_share < 0.5,
-                f"snapshot_min_label_share must be in [0, 0.5) (got {self.snapshot_min_label_share})",
-            ),
-            (self.reward_ensemble >= 1, f"reward_ensemble must be >= 1 (got {self.reward_ensemble})"),
-            (
-                self.reward_epochs > 0 or self.reward_max_steps > 0,
-                "set reward_epochs > 0 or reward_max_steps > 0 "
-                f"(got reward_epochs={self.reward_epochs}, reward_max_steps={self.reward_max_steps})",
-            ),
-            (self.reward_learning_rate > 0, f"reward_learning_rate must be > 0 (got {self.reward_learning_rate})"),
-            (self.reward_batch_size >= 1, f"reward_batch_size must be >= 1 (got {self.reward_batch_size})"),
-            (self.reward_max_length >= 16, f"reward_max_length must be >= 16 (got {self.reward_max_length})"),
-            (
-                self.reward_score_limit >= 0,
-                f"reward_score_limit must be >= 0 answers, 0 to score none (got {self.reward_score_limit})",
-            ),
-            (self.gate_prompts >= 1, f"gate_prompts must be >= 1 (got {self.gate_prompts})"),
-            (self.gate_max_new_tokens >= 1, f"gate_max_new_tokens must be >= 1 (got {self.gate_max_new_tokens})"),
-            (self.gate_bootstrap >= 100, f"gate_bootstrap must be >= 100 resamples (got {self.gate_bootstrap})"),
-            (
-                0.0 < self.heldout_fraction < 1.0,
-                f"heldout_fraction must be strictly between 0 and 1, e.g. 0.2 (got {self.heldout_fraction}); "
-                "without held-out pairs a candidate cannot be compared with the champion",
-            ),
-            (self.max_pairs_per_prompt >= 1, f"max_pairs_per_prompt must be >= 1 (got {self.max_pairs_per_prompt})"),
-            (
-                self.epochs > 0 or self.max_steps > 0,
-                f"set epochs > 0 or max_steps > 0 (got epochs={self.epochs}, max_steps={self.max_steps})",
-            ),
-            (self.learning_rate > 0, f"learning_rate must be > 0, e.g. 5e-5 (got {self.learning_rate})"),
-            (self.beta > 0, f"beta must be > 0, e.g. 0.1 (got {self.beta})"),
-            (self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})"),
-            (
-                self.gradient_accumulation_steps >= 1,
-                f"gradient_accumulation_steps must be >= 1 (got {self.gradient_accumulation_steps})",
-            ),
-            (self.max_length >= 16, f"max_length must be >= 16 tokens (got {self.max_length})"),
-            (self.lora_r >= 1, f"lora_r must be >= 1, e.g. 8 (got {self.lora_r})"),
-            (self.lora_alpha >= 1, f"lora_alpha must be >= 1, e.g. 2 * lora_r (got {self.lora_alpha})"),
-            (0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1) (got {self.lora_dropout})"),
-            (
-                len(self.lora_target_modules) > 0,
-                "lora_target_modules is empty: name the linear layers to adapt, e.g. ('q_proj', 'v_proj')",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+    min_pairs: int = Field(
+        default=16, ge=1,
+        description="Skip the round below this many training examples: preference pairs for DPO, rated answers "
+        "for KTO.",
+    )
+    algorithm: Algorithm = Field(
+        default="auto",
+        description="auto (DPO when at least half the usable events form pairs, else KTO), dpo or kto.",
+    )
+    loss_type: LossType = Field(
+        default="sigmoid",
+        description="DPO loss: sigmoid (with label_smoothing: conservative DPO) or robust (needs label_smoothing > 0).",
+    )
+    label_smoothing: float = Field(
+        default=0.0, ge=0.0, lt=0.5,
+        description="Assumed share of flipped labels, for conservative or robust DPO.",
+    )
+    snapshot_min_rows: int = Field(
+        default=16, ge=1,
+        description="The snapshot check refuses a snapshot with fewer rows.",
+    )
+    snapshot_min_label_share: float = Field(
+        default=0.1, ge=0.0, lt=0.5,
+        description=(
+            "The snapshot check refuses a snapshot whose rarer label (chosen side, thumbs rating) is below this "
+            "share."
+        ),
+    )
+    reward_model: bool = Field(
+        default=True,
+        description="Train the reward model that judges the win-rate gate and scores answers for the filters.",
+    )
+    reward_ensemble: int = Field(
+        default=1, ge=1,
+        description="Reward models in the ensemble; their spread is the uncertainty.",
+    )
+    reward_epochs: float = Field(
+        default=3.0, ge=0.0,
+        description=(
+            "Passes of the reward model over the training pairs. A new classification head on a sentence encoder "
+            "needs a few: at 1 epoch and 5e-5 the first demo round's model (about 120 pairs) ranked 49 % of "
+            "held-out pairs right, at 3 and 1e-4 71 %."
+        ),
+    )
+    reward_max_steps: int = Field(
+        default=-1,
+        description="Reward-model optimizer steps; overrides reward_epochs when > 0.",
+    )
+    reward_learning_rate: float = Field(
+        default=1e-4, gt=0.0,
+        description="AdamW learning rate of the reward model.",
+    )
+    reward_batch_size: int = Field(
+        default=8, ge=1,
+        description="Pairs per reward-model step.",
+    )
+    reward_max_length: int = Field(
+        default=256, ge=16,
+        description="Tokens of prompt and answer the reward model reads.",
+    )
+    reward_score_limit: int = Field(
+        default=20_000, ge=0,
+        description="Newest voted answers the reward model scores for the worker's filters; 0: none.",
+    )
+    gates: bool = Field(
+        default=True,
+        description="Run the gates; without them no candidate becomes challenger.",
+    )
+    gate_prompts: int = Field(
+        default=16, ge=1,
+        description="Held-out prompts both policies answer for the gates.",
+    )
+    gate_max_new_tokens: int = Field(
+        default=48, ge=1,
+        description="Greedy answer length for the gates, in tokens.",
+    )
+    gate_bootstrap: int = Field(
+        default=1000, ge=100,
+        description="Bootstrap resamples of the win-rate gate's CI.",
+    )
+    canaries: Path | None = Field(
+        default=None,
+        description="Canary prompts file; default: trainer/canaries.yaml.",
+    )
+    heldout_fraction: float = Field(
+        default=0.2, gt=0.0, lt=1.0,
+        description=(
+            "Share of prompts held out (split per prompt): without held-out pairs a candidate cannot be compared "
+            "with the champion."
+        ),
+    )
+    max_pairs_per_prompt: int = Field(
+        default=8, ge=1,
+        description="Most preference pairs one prompt contributes.",
+    )
+    new_feedback_only: bool = Field(
+        default=True,
+        description=(
+            "Train on the votes cast after the champion's own snapshot only: the round continues from the "
+            "champion, which has learnt the older ones; counting them again would weigh old votes more every "
+            "round and slow rounds as the store grows."
+        ),
+    )
+    epochs: float = Field(
+        default=1.0, ge=0.0,
+        description="Passes of the policy over the training examples.",
+    )
+    max_steps: int = Field(
+        default=-1,
+        description="Policy optimizer steps; overrides epochs when > 0.",
+    )
+    learning_rate: float = Field(
+        default=1e-3, gt=0.0,
+        description=(
+            "AdamW learning rate of the LoRA weights. LoRA trains at about ten times a full fine-tune's rate: at "
+            "5e-5 a 31-step round on SmolLM2-135M ended at a DPO loss of 0.6925 (log 2 is 0.6931) and a KL of 0 "
+            "to its parent."
+        ),
+    )
+    beta: float = Field(
+        default=0.1, gt=0.0,
+        description="DPO/KTO beta: how far the policy may move from the reference.",
+    )
+    batch_size: int = Field(
+        default=4, ge=1,
+        description="Examples per policy step (KTO needs at least 2: it estimates its KL term across the batch).",
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1,
+        description="Batches per optimizer step.",
+    )
+    max_length: int = Field(
+        default=512, ge=16,
+        description="Tokens of prompt and answer the policy trains on.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Saves memory at about 30 % more time: worth it only for big models.",
+    )
+    lora_r: int = Field(
+        default=8, ge=1,
+        description="LoRA rank; at most the engine's FLYWHEEL_ENGINE_MAX_LORA_RANK.",
+    )
+    lora_alpha: int = Field(
+        default=16, ge=1,
+        description="LoRA scaling numerator, e.g. 2 * lora_r.",
+    )
+    lora_dropout: float = Field(
+        default=0.05, ge=0.0, lt=1.0,
+        description="Dropout on the LoRA inputs.",
+    )
+    lora_target_modules: tuple[str, ...] = Field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1,
+        description="Linear layers the adapter adapts.",
+    )
+    seed: int = Field(
+        default=0,
+        description="Seed of the split, the initialisation and the bootstrap.",
+    )
+    output_dir: Path | None = Field(
+        default=None,
+        description="Working folder; default: <data_dir>/trainer.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.loss_type == "robust" and self.label_smoothing <= 0:
+            raise ValueError("loss_type='robust' needs label_smoothing > 0 (the assumed flip rate, e.g. 0.1)")
+        if self.reward_epochs <= 0 and self.reward_max_steps <= 0:
+            raise ValueError("set reward_epochs > 0 or reward_max_steps > 0 "
+                             f"(got reward_epochs={self.reward_epochs}, reward_max_steps={self.reward_max_steps})")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError(f"set epochs > 0 or max_steps > 0 (got epochs={self.epochs}, max_steps={self.max_steps})")
+        if self.algorithm == "kto" and self.batch_size < 2:
+            raise ValueError("KTO estimates its KL term across a batch: batch_size must be >= 2 (got 1)")
         return self
 
     def resolved_output_dir(self, settings: CommonSettings) -> Path:

@@ -13,7 +13,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -101,7 +101,6 @@ def train_once(
     ``min_new_feedback`` > 0 (the scheduler's setting) also skips when fewer accepted events
     arrived since the newest trained version's snapshot.
     """
-    config.validate()
     try:
         with training_lock(settings):
             return _round(settings, config, progress, min_new_feedback)
@@ -203,7 +202,7 @@ def _freeze_and_validate(
     factory: Any,
 ) -> SnapshotValidation:
     """Log the run's parameters and the snapshot, then run the snapshot suite and log its result."""
-    params = {f"config.{k}": v for k, v in asdict(config).items()}
+    params = {f"config.{k}": v for k, v in config.model_dump().items()}
     params |= {
         "parent_version": parent,
         "base_model": str(settings.resolved_base_model),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,7 +17,7 @@ from feedback.db.session import transaction
 from feedback.model_versions import CHALLENGER, CHAMPION, NoAdapterError, download_adapter
 from feedback.promotion import RegistryError
 from tests.trainer.conftest import Store
-from trainer.config import ConfigError, TrainConfig, TrainerSettings
+from trainer.config import TrainConfig, TrainerSettings
 from trainer.registry import Registry
 from trainer.round import GATE_REPORT_ARTIFACT, SNAPSHOT_ARTIFACT, train_once
 from trainer.schedule import run_every
@@ -67,13 +68,21 @@ def lenient(settings: TrainerSettings, **overrides: object) -> TrainerSettings:
     return settings.model_copy(update=values | overrides)
 
 
-def test_config_validation_names_the_field() -> None:
-    with pytest.raises(ConfigError, match="heldout_fraction"):
-        TrainConfig(heldout_fraction=0).validate()
-    with pytest.raises(ConfigError, match="lora_target_modules"):
-        TrainConfig(lora_target_modules=()).validate()
-    with pytest.raises(ConfigError, match="robust"):
-        TrainConfig(loss_type="robust").validate()
+def test_config_is_validated_on_construction_and_names_the_field() -> None:
+    with pytest.raises(ValidationError, match="heldout_fraction"):
+        TrainConfig(heldout_fraction=0)
+    with pytest.raises(ValidationError, match="lora_target_modules"):
+        TrainConfig(lora_target_modules=())
+    with pytest.raises(ValidationError, match="robust"):
+        TrainConfig(loss_type="robust")
+    with pytest.raises(ValidationError, match="KTO"):
+        TrainConfig(algorithm="kto", batch_size=1)
+    with pytest.raises(ValidationError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValidationError, match="learning_rate"):
+        TrainConfig().learning_rate = 0  # assignments are validated too
+    with pytest.raises(ValidationError, match="extra"):
+        TrainConfig(learning_rat=1e-4)  # type: ignore[call-arg]  # a misspelt field is refused, not ignored
 
 
 def test_too_few_pairs_skips_without_registering(settings: TrainerSettings, store: Store) -> None:

@@ -1,0 +1,44 @@
+"""``flywheel train``'s options come from ``TrainConfig``: every field, its help, its default, its validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from flywheel.cli.main import app
+from trainer.config import TrainConfig
+
+runner = CliRunner()
+
+
+def test_every_scalar_field_is_an_option_with_its_help_and_default() -> None:
+    shown = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "400"}).output
+    for name, field in TrainConfig.model_fields.items():
+        if name == "lora_target_modules":  # a tuple: set it in code, not on the command line
+            continue
+        assert f"--{name.replace('_', '-')}" in shown, name
+        assert str(field.description)[:40] in shown, name
+    assert "Default: 0.001." in shown  # learning_rate's default, from the field
+
+
+def test_options_left_out_keep_the_configs_defaults_and_bad_values_name_the_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[TrainConfig] = []
+
+    def fake_round(settings: Any, config: TrainConfig, *args: Any, **kwargs: Any) -> Any:
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("trainer.round.train_once", fake_round)
+    result = runner.invoke(app, ["train", "--learning-rate", "0.0002", "--no-reward-model", "--algorithm", "kto"])
+    assert result.exit_code == 0, result.output
+    assert seen[0] == TrainConfig(learning_rate=2e-4, reward_model=False, algorithm="kto")
+
+    refused = runner.invoke(app, ["train", "--heldout-fraction", "1.5"])
+    assert refused.exit_code == 1 and "--heldout-fraction" in refused.output and "less than 1" in refused.output
+    refused = runner.invoke(app, ["train", "--loss-type", "robust"])
+    assert refused.exit_code == 1 and "label_smoothing > 0" in refused.output
+    assert len(seen) == 1
