@@ -32,7 +32,7 @@ class CommonSettings(BaseSettings):
         default="flywheel.events",
         description="One topic for completions and feedback, so both share a partition per response.",
     )
-    kafka_partitions: int = Field(default=4, ge=1)
+    kafka_partitions: int = Field(default=4, ge=1, description="Partitions of the topic when Flywheel creates it.")
     kafka_send_timeout_s: float = Field(
         default=5.0, ge=0.1,
         description="Longest wait for the broker to acknowledge an event (or to connect); then 503, and the "

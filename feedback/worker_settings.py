@@ -26,7 +26,9 @@ class WorkerSettings(CommonSettings):
             "makes the embedded worker start fast; real Kafka requires at least 6000 by default."
         ),
     )
-    worker_heartbeat_interval_ms: int = Field(default=3000, ge=1)
+    worker_heartbeat_interval_ms: int = Field(
+        default=3000, ge=1, description="Consumer-group heartbeat: how soon the broker notices a worker is gone."
+    )
     worker_retry_backoff_s: float = Field(
         default=2.0, gt=0, description="Pause before re-reading a batch whose database write failed."
     )

@@ -19,11 +19,15 @@ class ServingSettings(CommonSettings):
         description="An external vLLM OpenAI server (runtime LoRA enabled). Unset: `flywheel up` starts one.",
     )
     engine_port: int = Field(default=8001, description="Port of the embedded vLLM engine.")
-    engine_max_lora_rank: int = Field(default=16)
+    engine_max_lora_rank: int = Field(
+        default=16, description="Largest LoRA rank the engine accepts (vLLM --max-lora-rank)."
+    )
     engine_max_loras: int = Field(default=2, description="Adapters resident at once in the engine.")
-    engine_max_model_len: int = Field(default=2048)
+    engine_max_model_len: int = Field(
+        default=2048, description="Longest prompt plus answer, in tokens (vLLM --max-model-len)."
+    )
     engine_kv_cache_gb: int = Field(default=2, description="vLLM CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
-    engine_startup_timeout: float = Field(default=600.0)
+    engine_startup_timeout: float = Field(default=600.0, description="Seconds the engine may take to start.")
     engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
     swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")
     feedback_token_secret: SecretStr | None = Field(
