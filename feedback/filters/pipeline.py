@@ -9,7 +9,9 @@ its rater's reliability weight. After each micro-batch, inside the batch's trans
    look at the whole history (campaigns, consensus, the reliability estimate of step 4) at most
    every ``search_interval_s`` (the raters who voted meanwhile are remembered and reviewed
    then), and whenever the stream goes quiet (``catch_up``, called by the worker on an empty
-   poll);
+   poll). The consensus search, the costliest, runs in a thread on a snapshot of what it reads
+   (``background.py``): a batch waits ``search_wait_s`` for it, then commits without it, and a
+   later batch (or the next quiet poll, which waits for it) stores its flags;
 3. a newly flagged rater is stored in ``flagged_raters`` and their accepted votes move to
    quarantine (retroactive quarantine: insert-if-absent into ``quarantine`` and delete from
    ``feedback`` in the same transaction, so an event is never in both or neither); their
@@ -36,6 +38,7 @@ from sqlalchemy.orm import Session
 from feedback.db.id_lists import id_chunks
 from feedback.db.models import AdminAction, BatchAlert, Completion, Feedback, FlaggedRater, Quarantine
 from feedback.events import EVENT_ADAPTER, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
+from feedback.filters.background import Background
 from feedback.filters.base import Answer, Filter, FilterState, Finding, Flag, HistoryFilter, Rater, Vote
 from feedback.filters.bots import BotFilter
 from feedback.filters.campaigns import CampaignFilter
@@ -130,6 +133,8 @@ class Pipeline:
         self._wanted: set[str] = set()
         self._touched: set[Rater] = set()
         self._search_due: set[Rater] = set()
+        self._consensus_due: set[Rater] = set()  # raters for the next consensus search (one runs at a time)
+        self._consensus_job: Background[list[Flag]] | None = None
         self._searched_at = -math.inf
 
     # -- start-up -------------------------------------------------------------------------------
@@ -203,23 +208,30 @@ class Pipeline:
             self._apply(session, self.bots.review(self.state, self._touched | self._synced))
             self._synced = set()
         if time.monotonic() - self._searched_at >= self.settings.search_interval_s:
-            self._search(session)
+            self._search(session, self.settings.search_wait_s)
+        elif self._collect(session, 0):
+            self._reweigh(session)
 
     def catch_up(self, session: Session) -> bool:
-        """Run a search deferred by ``search_interval_s``; False if none was due.
+        """Run a search deferred by ``search_interval_s``, and wait for a consensus search still running; False if
+        there was neither.
 
         The worker calls it when a poll comes back empty, so a quiet stream gets its verdicts
-        within a poll timeout instead of waiting for the next batch.
+        within a poll timeout (and a running search's time) instead of waiting for the next batch.
         """
         if not self.settings.enabled:
             return False
         self._sync(session)
-        if not self._search_due:
+        if self._search_due:
+            if self._searches():
+                self._apply(session, self.bots.review(self.state, self._synced))
+                self._synced = set()
+            self._search(session, None)
+            return True
+        if self._consensus_job is None and not self._consensus_due:
             return False
-        if self._searches():
-            self._apply(session, self.bots.review(self.state, self._synced))
-            self._synced = set()
-        self._search(session)
+        self._consensus(session, None)
+        self._reweigh(session)
         return True
 
     # -- replicas (see replicas.py) --------------------------------------------------------------
@@ -301,19 +313,53 @@ class Pipeline:
             session.execute(delete(Feedback).where(Feedback.app_id == app_id, Feedback.event_id.in_(chunk)))
         RETROACTIVE.labels(reason).inc(len(rows))
 
-    def _search(self, session: Session) -> None:
-        """The history-wide searches over the raters who voted since the last one: campaigns, consensus, then
-        the reliability estimate. A replica without the search lease only re-estimates reliability, for its own
-        verdicts and weights, and writes nothing."""
+    def _search(self, session: Session, wait: float | None) -> None:
+        """The history-wide searches over the raters who voted since the last one: campaigns, consensus (waited
+        for ``wait`` seconds, None: however long), then the reliability estimate. A replica without the search
+        lease only re-estimates reliability, for its own verdicts and weights, and writes nothing."""
         if self._searches():
             self._apply(session, self.campaigns.review(self.state, self._search_due))
             # after bots and campaigns are out, so the consensus is learnt from the raters still trusted
-            self._apply(session, self.consensus.review(self.state, self._search_due))
+            self._consensus_due |= self._search_due
+            self._consensus(session, wait)
             self._reweigh(session)
         else:
             self.reliability.review(self.state)
         self._search_due = set()
         self._searched_at = time.monotonic()
+
+    def _consensus(self, session: Session, wait: float | None) -> None:
+        """Store the flags of a finished consensus search, start one over the raters due, and wait ``wait`` seconds
+        for it. With ``wait`` None (a quiet stream) every search runs to its end, the ones over raters who came due
+        while another ran included."""
+        self._collect(session, 0)
+        self._start_consensus()
+        while self._collect(session, wait) and wait is None and self._consensus_due:
+            self._start_consensus()
+
+    def _start_consensus(self) -> None:
+        """Start a consensus search over the raters due, unless one is running (they wait for the next)."""
+        if self._consensus_job is not None or not self._consensus_due:
+            return
+        snapshot = self.consensus.prepare(self.state, self._consensus_due)
+        self._consensus_due = set()
+        if snapshot is not None:
+            self._consensus_job = Background(lambda: self.consensus.decide(snapshot), "consensus-search")
+
+    def _collect(self, session: Session, wait: float | None) -> bool:
+        """Store the flags of the running consensus search if it ends within ``wait`` seconds; whether it did.
+
+        Its snapshot may be a few batches old: a rater it condemns is flagged now, and the votes they cast
+        since are moved with the others (retroactive quarantine), so a late verdict loses nothing."""
+        if self._consensus_job is None:
+            return False
+        done, flags = self._consensus_job.result(wait)
+        if not done:
+            return False
+        self._consensus_job = None
+        # as a search inside the batch would, it condemns only raters nobody flagged (its snapshot's may be since)
+        self._apply(session, [f for f in flags or [] if not self.state.flags.get(f.rater)])
+        return True
 
     def _reweigh(self, session: Session) -> None:
         """Re-estimate reliability (after the flags, so condemned raters no longer sway the consensus) and

@@ -18,9 +18,10 @@ from tests.conftest import EventBuilder
 
 
 def filter_settings(**overrides: Any) -> FilterSettings:
-    """Defaults scaled for tests: reading takes 1 s + 1 ms per character; small history thresholds."""
+    """Defaults scaled for tests: reading takes 1 s + 1 ms per character; small history thresholds; every search
+    within its batch (``search_wait_s`` None), so verdicts can be read right after it."""
     values: dict[str, Any] = {"timing_min_ms": 1000, "timing_ms_per_char": 1, "contract_min_batch": 1000,
-                              "search_interval_s": 0}
+                              "search_interval_s": 0, "search_wait_s": None}
     return FilterSettings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
 
 

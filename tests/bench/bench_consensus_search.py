@@ -1,0 +1,71 @@
+"""The first consensus search's cost, before and after the compressed design and the single BLAS thread, in one run.
+
+    .venv/bin/python -m tests.bench.bench_consensus_search [--honest 150] [--taste numbers] [--seed 0]
+
+The first search after a worker starts is the costliest: every rater is reviewed and the penalty
+grid is cross-validated (``ConsensusFilter``). This builds a fixed synthetic history in memory
+(``synthetic_history.py``: by default 150 honest raters x 40 votes, 8 slow attackers x 40, 10 coin
+flippers x 20, about 6 500 votes: the size at which 172 s was measured), then runs that first
+search with a fresh filter twice: as it was (``compress=False``, the BLAS library's own threads)
+and as it is now, and prints both times, their ratio and whether the verdicts (raters flagged,
+with their judged votes and disagreements) are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+from feedback.filters import FilterSettings, Pipeline
+from feedback.filters.base import Flag
+from feedback.filters.consensus import ConsensusFilter
+from flywheel.cli.common import console
+from tests.bench.synthetic_history import History, Population, build_history
+
+
+def verdicts(flags: list[Flag]) -> list[tuple[str, str, int, int]]:
+    """What a search decided, comparable across runs: who, why, on how many judged votes, how many against."""
+    return sorted((f.rater[1], f.reason, f.evidence["judged_votes"], f.evidence["disagreements"]) for f in flags)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timed:
+    wall: float
+    cpu: float  # this process's CPU seconds, every thread's: less sensitive than wall time to other load
+
+
+def first_search(history: History, **variant: object) -> tuple[Timed, list[Flag]]:
+    """Seconds and flags of a fresh filter's first search over every rater (``variant``: ConsensusFilter fields)."""
+    consensus: ConsensusFilter = dataclasses.replace(Pipeline(FilterSettings()).consensus,
+                                                     **variant)  # type: ignore[arg-type]
+    wall, cpu = time.perf_counter(), time.process_time()
+    flags = consensus.review(history.state, set(history.state.votes))
+    return Timed(time.perf_counter() - wall, time.process_time() - cpu), flags
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--honest", type=int, default=150, help="honest raters (40 votes each)")
+    parser.add_argument("--taste", default="numbers", help="the synthetic raters' taste (a simulator taste)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    history = build_history(Population(honest=args.honest, taste=args.taste, seed=args.seed))
+    console.print(f"{history.votes} votes, {len(history.state.answers)} answers, {len(history.state.votes)} raters")
+    after, new = first_search(history)
+    console.print(f"after (compressed design, 1 BLAS thread): {after.wall:.1f} s ({after.cpu:.1f} s CPU), "
+                  f"{len(new)} raters flagged")
+    before, old = first_search(history, compress=False, blas_threads=None)
+    console.print(f"before (design as built, BLAS default threads): {before.wall:.1f} s ({before.cpu:.1f} s CPU), "
+                  f"{len(old)} raters flagged")
+    kinds = {f.rater: history.kinds[f.rater] for f in new}
+    console.print(f"flagged: {sorted(kinds.values()).count('attacker')} attackers, "
+                  f"{sorted(kinds.values()).count('flipper')} coin flippers, "
+                  f"{sorted(kinds.values()).count('honest')} honest")
+    same = verdicts(new) == verdicts(old)
+    console.print(f"ratio before/after: {before.wall / after.wall:.1f}x wall, {before.cpu / after.cpu:.1f}x CPU; "
+                  f"verdicts identical: {same}")
+
+
+if __name__ == "__main__":
+    main()
