@@ -23,5 +23,7 @@ def mlflow_ui_process(settings: CommonSettings, port: int, log_path: Path) -> Ma
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]
     url = f"http://127.0.0.1:{port}/health"
+    # The server's job runner (huey consumers) never hears a SIGTERM sent to the server, which then waits
+    # for it forever; the UI only browses and runs no jobs, so it goes without one and stops on SIGTERM.
     return ManagedProcess("MLflow UI", argv, log_path, ready=lambda: httpx.get(url, timeout=2).is_success,
-                          startup_timeout=120)
+                          env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, startup_timeout=120)
