@@ -68,7 +68,8 @@ def render() -> str:
         inherited = CommonSettings if model is not CommonSettings and issubclass(model, CommonSettings) else None
         lines += [f"## {title}", "", about, "", "| variable | default | what |", "| --- | --- | --- |"]
         for name, field in _own_fields(model, inherited).items():
-            lines.append(_row(f"{prefix}{name.upper()}", field))
+            variable = field.validation_alias if isinstance(field.validation_alias, str) else f"{prefix}{name.upper()}"
+            lines.append(_row(variable, field))
         lines.append("")
     lines += ["## One training round (`flywheel train` options, `trainer.config.TrainConfig`)", "",
               "Not environment variables: options of `flywheel train` (and fields of `TrainConfig` in code).", "",
