@@ -150,7 +150,7 @@ def generate(
     max_new_tokens: int,
     progress: ProgressFn | None = None,
     stage: str = "generate",
-    batch_size: int = 8,
+    batch_size: int = 32,
 ) -> Answers:
     """Greedy answers, batched with left padding (one forward pass per token for a whole batch)."""
     import torch

@@ -1,4 +1,19 @@
-"""One training round: snapshot -> Great Expectations gate -> reward model -> policy (DPO or KTO) -> gates -> register.
+"""One training round, read as its stages: snapshot -> reward model -> policy -> judge -> register.
+
+``train_once`` takes the trainer lock and runs the stages in order; each is a function given
+only what it needs, and each is timed the same way (``StageClock``: ``TrainResult.seconds`` and
+the MLflow metrics ``seconds_<stage>``).
+
+1. **snapshot**: the accepted feedback (with ``new_feedback_only``, the votes cast after the
+   champion's own snapshot) is split per prompt into train and held-out examples and frozen;
+   a new MLflow run records the round's parameters and the snapshot, and the Great Expectations
+   suite checks it. A snapshot that fails is "rejected": nothing is trained.
+2. **reward model** (when configured): trained on the training pairs, its held-out accuracy
+   measured, its scores published for the worker's filters, the model logged for ``flywheel scorer``.
+3. **policy**: DPO or KTO with LoRA, continuing the champion's adapter.
+4. **judge**: held-out preference accuracy of champion and candidate, then the gates.
+5. **register**: adapter, gate report, plots and metrics logged; the version registered, and
+   marked challenger only if it passed every gate.
 
 Nothing reaches the registry until the very end: a crash anywhere before leaves at most a
 FAILED MLflow run, never a version or an alias move. A candidate that fails a gate is still
@@ -13,12 +28,15 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from mlflow.entities import Metric, Param, RunStatus
+from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.session import make_engine, session_factory
 from feedback.model_versions import ADAPTER_ARTIFACT_PATH, ADAPTER_TAG
@@ -55,7 +73,7 @@ log = logging.getLogger(__name__)
 VALIDATION_ARTIFACT = "snapshot_validation.json"
 GATE_REPORT_ARTIFACT = "gate_report.json"
 PLOTS_ARTIFACT_PATH = "plots"
-Algorithm = Literal["dpo", "kto"]
+Method = Literal["dpo", "kto"]  # what a round trains with; TrainConfig.algorithm may also say "auto"
 
 
 @dataclass
@@ -66,7 +84,7 @@ class TrainResult:
     parent_version: str | None = None
     challenger: bool = False
     run_id: str | None = None
-    algorithm: Algorithm | None = None
+    algorithm: Method | None = None
     champion_metrics: PairMetrics | None = None
     candidate_metrics: PairMetrics | None = None
     snapshot: Snapshot | None = None
@@ -76,7 +94,48 @@ class TrainResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def choose_algorithm(config: TrainConfig, examples: FeedbackExamples) -> Algorithm:
+class StageClock:
+    """Seconds per stage of one round, measured one way for all of them."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Examples:
+    """What the round learns from: the policy's examples (pairs for DPO, rated answers for KTO) and the
+    preference pairs the reward model and the gates use, each split per prompt into train and held-out."""
+
+    method: Method
+    train: list[Any]
+    heldout: list[Any]
+    pairs_train: list[PreferencePair]
+    pairs_heldout: list[PreferencePair]
+
+
+@dataclass(frozen=True)
+class RewardStage:
+    model: RewardModel | None
+    evaluation: RewardEvaluation | None
+    scored: int
+
+
+@dataclass(frozen=True)
+class Judgement:
+    champion: PairMetrics
+    candidate: PairMetrics
+    gates: GateReport | None
+
+
+def choose_algorithm(config: TrainConfig, examples: FeedbackExamples) -> Method:
     """DPO when most of the feedback's events already form pairs, KTO when most are lone ratings.
 
     DPO learns only from prompts with both a preferred and a rejected answer; KTO learns from
@@ -121,85 +180,83 @@ def _round(
                 message=f"only {new} new accepted feedback events since the last trained version; a cycle needs "
                 f"{min_new_feedback} (FLYWHEEL_TRAIN_MIN_NEW_FEEDBACK)",
             )
+    clock = StageClock()
+    with clock.stage("snapshot"):
+        examples = _select_examples(factory, registry, config)
+        if isinstance(examples, TrainResult):
+            return examples
+        frozen = freeze(factory, examples.method, examples.train, examples.heldout)
+        base = ensure_base_model(settings)  # before the bootstrap, so version 1 describes a real folder
+        parent = registry.ensure_bootstrap()
+        run_id = registry.client.create_run(
+            registry.experiment_id(),
+            run_name=f"{examples.method}-v{parent}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
+            tags={"flywheel.parent_version": parent, "flywheel.snapshot_hash": frozen.content_hash},
+        ).info.run_id
+    try:
+        with clock.stage("snapshot_check"):
+            validation = _log_and_check_snapshot(settings, config, registry, run_id, parent, frozen, factory)
+        if not validation.passed:
+            registry.client.set_tag(run_id, "flywheel.outcome", "snapshot_rejected")
+            registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+            return TrainResult(
+                status="rejected", algorithm=examples.method, run_id=run_id, parent_version=parent,
+                snapshot=frozen, validation=validation,
+                message="the snapshot failed its checks, nothing was trained: " + "; ".join(validation.failures()),
+            )
+        result = _train_and_judge(settings, base, config, registry, run_id, parent, examples, clock, progress)
+        result.snapshot, result.validation = frozen, validation
+    except BaseException:
+        registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    with clock.stage("register"):
+        return _register(settings, registry, result)
+
+
+def _select_examples(
+    factory: sessionmaker[Session], registry: Registry, config: TrainConfig
+) -> Examples | TrainResult:
+    """The round's examples, or a "skipped" result saying why there are not enough to train and judge on."""
     since = champion_learnt_until(registry) if config.new_feedback_only else None
-    examples = load_examples(factory, config.max_pairs_per_prompt, since)
-    algorithm = choose_algorithm(config, examples)
-    if algorithm == "kto" and config.batch_size < 2:
-        raise ConfigError("KTO estimates its KL term across a batch: batch_size must be >= 2 (got 1)")
-    data: list[Any] = list(examples.pairs if algorithm == "dpo" else examples.rated)
-    kind = "preference pairs" if algorithm == "dpo" else "rated answers"
+    feedback = load_examples(factory, config.max_pairs_per_prompt, since)
+    method = choose_algorithm(config, feedback)
+    if method == "kto" and config.batch_size < 2:  # only "auto" gets here: an explicit "kto" is refused earlier
+        raise ConfigError("the feedback is mostly lone ratings, so the round chose KTO, which estimates its KL term "
+                          "across a batch: batch_size must be >= 2 (got 1)")
+    data: list[Any] = list(feedback.pairs if method == "dpo" else feedback.rated)
+    kind = "preference pairs" if method == "dpo" else "rated answers"
     if len(data) < config.min_pairs:
         return TrainResult(
             status="skipped",
-            algorithm=algorithm,
+            algorithm=method,
             message=f"only {len(data)} {kind} in the store"
             + (f" from votes after the champion's snapshot ({since:%Y-%m-%d %H:%M:%S})" if since else "")
-            + f"; {algorithm.upper()} training needs at least {config.min_pairs} (TrainConfig.min_pairs). "
+            + f"; {method.upper()} training needs at least {config.min_pairs} (TrainConfig.min_pairs). "
             "Collect more pairwise votes or thumbs.",
         )
     train, heldout = split_pairs(data, config.heldout_fraction)
     if not train or not heldout:
         return TrainResult(
             status="skipped",
-            algorithm=algorithm,
+            algorithm=method,
             message=f"all {len(data)} {kind} fell into one split (train {len(train)}, held-out {len(heldout)}): "
             "the split is per prompt, so more distinct prompts are needed before a candidate can be judged.",
         )
-    frozen = freeze(factory, algorithm, train, heldout)
-    base = ensure_base_model(settings)  # before the bootstrap, so version 1 describes a real folder
-    parent = registry.ensure_bootstrap()
-    run_id = registry.client.create_run(
-        registry.experiment_id(),
-        run_name=f"{algorithm}-v{parent}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
-        tags={"flywheel.parent_version": parent, "flywheel.snapshot_hash": frozen.content_hash},
-    ).info.run_id
-    try:
-        validation = _freeze_and_validate(settings, config, registry, run_id, parent, frozen, factory)
-        if not validation.passed:
-            registry.client.set_tag(run_id, "flywheel.outcome", "snapshot_rejected")
-            registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-            return TrainResult(
-                status="rejected",
-                algorithm=algorithm,
-                run_id=run_id,
-                parent_version=parent,
-                snapshot=frozen,
-                validation=validation,
-                message="the snapshot failed its checks, nothing was trained: " + "; ".join(validation.failures()),
-            )
-        pairs_train, pairs_heldout = (
-            (train, heldout) if algorithm == "dpo" else split_pairs(examples.pairs, config.heldout_fraction)
-        )
-        result = _train_and_gate(
-            settings,
-            base,
-            config,
-            registry,
-            run_id,
-            parent,
-            algorithm,
-            train,
-            heldout,
-            pairs_train,
-            pairs_heldout,
-            progress,
-        )
-        result.snapshot, result.validation = frozen, validation
-    except BaseException:
-        registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
-    registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-    return _register(settings, registry, result)
+    pairs_train, pairs_heldout = (
+        (train, heldout) if method == "dpo" else split_pairs(feedback.pairs, config.heldout_fraction)
+    )
+    return Examples(method, train, heldout, pairs_train, pairs_heldout)
 
 
-def _freeze_and_validate(
+def _log_and_check_snapshot(
     settings: TrainerSettings,
     config: TrainConfig,
     registry: Registry,
     run_id: str,
     parent: str,
     frozen: Snapshot,
-    factory: Any,
+    factory: sessionmaker[Session],
 ) -> SnapshotValidation:
     """Log the run's parameters and the snapshot, then run the snapshot suite and log its result."""
     params = {f"config.{k}": v for k, v in config.model_dump().items()}
@@ -226,147 +283,55 @@ def _freeze_and_validate(
     return validation
 
 
-def _log_json(registry: Registry, run_id: str, files: dict[str, Any]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, content in files.items():
-            path = Path(tmp) / name
-            path.write_text(json.dumps(content, indent=2, default=str))
-            registry.client.log_artifact(run_id, str(path))
-
-
-def _reward_model(
-    settings: TrainerSettings,
-    config: TrainConfig,
-    pairs_train: list[PreferencePair],
-    pairs_heldout: list[PreferencePair],
-    workdir: Path,
-    progress: ProgressFn | None,
-) -> tuple[RewardModel | None, RewardEvaluation | None]:
-    if not config.reward_model or not pairs_train:
-        return None, None
-    backbone = settings.reward_backbone or default_backbone()
-    model = train_reward_model(backbone, pairs_train, config, workdir, progress)
-    return model, evaluate_reward_model(model, pairs_heldout)
-
-
-def _train_and_gate(
+def _train_and_judge(
     settings: TrainerSettings,
     base: Path,
     config: TrainConfig,
     registry: Registry,
     run_id: str,
     parent: str,
-    algorithm: Algorithm,
-    train: list[Any],
-    heldout: list[Any],
-    pairs_train: list[PreferencePair],
-    pairs_heldout: list[PreferencePair],
+    examples: Examples,
+    clock: StageClock,
     progress: ProgressFn | None,
 ) -> TrainResult:
+    """Stages 2 to 4 and the logging of their output, in one working folder removed afterwards."""
     import torch
 
-    from trainer.dpo import dpo_trainer
-    from trainer.kto import kto_trainer
-    from trainer.plots import save_plots
-
-    client = registry.client
-    seconds: dict[str, float] = {}
     torch.manual_seed(config.seed)
     output_root = config.resolved_output_dir(settings)
     output_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_root, prefix=f"run-{run_id}-") as tmp:
         workdir = Path(tmp)
-        started = time.perf_counter()
-        reward_model, reward_eval = _reward_model(settings, config, pairs_train, pairs_heldout, workdir, progress)
-        seconds["reward_model"] = time.perf_counter() - started
-        scored = 0
-        if reward_model is not None and reward_eval is not None and config.reward_score_limit:
-            started = time.perf_counter()
-            scored = publish_reward_scores(reward_model, reward_eval.heldout_accuracy, registry.factory, run_id,
-                                           config.reward_score_limit, progress)
-            # `flywheel scorer` goes on scoring new answers with the model whose scores the table now holds
-            log_reward_model(registry.client, run_id, reward_model)
-            seconds["reward_scores"] = time.perf_counter() - started
-
-        started = time.perf_counter()
-        model, tokenizer, lora = load_champion_policy(base, config, registry, workdir)
-        build = dpo_trainer if algorithm == "dpo" else kto_trainer
-        trainer = build(model, tokenizer, lora, train, config, workdir / "checkpoints", progress)
-        seconds["load"] = time.perf_counter() - started
-        started = time.perf_counter()
-        train_output = trainer.train()
-        seconds["train"] = time.perf_counter() - started
-        seconds["per_step"] = seconds["train"] / max(train_output.global_step, 1)
-
+        with clock.stage("reward_model"):
+            reward = _reward_stage(settings, config, examples, registry, run_id, workdir, progress)
+        with clock.stage("policy"):
+            trainer, tokenizer, train_output = _policy_stage(base, config, registry, examples, workdir, progress)
+        clock.seconds["per_step"] = clock.seconds["policy"] / max(train_output.global_step, 1)
         policy: Any = trainer.model  # a PeftModel: TRL applied the LoRA or we loaded the champion's
-        started = time.perf_counter()
-        with champion_view(policy):
-            champion_metrics = evaluate_pairs(
-                policy, tokenizer, pairs_heldout, config.max_length, progress, "evaluate-champion"
-            )
-        with candidate_view(policy):
-            candidate_metrics = evaluate_pairs(
-                policy, tokenizer, pairs_heldout, config.max_length, progress, "evaluate-candidate"
-            )
-        seconds["evaluate"] = time.perf_counter() - started
-
-        report = None
-        if config.gates:
-            started = time.perf_counter()
-            prompts = list({x.prompt_hash: x.prompt for x in heldout}.values())[: config.gate_prompts]
-            inputs = collect(
-                policy,
-                tokenizer,
-                prompts,
-                load_canaries(config.canaries),
-                champion_metrics,
-                candidate_metrics,
-                config,
-                progress,
-                pairs_train + pairs_heldout,
-            )
-            report = evaluate_gates(inputs, reward_model, settings, config,
-                                    reward_eval.heldout_accuracy if reward_eval else None)
-            seconds["gates"] = time.perf_counter() - started
-
-        with candidate_view(policy):
-            adapter_dir = workdir / "adapter"
-            policy.save_pretrained(str(adapter_dir), selected_adapters=["default"])
-        tokenizer.save_pretrained(str(adapter_dir))  # vLLM reads the adapter's tokenizer when present
-        client.log_artifacts(run_id, str(adapter_dir), ADAPTER_ARTIFACT_PATH)
-        if report is not None:
-            _log_json(registry, run_id, {GATE_REPORT_ARTIFACT: report.to_dict()})
-        win_rate = next((g.value for g in report.gates if g.name == "win_rate"), None) if report else None
-        plots = save_plots(
-            workdir / PLOTS_ARTIFACT_PATH,
-            list(trainer.state.log_history),
-            reward_model.log_history if reward_model else [],
-            win_rate if win_rate is not None and not math.isnan(win_rate) else None,
-            report.win_rate_ci if report else None,
-            settings.gate_win_rate_min_lower,
-        )
-        client.log_artifacts(run_id, str(plots[0].parent), PLOTS_ARTIFACT_PATH)
-
+        with clock.stage("judge"):
+            judgement = _judge_stage(policy, tokenizer, examples, reward, settings, config, progress)
+        with clock.stage("log"):
+            _log_candidate(registry, run_id, policy, tokenizer, trainer, reward, judgement, settings, workdir)
     metrics = {
         "train_loss": float(train_output.training_loss),
         "train_steps": float(train_output.global_step),
-        "heldout_pairs": float(candidate_metrics.pairs),
-        "heldout_accuracy": candidate_metrics.accuracy,
-        "heldout_margin": candidate_metrics.mean_margin,
-        "champion_heldout_accuracy": champion_metrics.accuracy,
-        "champion_heldout_margin": champion_metrics.mean_margin,
+        "heldout_pairs": float(judgement.candidate.pairs),
+        "heldout_accuracy": judgement.candidate.accuracy,
+        "heldout_margin": judgement.candidate.mean_margin,
+        "champion_heldout_accuracy": judgement.champion.accuracy,
+        "champion_heldout_margin": judgement.champion.mean_margin,
         **(
             {
-                "reward_heldout_accuracy": reward_eval.heldout_accuracy,
-                "reward_uncertainty": reward_eval.uncertainty,
-                "reward_heldout_pairs": float(reward_eval.pairs),
-                "reward_scored_answers": float(scored),
+                "reward_heldout_accuracy": reward.evaluation.heldout_accuracy,
+                "reward_uncertainty": reward.evaluation.uncertainty,
+                "reward_heldout_pairs": float(reward.evaluation.pairs),
+                "reward_scored_answers": float(reward.scored),
             }
-            if reward_eval
+            if reward.evaluation
             else {}
         ),
-        **(report.metrics() if report else {}),
-        **{f"seconds_{k}": v for k, v in seconds.items()},
+        **(judgement.gates.metrics() if judgement.gates else {}),
+        **{f"seconds_{k}": v for k, v in clock.seconds.items()},
     }
     _log_metrics(registry, run_id, metrics, trainer.state.log_history)
     return TrainResult(
@@ -374,13 +339,107 @@ def _train_and_gate(
         message="",
         parent_version=parent,
         run_id=run_id,
-        algorithm=algorithm,
-        champion_metrics=champion_metrics,
-        candidate_metrics=candidate_metrics,
-        reward=reward_eval,
-        gates=report,
-        seconds=seconds,
+        algorithm=examples.method,
+        champion_metrics=judgement.champion,
+        candidate_metrics=judgement.candidate,
+        reward=reward.evaluation,
+        gates=judgement.gates,
+        seconds=clock.seconds,
     )
+
+
+def _reward_stage(
+    settings: TrainerSettings,
+    config: TrainConfig,
+    examples: Examples,
+    registry: Registry,
+    run_id: str,
+    workdir: Path,
+    progress: ProgressFn | None,
+) -> RewardStage:
+    """Train and measure the reward model; publish its scores and log it for the scorer process."""
+    if not config.reward_model or not examples.pairs_train:
+        return RewardStage(None, None, 0)
+    backbone = settings.reward_backbone or default_backbone()
+    model = train_reward_model(backbone, examples.pairs_train, config, workdir, progress)
+    evaluation = evaluate_reward_model(model, examples.pairs_heldout)
+    scored = 0
+    if config.reward_score_limit:
+        scored = publish_reward_scores(model, evaluation.heldout_accuracy, registry.factory, run_id,
+                                       config.reward_score_limit, progress)
+        # `flywheel scorer` goes on scoring new answers with the model whose scores the table now holds
+        log_reward_model(registry.client, run_id, model)
+    return RewardStage(model, evaluation, scored)
+
+
+def _policy_stage(
+    base: Path, config: TrainConfig, registry: Registry, examples: Examples, workdir: Path,
+    progress: ProgressFn | None,
+) -> tuple[Any, Any, Any]:
+    """The champion's policy trained one round further; returns the TRL trainer, the tokenizer and its output."""
+    from trainer.dpo import dpo_trainer
+    from trainer.kto import kto_trainer
+
+    model, tokenizer, lora = load_champion_policy(base, config, registry, workdir)
+    build = dpo_trainer if examples.method == "dpo" else kto_trainer
+    trainer = build(model, tokenizer, lora, examples.train, config, workdir / "checkpoints", progress)
+    return trainer, tokenizer, trainer.train()
+
+
+def _judge_stage(
+    policy: Any, tokenizer: Any, examples: Examples, reward: RewardStage, settings: TrainerSettings,
+    config: TrainConfig, progress: ProgressFn | None,
+) -> Judgement:
+    """Held-out preference accuracy of champion and candidate, then (when configured) the gates."""
+    with champion_view(policy):
+        champion = evaluate_pairs(policy, tokenizer, examples.pairs_heldout, config.max_length, progress,
+                                  "evaluate-champion")
+    with candidate_view(policy):
+        candidate = evaluate_pairs(policy, tokenizer, examples.pairs_heldout, config.max_length, progress,
+                                   "evaluate-candidate")
+    if not config.gates:
+        return Judgement(champion, candidate, None)
+    prompts = list({x.prompt_hash: x.prompt for x in examples.heldout}.values())[: config.gate_prompts]
+    inputs = collect(policy, tokenizer, prompts, load_canaries(config.canaries), champion, candidate, config,
+                     progress, examples.pairs_train + examples.pairs_heldout)
+    accuracy = reward.evaluation.heldout_accuracy if reward.evaluation else None
+    return Judgement(champion, candidate, evaluate_gates(inputs, reward.model, settings, config, accuracy))
+
+
+def _log_candidate(
+    registry: Registry, run_id: str, policy: Any, tokenizer: Any, trainer: Any, reward: RewardStage,
+    judgement: Judgement, settings: TrainerSettings, workdir: Path,
+) -> None:
+    """The adapter (what the registry will point at), the gate report and the plots, into the run."""
+    from trainer.plots import save_plots
+
+    client = registry.client
+    with candidate_view(policy):
+        adapter_dir = workdir / "adapter"
+        policy.save_pretrained(str(adapter_dir), selected_adapters=["default"])
+    tokenizer.save_pretrained(str(adapter_dir))  # vLLM reads the adapter's tokenizer when present
+    client.log_artifacts(run_id, str(adapter_dir), ADAPTER_ARTIFACT_PATH)
+    report = judgement.gates
+    if report is not None:
+        _log_json(registry, run_id, {GATE_REPORT_ARTIFACT: report.to_dict()})
+    win_rate = next((g.value for g in report.gates if g.name == "win_rate"), None) if report else None
+    plots = save_plots(
+        workdir / PLOTS_ARTIFACT_PATH,
+        list(trainer.state.log_history),
+        reward.model.log_history if reward.model else [],
+        win_rate if win_rate is not None and not math.isnan(win_rate) else None,
+        report.win_rate_ci if report else None,
+        settings.gate_win_rate_min_lower,
+    )
+    client.log_artifacts(run_id, str(plots[0].parent), PLOTS_ARTIFACT_PATH)
+
+
+def _log_json(registry: Registry, run_id: str, files: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            path = Path(tmp) / name
+            path.write_text(json.dumps(content, indent=2, default=str))
+            registry.client.log_artifact(run_id, str(path))
 
 
 def _log_metrics(registry: Registry, run_id: str, metrics: dict[str, float], history: list[dict[str, Any]]) -> None:
