@@ -32,7 +32,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy serving feedback trainer flywheel
+	$(BIN)/mypy serving feedback trainer registry flywheel
 	$(BIN)/pytest -q
 
 # Real faults under load (worker, broker, gateway SIGKILL, database away, engine killed), counted acknowledged

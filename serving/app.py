@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from feedback.db.session import make_engine, session_factory
 from feedback.outbox import Outbox, Relay
 from feedback.producer import EventProducer
-from feedback.promotion import Promotion
+from registry.promotion import Promotion
 from serving.champion import ChampionWatcher
 from serving.deps import GatewayState, storable_body
 from serving.engine import EngineClient

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from mlflow.entities.model_registry import ModelVersion
 
-from feedback.model_versions import CHAMPION, adapter_artifact_path, download_adapter
-from feedback.promotion import Promotion
+from registry.model_versions import CHAMPION, adapter_artifact_path, download_adapter
+from registry.promotion import Promotion
 from serving.engine import EngineClient
 from serving.metrics import LIVE_VERSION, SWAP_FAILURES, SWAPS
 from serving.settings import ServingSettings

@@ -17,9 +17,9 @@ from feedback.apps import Caller, find_caller, hash_key
 from feedback.events import Event, FeedbackEvent
 from feedback.outbox import Outbox, OutboxFull, Relay
 from feedback.producer import EventProducer
-from feedback.promotion import Promotion
 from feedback.storable import first_unstorable
 from feedback.store import find_verdict
+from registry.promotion import Promotion
 from serving.champion import ChampionWatcher
 from serving.engine import EngineClient
 from serving.feedback_tokens import FeedbackTokens, Grant, is_feedback_token

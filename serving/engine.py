@@ -7,15 +7,11 @@ the CPU build started here and a GPU deployment elsewhere (``FLYWHEEL_ENGINE_URL
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-from feedback.supervise import ManagedProcess
-from serving.settings import ServingSettings
 
 
 class EngineError(RuntimeError):
@@ -24,34 +20,6 @@ class EngineError(RuntimeError):
     def __init__(self, message: str, status: int = 502) -> None:
         super().__init__(message)
         self.status = status
-
-
-def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path) -> ManagedProcess:
-    """vLLM's OpenAI server with runtime LoRA loading on (each version is loaded under its own name)."""
-    argv = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir),
-        "--served-model-name", settings.base_engine_model,
-        "--host", "127.0.0.1",
-        "--port", str(settings.engine_port),
-        "--dtype", "bfloat16",
-        "--max-model-len", str(settings.engine_max_model_len),
-        "--enable-lora",
-        "--max-lora-rank", str(settings.engine_max_lora_rank),
-        "--max-loras", str(settings.engine_max_loras),
-        "--disable-log-stats",
-    ]
-    env = {
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-        "VLLM_CPU_KVCACHE_SPACE": str(settings.engine_kv_cache_gb),
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-    }
-    url = f"http://127.0.0.1:{settings.engine_port}/health"
-    return ManagedProcess(
-        "engine (vllm)", argv, log_path, ready=lambda: httpx.get(url, timeout=2).status_code == 200,
-        env=env, startup_timeout=settings.engine_startup_timeout,
-    )
 
 
 class EngineClient:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from feedback.producer import BrokerUnavailable
-from feedback.promotion import RegistryError
+from registry.promotion import RegistryError
 from serving.champion import NoChampion
 from serving.engine import EngineError
 from serving.protocol import ErrorBody, ErrorResponse

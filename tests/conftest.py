@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from feedback.broker import tansu_process
 from feedback.db.models import App
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
 from feedback.events import ChatMessage, CompletionEvent, PairwiseEvent, ThumbsEvent, new_root
-from feedback.supervise import free_port
 from feedback.worker_settings import WorkerSettings
+from flywheel.stack.broker import tansu_process
+from flywheel.stack.supervise import free_port
 
 # The maintenance database of a local PostgreSQL with trust auth; each test gets a database beside it.
 POSTGRES_URL = os.environ.get("FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from feedback.supervise import ManagedProcess, PortTaken, Supervisor, check_ports_free, free_port, wait_for
+from flywheel.stack.supervise import ManagedProcess, PortTaken, Supervisor, check_ports_free, free_port, wait_for
 
 
 def sleeper(tmp_path: Path, name: str = "sleeper") -> ManagedProcess:
@@ -46,7 +46,7 @@ def test_children_die_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from feedback.supervise import ManagedProcess
+        from flywheel.stack.supervise import ManagedProcess
         child = ManagedProcess("child", [sys.executable, "-c", "import time; time.sleep(600)"],
                                Path({str(tmp_path / 'child.log')!r}), ready=lambda: True).start()
         print(child.proc.pid, flush=True)
@@ -87,7 +87,7 @@ def test_what_a_child_started_dies_with_a_sigkilled_supervisor(tmp_path: Path) -
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from feedback.supervise import ManagedProcess
+        from flywheel.stack.supervise import ManagedProcess
         ManagedProcess("child", [sys.executable, "-c", {GRANDPARENT!r}], Path({str(log)!r}),
                        ready=lambda: True).start()
         time.sleep(600)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from feedback.model_versions import adapter_artifact_path, download_adapter
+from registry.model_versions import adapter_artifact_path, download_adapter
 from trainer.config import TrainConfig
 from trainer.pairs import PreferencePair
 from trainer.registry import Registry

@@ -1,6 +1,6 @@
 """The model registry, the trainer's side: the experiment, the base version, new versions.
 
-Alias moves (champion, challenger, rollback) and their audit trail are ``feedback.promotion``,
+Alias moves (champion, challenger, rollback) and their audit trail are ``registry.promotion``,
 shared with the gateway's admin endpoints.
 
 Naming, in one place:
@@ -20,8 +20,8 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.model_versions import ADAPTER_TAG, CHAMPION, NO_ADAPTER
-from feedback.promotion import Promotion, RegistryError
+from registry.model_versions import ADAPTER_TAG, CHAMPION, NO_ADAPTER
+from registry.promotion import Promotion, RegistryError
 from trainer.config import TrainerSettings
 
 BOOTSTRAP_RUN_NAME = "bootstrap-base-model"

@@ -39,7 +39,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.session import make_engine, session_factory
-from feedback.model_versions import ADAPTER_ARTIFACT_PATH, ADAPTER_TAG
+from registry.model_versions import ADAPTER_ARTIFACT_PATH, ADAPTER_TAG
 from trainer.base_model import ensure_base_model
 from trainer.config import ConfigError, TrainConfig, TrainerSettings
 from trainer.gates import GateReport, collect, load_canaries

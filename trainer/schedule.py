@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Feedback
 from feedback.db.session import make_engine
-from feedback.model_versions import CHAMPION
+from registry.model_versions import CHAMPION
 from trainer.config import ConfigError, TrainerSettings
 from trainer.pairs import EventKey
 from trainer.registry import Registry

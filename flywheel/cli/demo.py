@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from feedback.simulation.scenario import ScenarioError, load_scenario, with_overrides
-from feedback.simulation.tastes import TASTES
 from flywheel.cli.common import console, fail, setup_logging
+from flywheel.simulation.scenario import ScenarioError, load_scenario, with_overrides
+from flywheel.simulation.tastes import TASTES
 from trainer.base_model import SHARED_DEFAULT_MODEL, prepare_default_model
 
 
@@ -88,11 +88,11 @@ def evaluate(
     from rich.table import Table
 
     from feedback.db.session import make_engine, session_factory
-    from feedback.promotion import Promotion, RegistryError
-    from feedback.simulation.scenario import CampaignGroup
-    from feedback.simulation.tastes import make_taste
-    from feedback.simulation.users import load_prompts
     from flywheel.demo.evaluation import PROMPT_SET, Evaluator
+    from flywheel.simulation.scenario import CampaignGroup
+    from flywheel.simulation.tastes import make_taste
+    from flywheel.simulation.users import load_prompts
+    from registry.promotion import Promotion, RegistryError
     from serving.settings import ServingSettings
     from trainer.base_model import ensure_base_model
 

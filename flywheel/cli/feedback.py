@@ -12,8 +12,8 @@ from rich.table import Table
 from feedback import quarantine as store
 from feedback.db.session import transaction
 from feedback.filters import FilterSettings
-from feedback.simulation.report import Report, measure
 from flywheel.cli.common import console, default_actor, fail, store_sessions
+from flywheel.simulation.report import Report, measure
 
 app = typer.Typer(help="Feedback: quarantine review and reports.", no_args_is_help=True)
 quarantine = typer.Typer(help="Quarantined feedback: list, show, release into training data, purge.",

@@ -6,9 +6,9 @@ import typer
 from rich.table import Table
 
 from feedback.db.session import make_engine, session_factory, upgrade
-from feedback.promotion import Promotion, RegistryError
 from feedback.settings import CommonSettings
 from flywheel.cli.common import console, default_actor, fail
+from registry.promotion import Promotion, RegistryError
 
 app = typer.Typer(help="Model versions and the champion alias.", no_args_is_help=True)
 

@@ -7,8 +7,8 @@ import threading
 import typer
 import uvicorn
 
-from feedback.supervise import ProcessFailed
 from flywheel.cli.common import console, fail, setup_logging
+from flywheel.stack.supervise import ProcessFailed
 from serving.settings import ServingSettings
 
 
@@ -17,7 +17,7 @@ def up(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Start the whole embedded stack: broker, MLflow UI, vLLM engine, gateway and worker. Ctrl-C stops it."""
-    from flywheel.stack import run_stack  # imports the trainer (torch): only this command needs it
+    from flywheel.stack.services import run_stack  # imports the trainer (torch): only this command needs it
 
     setup_logging(verbose)
     try:

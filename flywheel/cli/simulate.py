@@ -10,11 +10,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from feedback.simulation.runner import GatewayRejected, run_scenario
-from feedback.simulation.scenario import ScenarioError, load_scenario, with_overrides
-from feedback.simulation.tastes import TASTES
-from feedback.simulation.truth import USER_TYPES, TruthWriter
 from flywheel.cli.common import console, fail
+from flywheel.simulation.runner import GatewayRejected, run_scenario
+from flywheel.simulation.scenario import ScenarioError, load_scenario, with_overrides
+from flywheel.simulation.tastes import TASTES
+from flywheel.simulation.truth import USER_TYPES, TruthWriter
 from serving.settings import ServingSettings
 
 

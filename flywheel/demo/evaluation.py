@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from feedback.model_versions import adapter_artifact_path, download_adapter
-from feedback.promotion import Promotion
-from feedback.simulation.scenario import ChatOptions
-from feedback.simulation.tastes import Taste, markup_lines, word_count
-from feedback.simulation.users import Prompt, mentions
 from flywheel.demo.schema import Estimate, Evaluation
+from flywheel.simulation.scenario import ChatOptions
+from flywheel.simulation.tastes import Taste, markup_lines, word_count
+from flywheel.simulation.users import Prompt, mentions
+from registry.model_versions import adapter_artifact_path, download_adapter
+from registry.promotion import Promotion
 from serving.engine import EngineClient
 from serving.settings import ServingSettings
 

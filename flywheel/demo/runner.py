@@ -27,18 +27,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from feedback.apps import create_app
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.filters import FilterSettings
-from feedback.promotion import Promotion
-from feedback.simulation.report import Report, measure
-from feedback.simulation.runner import run_scenario
-from feedback.simulation.scenario import CampaignGroup, Scenario
-from feedback.simulation.tastes import make_taste
-from feedback.simulation.truth import TruthWriter, read_truth
-from feedback.simulation.users import load_prompts
-from feedback.supervise import free_port
 from flywheel.demo.evaluation import PROMPT_SET, Evaluator, VersionAnswers, save_answers
 from flywheel.demo.page import write_report
 from flywheel.demo.schema import DemoOptions, DemoReport, Evaluation, GateLine, RoundRecord, SwapRecord, VersionRecord
-from flywheel.stack import start_services
+from flywheel.simulation.report import Report, measure
+from flywheel.simulation.runner import run_scenario
+from flywheel.simulation.scenario import CampaignGroup, Scenario
+from flywheel.simulation.tastes import make_taste
+from flywheel.simulation.truth import TruthWriter, read_truth
+from flywheel.simulation.users import load_prompts
+from flywheel.stack.services import start_services
+from flywheel.stack.supervise import free_port
+from registry.promotion import Promotion
 from serving.settings import ServingSettings
 from trainer.config import TrainConfig, TrainerSettings
 from trainer.round import TrainResult, train_once

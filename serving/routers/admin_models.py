@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from feedback.promotion import VersionInfo
+from registry.promotion import VersionInfo
 from serving.deps import AdminDep, StateDep
 from serving.errors import responses
 from serving.protocol import AliasMoveOut, AliasMoveRequest, ChampionMoved

@@ -29,16 +29,16 @@ from kafka import KafkaConsumer
 from sqlalchemy import insert
 
 from feedback import events
-from feedback.broker import tansu_process
 from feedback.db.models import App, Completion, Feedback
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
 from feedback.events import ChatMessage, CompletionEvent, Event, PairwiseEvent, ThumbsEvent, utcnow
 from feedback.filters import FilterSettings
 from feedback.producer import EventProducer
 from feedback.store import completion_row, feedback_row
-from feedback.supervise import free_port
 from feedback.worker import Worker
 from feedback.worker_settings import WorkerSettings
+from flywheel.stack.broker import tansu_process
+from flywheel.stack.supervise import free_port
 
 WORDS = ["water", "sleep", "light", "early", "walk", "tea", "plan", "list", "rest", "screen", "cool", "dark", "quiet",
          "routine", "steps", "note"]

@@ -27,13 +27,13 @@ from pathlib import Path
 
 from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings
-from feedback.simulation.report import Report, measure
-from feedback.simulation.runner import run_scenario
-from feedback.simulation.scenario import SCENARIO_SETS, load_scenario, shipped_scenarios, with_overrides
-from feedback.simulation.tastes import TASTE_SETS
-from feedback.simulation.truth import TruthWriter
 from flywheel.cli.common import console
 from flywheel.cli.feedback import print_report
+from flywheel.simulation.report import Report, measure
+from flywheel.simulation.runner import run_scenario
+from flywheel.simulation.scenario import SCENARIO_SETS, load_scenario, shipped_scenarios, with_overrides
+from flywheel.simulation.tastes import TASTE_SETS
+from flywheel.simulation.truth import TruthWriter
 from tests.bench.stack import Backend, backend, service
 from trainer.base_model import SHARED_DEFAULT_MODEL, prepare_default_model
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import httpx
 
 from feedback.apps import create_app as create_api_app
-from feedback.broker import tansu_process
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
 from feedback.filters import FilterSettings
 from feedback.producer import ensure_topic
-from feedback.supervise import free_port
 from feedback.worker import Worker
-from flywheel.stack import flywheel_process
-from serving.engine import vllm_process
+from flywheel.stack.broker import tansu_process
+from flywheel.stack.engine import vllm_process
+from flywheel.stack.services import flywheel_process
+from flywheel.stack.supervise import free_port
 from serving.settings import ServingSettings
 from trainer.base_model import build_tiny_model
 from trainer.config import TrainerSettings

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from feedback.filters.base import Answer, FilterState, Rater, Vote
-from feedback.simulation.tastes import make_taste
-from feedback.simulation.users import flipped, load_prompts
+from flywheel.simulation.tastes import make_taste
+from flywheel.simulation.users import flipped, load_prompts
 
 APP = 1
 NUMBERS = ("2", "3", "10", "2.5", "15", "40", "half", "ten", "1,000")

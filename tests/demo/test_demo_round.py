@@ -22,13 +22,13 @@ from sqlalchemy import select
 
 from feedback.db.models import AliasMove, Quarantine
 from feedback.db.session import make_engine, session_factory
-from feedback.simulation.scenario import load_scenario
-from feedback.simulation.tastes import make_taste
-from feedback.simulation.truth import read_truth
-from feedback.simulation.users import load_prompts
 from flywheel.demo.evaluation import PROMPT_SET
 from flywheel.demo.runner import DemoRun
 from flywheel.demo.schema import DemoOptions, DemoReport
+from flywheel.simulation.scenario import load_scenario
+from flywheel.simulation.tastes import make_taste
+from flywheel.simulation.truth import read_truth
+from flywheel.simulation.users import load_prompts
 from trainer.base_model import build_tiny_model
 from trainer.config import TrainConfig
 

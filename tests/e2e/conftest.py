@@ -21,11 +21,11 @@ from feedback.apps import create_app as create_api_app
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
 from feedback.filters.settings import FilterSettings
 from feedback.producer import ensure_topic
-from feedback.supervise import free_port, wait_for
 from feedback.worker import Worker
-from flywheel.stack import child_env
+from flywheel.stack.engine import vllm_process
+from flywheel.stack.services import child_env
+from flywheel.stack.supervise import free_port, wait_for
 from serving.app import create_app
-from serving.engine import vllm_process
 from serving.settings import ServingSettings
 from trainer.base_model import build_tiny_model
 from trainer.config import TrainerSettings

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from feedback.db.models import AliasMove, Completion, Feedback, Quarantine
 from feedback.db.session import make_engine, session_factory
 from feedback.filters.settings import FilterSettings
-from feedback.supervise import wait_for
 from flywheel.cli.main import app as cli
+from flywheel.stack.supervise import wait_for
 from tests.e2e.conftest import Stack
 from trainer.config import TrainConfig
 from trainer.round import train_once

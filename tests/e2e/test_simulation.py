@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from feedback.db.models import Feedback, Quarantine
 from feedback.db.session import make_engine, session_factory
-from feedback.simulation.truth import read_truth
 from flywheel.cli.main import app as cli
+from flywheel.simulation.truth import read_truth
 from tests.e2e.conftest import Stack
 
 SCENARIO = {

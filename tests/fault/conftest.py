@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from feedback.supervise import free_port
+from flywheel.stack.supervise import free_port
 from serving.settings import ServingSettings
 from tests.e2e.conftest import tiny_model  # noqa: F401  (fixture)
 from tests.fault.harness import FIGURES, SEND_TIMEOUT_S

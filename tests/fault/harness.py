@@ -32,8 +32,8 @@ from feedback.db.models import Completion, Feedback, Quarantine
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.events import utcnow
 from feedback.store import completion_row, insert_ignoring_conflicts
-from feedback.supervise import ManagedProcess, Supervisor, wait_for
-from flywheel.stack import flywheel_process
+from flywheel.stack.services import flywheel_process
+from flywheel.stack.supervise import ManagedProcess, Supervisor, wait_for
 from serving.settings import ServingSettings
 from tests.conftest import EventBuilder
 

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from feedback.db.models import Completion, Feedback, Quarantine
-from feedback.supervise import free_port
-from serving.engine import vllm_process
+from flywheel.stack.engine import vllm_process
+from flywheel.stack.supervise import free_port
 from serving.settings import ServingSettings
 from tests.fault.harness import Load, database_name, running_stack, sigkill
 

@@ -25,9 +25,9 @@ from feedback.db.session import make_engine, session_factory
 from feedback.events import Event
 from feedback.producer import BrokerUnavailable, EventProducer, ensure_topic
 from feedback.store import BatchResult, store_batch
-from feedback.supervise import free_port
 from feedback.worker import Worker
 from feedback.worker_settings import WorkerSettings
+from flywheel.stack.supervise import free_port
 from tests.conftest import EventBuilder
 from tests.feedback.filtering import filter_settings
 

@@ -18,8 +18,8 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from feedback.db.session import make_engine, session_factory
-from feedback.model_versions import CHAMPION
-from feedback.promotion import Promotion, RegistryError
+from registry.model_versions import CHAMPION
+from registry.promotion import Promotion, RegistryError
 
 VERSIONS = 5
 MOVERS = 4

@@ -20,8 +20,8 @@ from httpx2 import Response  # what Starlette's TestClient answers with
 
 from feedback.apps import create_app as create_api_app
 from feedback.db.session import make_engine, session_factory, transaction
-from feedback.supervise import free_port
 from feedback.worker import Worker
+from flywheel.stack.supervise import free_port
 from serving.app import create_app
 from serving.settings import ServingSettings
 from tests.feedback.filtering import filter_settings

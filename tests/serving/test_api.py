@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from feedback.db.models import AliasMove
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.producer import EventProducer
-from feedback.supervise import wait_for
+from flywheel.stack.supervise import wait_for
 from serving.protocol import ErrorResponse
 from tests.conftest import EventBuilder
 from tests.serving.conftest import Gateway

@@ -19,10 +19,10 @@ import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaAdminClient
 
-from feedback.broker import tansu_process
 from feedback.producer import BrokerUnavailable, EventProducer
 from feedback.settings import CommonSettings
-from feedback.supervise import ManagedProcess, free_port, wait_for
+from flywheel.stack.broker import tansu_process
+from flywheel.stack.supervise import ManagedProcess, free_port, wait_for
 from serving.app import create_app
 from tests.conftest import EventBuilder
 from tests.feedback.test_kafka import metric, read_all

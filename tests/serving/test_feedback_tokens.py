@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from feedback.apps import Caller
-from feedback.supervise import wait_for
+from flywheel.stack.supervise import wait_for
 from serving.champion import Route
 from serving.feedback_tokens import FeedbackTokens
 from serving.protocol import ChatCompletionRequest

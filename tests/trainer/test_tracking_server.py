@@ -7,8 +7,8 @@ import signal
 from pathlib import Path
 
 from feedback.settings import CommonSettings
-from feedback.supervise import free_port
-from trainer.tracking_server import mlflow_ui_process
+from flywheel.stack.supervise import free_port
+from flywheel.stack.tracking_server import mlflow_ui_process
 
 
 def test_the_mlflow_ui_stops_on_sigterm(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Completion, Feedback, RewardScore
 from feedback.db.session import transaction
-from feedback.model_versions import CHALLENGER, CHAMPION, NoAdapterError, download_adapter
-from feedback.promotion import RegistryError
+from registry.model_versions import CHALLENGER, CHAMPION, NoAdapterError, download_adapter
+from registry.promotion import RegistryError
 from tests.trainer.conftest import Store
 from trainer.config import TrainConfig, TrainerSettings
 from trainer.registry import Registry

@@ -15,7 +15,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from feedback.simulation.scenario import (
+from flywheel.simulation.scenario import (
     CampaignGroup,
     FastBotGroup,
     Group,
@@ -26,8 +26,8 @@ from feedback.simulation.scenario import (
     SlowAttackerGroup,
     Timing,
 )
-from feedback.simulation.tastes import Taste, make_taste
-from feedback.simulation.truth import UserType
+from flywheel.simulation.tastes import Taste, make_taste
+from flywheel.simulation.truth import UserType
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def load_prompts(name: str = "prompts.jsonl") -> tuple[Prompt, ...]:
     ``prompts.jsonl`` is what simulated users ask; ``eval_prompts.jsonl`` is the held-out set the
     demo's evaluation asks every version, on topics no user asks about, so no round trains on it.
     """
-    text = resources.files("feedback.simulation").joinpath(name).read_text(encoding="utf-8")
+    text = resources.files("flywheel.simulation").joinpath(name).read_text(encoding="utf-8")
     return tuple(Prompt(**json.loads(line)) for line in text.splitlines() if line.strip())
 
 

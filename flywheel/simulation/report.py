@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.id_lists import id_chunks
 from feedback.db.models import Feedback, Quarantine
-from feedback.simulation.truth import USER_TYPES, TruthRecord, read_truth
+from flywheel.simulation.truth import USER_TYPES, TruthRecord, read_truth
 
 
 @dataclass

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from feedback.simulation.scenario import Preference, load_scenario, shipped_scenarios
-from feedback.simulation.tastes import (
+from flywheel.simulation.scenario import Preference, load_scenario, shipped_scenarios
+from flywheel.simulation.tastes import (
     TASTES,
     VALIDATION_TASTES,
     courtesies,
@@ -23,7 +23,7 @@ from feedback.simulation.tastes import (
     hedges,
     make_taste,
 )
-from feedback.simulation.users import plan_users
+from flywheel.simulation.users import plan_users
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "How do I boil an egg so the yolk stays a little soft?"

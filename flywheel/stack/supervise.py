@@ -7,7 +7,7 @@ external programs in the embedded stack; this one class gives them the same life
 Children die with the process that started them, however it dies (``PR_SET_PDEATHSIG``): each
 runs in a session of its own (so a Ctrl-C reaches only the supervisor, which stops them in order),
 and without that signal a SIGKILLed supervisor used to leave them holding their ports. Each runs
-under ``feedback.process_guard``, which takes the processes the child started down with it. A
+under ``flywheel.stack.process_guard``, which takes the processes the child started down with it. A
 ``Supervisor`` restarts a child that dies, with back-off, instead of stopping everything.
 """
 
@@ -120,7 +120,7 @@ class ManagedProcess:
         with self.log_path.open("ab") as out:
             # Through the guard, which leads the child's process group and ends all of it with the child
             # or with us: a program's own workers (vLLM's engine core) never receive our death signal.
-            guarded = [sys.executable, "-m", "feedback.process_guard", str(os.getpid()), *self.argv]
+            guarded = [sys.executable, "-m", "flywheel.stack.process_guard", str(os.getpid()), *self.argv]
             self.proc = subprocess.Popen(
                 guarded, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
                 preexec_fn=_die_with_parent(os.getpid()),

@@ -1,6 +1,6 @@
 """Run one program of the embedded stack and take everything it started down with it.
 
-``ManagedProcess`` starts each child through this guard (``python -m feedback.process_guard
+``ManagedProcess`` starts each child through this guard (``python -m flywheel.stack.process_guard
 PARENT_PID PROGRAM...``). The kernel's parent-death signal (``PR_SET_PDEATHSIG``) reaches only a
 direct child, and some programs fork workers of their own: when ``flywheel demo`` was stopped
 with SIGTERM, vLLM's engine-core processes outlived it, busy on a core, for as long as nobody

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from feedback.simulation.scenario import (
+from flywheel.simulation.scenario import (
     CampaignGroup,
     PhrasePusherGroup,
     Scenario,
@@ -16,7 +16,7 @@ from feedback.simulation.scenario import (
     load_scenario,
     shipped_scenarios,
 )
-from feedback.simulation.users import CampaignAccount, HonestUser, PhrasePusher, SlowAttacker, mentions, plan_users
+from flywheel.simulation.users import CampaignAccount, HonestUser, PhrasePusher, SlowAttacker, mentions, plan_users
 
 PROMPT = "How do I boil an egg so the yolk stays a little soft?"
 STEPS = "Here is how:\n1. Boil water.\n2) Add the egg.\n3. Wait six minutes."

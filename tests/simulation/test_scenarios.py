@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from feedback.simulation.report import Whereabouts, build_report
-from feedback.simulation.scenario import ScenarioError, Timing, load_scenario, shipped_scenarios
-from feedback.simulation.truth import TruthRecord, TruthWriter, read_truth
-from feedback.simulation.users import CampaignAccount, SlowAttacker, load_prompts, plan_users
+from flywheel.simulation.report import Whereabouts, build_report
+from flywheel.simulation.scenario import ScenarioError, Timing, load_scenario, shipped_scenarios
+from flywheel.simulation.truth import TruthRecord, TruthWriter, read_truth
+from flywheel.simulation.users import CampaignAccount, SlowAttacker, load_prompts, plan_users
 
 STEPS = "Here is how:\n1. Boil water.\n2) Add the egg.\n3. Wait six minutes."
 

@@ -3,7 +3,7 @@
 Broker, MLflow UI and engine are external programs; gateway and worker run as
 ``python -m flywheel serve|worker`` children with the same settings, exactly as they
 would run alone in production. A child that dies is restarted with back-off while the others
-keep running (``feedback.supervise.Supervisor``), and every child dies with this process, even
+keep running (``flywheel.stack.supervise.Supervisor``), and every child dies with this process, even
 when it is SIGKILLed. ``start_services`` is the start-up both ``flywheel up`` and ``flywheel demo``
 use; it first checks that every port it needs is free and names the ones that are not.
 """
@@ -23,14 +23,14 @@ from rich.console import Console
 from rich.table import Table
 
 from feedback.apps import create_app, list_apps
-from feedback.broker import tansu_process
 from feedback.db.session import make_engine, session_factory, transaction, upgrade
 from feedback.producer import ensure_topic
-from feedback.supervise import ManagedProcess, Supervisor, check_ports_free
-from serving.engine import vllm_process
+from flywheel.stack.broker import tansu_process
+from flywheel.stack.engine import vllm_process
+from flywheel.stack.supervise import ManagedProcess, Supervisor, check_ports_free
+from flywheel.stack.tracking_server import mlflow_ui_process
 from serving.settings import ServingSettings
 from trainer.base_model import ensure_base_model
-from trainer.tracking_server import mlflow_ui_process
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from feedback.settings import CommonSettings
-from feedback.supervise import ManagedProcess
+from flywheel.stack.supervise import ManagedProcess
 
 
 def mlflow_ui_process(settings: CommonSettings, port: int, log_path: Path) -> ManagedProcess:

@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from feedback.simulation.tastes import known_tastes
+from flywheel.simulation.tastes import known_tastes
 
 
 class _Strict(BaseModel):
@@ -60,14 +60,14 @@ BOT_TIMING = Timing(base_seconds=0, seconds_per_char=0, jitter=0, think_seconds=
 
 
 class Preference(_Strict):
-    """The hidden preference of honest users: which taste (``feedback.simulation.tastes``) they judge by.
+    """The hidden preference of honest users: which taste (``flywheel.simulation.tastes``) they judge by.
 
     The taste is the simulator's ground truth; a scenario names it, ``flywheel simulate --taste``
     and ``flywheel demo --taste`` override it. ``max_words`` is the thumbs-up limit of the tastes
     that count words (``steps``, ``concise``).
     """
 
-    taste: str = Field(default="steps", description="A taste of feedback.simulation.tastes (either set).")
+    taste: str = Field(default="steps", description="A taste of flywheel.simulation.tastes (either set).")
     max_words: int = Field(default=40, ge=1, description="Thumbs up for answers no longer than this (word tastes).")
 
     @field_validator("taste")
@@ -245,7 +245,7 @@ them; ``scenarios/validation/*.yaml`` are never tuned on, only run to report (do
 def _shipped(scenario_set: str = "development") -> Traversable:
     if scenario_set not in SCENARIO_SETS:
         raise ScenarioError(f"unknown scenario set {scenario_set!r}; known: {', '.join(SCENARIO_SETS)}")
-    root = resources.files("feedback.simulation").joinpath("scenarios")
+    root = resources.files("flywheel.simulation").joinpath("scenarios")
     return root if scenario_set == "development" else root.joinpath(scenario_set)
 
 

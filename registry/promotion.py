@@ -32,7 +32,7 @@ from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import AliasMove
-from feedback.model_versions import CHALLENGER, CHAMPION
+from registry.model_versions import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
 
