@@ -9,23 +9,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from feedback import quarantine as store
+from feedback import quarantine
 from feedback.db.session import transaction
 from feedback.filters import FilterSettings
 from flywheel.cli.common import console, default_actor, fail, store_sessions
 from flywheel.simulation.report import Report, measure
 
 app = typer.Typer(help="Feedback: quarantine review and reports.", no_args_is_help=True)
-quarantine = typer.Typer(help="Quarantined feedback: list, show, release into training data, purge.",
-                         no_args_is_help=True)
-app.add_typer(quarantine, name="quarantine")
+quarantine_app = typer.Typer(help="Quarantined feedback: list, show, release into training data, purge.",
+                             no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
 
 ACTOR = typer.Option(None, help="Who is acting, for the audit trail. Default: cli:<login>.")
 NOTE = typer.Option(None, help="Why, for the audit trail.")
 APP = typer.Option(None, "--app", help="The event's app (app id), when several apps used the event id.")
 
 
-@quarantine.command("list")
+@quarantine_app.command("list")
 def list_(
     reason: str | None = typer.Option(None, help="Only events with this reason code (e.g. too_fast)."),
     user: str | None = typer.Option(None, help="Only this end user's events."),
@@ -35,8 +35,8 @@ def list_(
     """Quarantined events, newest first, with their reason codes."""
     try:
         with store_sessions()() as session:
-            rows = store.list_quarantined(session, reason, user, app_id, limit)
-    except store.QuarantineError as exc:
+            rows = quarantine.list_quarantined(session, reason, user, app_id, limit)
+    except quarantine.QuarantineError as exc:
         fail(str(exc))
     table = Table("event", "type", "app", "user", "reasons", "created")
     for row in rows:
@@ -45,18 +45,18 @@ def list_(
     console.print(table)
 
 
-@quarantine.command()
+@quarantine_app.command()
 def show(event_id: str = typer.Argument(..., help="The quarantined event's id."), app_id: int | None = APP) -> None:
     """One quarantined event whole: reasons, evidence and the event as received."""
     try:
         with store_sessions()() as session:
-            row = store.as_dict(store.get_quarantined(session, event_id, app_id))
-    except store.QuarantineError as exc:
+            row = quarantine.as_dict(quarantine.get_quarantined(session, event_id, app_id))
+    except quarantine.QuarantineError as exc:
         fail(str(exc))
     console.print_json(json.dumps(row))
 
 
-@quarantine.command()
+@quarantine_app.command()
 def release(
     event_id: str = typer.Argument(..., help="The quarantined event's id."),
     weight: float = typer.Option(1.0, help="Training weight of the released vote, in (0, 1]."),
@@ -67,13 +67,13 @@ def release(
     """Move a quarantined event into the training data; the filters will not quarantine it again."""
     try:
         with transaction(store_sessions()) as session:
-            store.release(session, event_id, actor or default_actor(), weight, note, app_id)
-    except store.QuarantineError as exc:
+            quarantine.release(session, event_id, actor or default_actor(), weight, note, app_id)
+    except quarantine.QuarantineError as exc:
         fail(str(exc))
     console.print(f"released [bold]{event_id}[/] into the training data (weight {weight})")
 
 
-@quarantine.command()
+@quarantine_app.command()
 def purge(
     event_id: str = typer.Argument(..., help="The quarantined event's id."),
     actor: str | None = ACTOR,
@@ -83,8 +83,8 @@ def purge(
     """Delete a quarantined event for good (audited; a re-delivery from Kafka stays a no-op)."""
     try:
         with transaction(store_sessions()) as session:
-            store.purge(session, event_id, actor or default_actor(), note, app_id)
-    except store.QuarantineError as exc:
+            quarantine.purge(session, event_id, actor or default_actor(), note, app_id)
+    except quarantine.QuarantineError as exc:
         fail(str(exc))
     console.print(f"purged [bold]{event_id}[/]")
 
