@@ -15,9 +15,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from feedback.filters.base import FilterState, Flag, Rater
+from feedback.filters.settings import FilterSettings
 
 
-@dataclass
+@dataclass(kw_only=True)
 class BotFilter:
     min_votes: int
     max_label_share: float
@@ -25,6 +26,11 @@ class BotFilter:
     max_comment_share: float
     name: str = "bots"
     reasons: tuple[str, ...] = ("bot_pattern",)
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings) -> BotFilter:
+        return cls(min_votes=settings.bot_min_votes, max_label_share=settings.bot_max_label_share,
+                   min_comments=settings.bot_min_comments, max_comment_share=settings.bot_max_comment_share)
 
     def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]:
         flags = []

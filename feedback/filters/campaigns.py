@@ -40,6 +40,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from feedback.filters.base import Answer, FilterState, Flag, Rater
+from feedback.filters.settings import FilterSettings
 
 _WORD = re.compile(r"[a-z0-9']+")
 _LINK = re.compile(r"(?:https?://|www\.)[^\s)\]>\"']+", re.IGNORECASE)
@@ -73,7 +74,7 @@ def binomial_tail(k: int, m: int, q: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CampaignFilter:
     min_accounts: int
     min_endorsements: int
@@ -91,6 +92,15 @@ class CampaignFilter:
     _prompts_with: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     members: dict[str, dict[Rater, dict[str, float]]] = field(default_factory=lambda: defaultdict(dict))
     riders: dict[str, dict[Rater, dict[str, float]]] = field(default_factory=lambda: defaultdict(dict))
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings) -> CampaignFilter:
+        s = settings
+        return cls(min_accounts=s.campaign_min_accounts, min_endorsements=s.campaign_min_endorsements,
+                   min_hits=s.campaign_min_hits, min_prompts=s.campaign_min_prompts,
+                   max_feature_share=s.campaign_max_feature_share, min_lift=s.campaign_min_lift,
+                   max_p_value=s.campaign_max_p_value, cohort_overlap=s.campaign_cohort_overlap,
+                   cohort_majority=s.campaign_cohort_majority)
 
     def _index(self, answer: Answer) -> frozenset[str]:
         cached = self._features.get(answer.response_id)

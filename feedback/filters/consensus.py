@@ -62,6 +62,7 @@ from threadpoolctl import threadpool_limits
 
 from feedback.filters.base import Answer, FilterState, Flag, Rater, Vote
 from feedback.filters.reliability import RewardJudge, RewardScores
+from feedback.filters.settings import FilterSettings
 from feedback.filters.text_features import TextFeatures
 
 POSITIVE = {"up": True, "a": True, "down": False, "b": False}
@@ -130,7 +131,7 @@ def fold_of(rater: Rater, folds: int) -> int:
     return zlib.crc32(f"{rater[0]}:{rater[1]}".encode()) % folds
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ConsensusFilter:
     min_votes: int
     min_population: int
@@ -149,6 +150,14 @@ class ConsensusFilter:
     _chosen: tuple[float, int] | None = None  # the penalty cross-validation chose, and on how many votes
     _columns: dict[int, int] = field(default_factory=dict)  # hashed column -> position in the fitted design
     _coef: dict[str, np.ndarray] = field(default_factory=dict)  # the last search's fits: full, and per fold
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings, *, reward_scores: RewardScores | None = None) -> ConsensusFilter:
+        """``reward_scores``: the trainer's reward-model scores, one more column of the consensus model."""
+        s = settings
+        return cls(min_votes=s.consensus_min_votes, min_population=s.consensus_min_population,
+                   min_confidence=s.consensus_min_confidence, min_base_rate=s.consensus_min_base_rate,
+                   min_rate=s.consensus_min_rate, max_p_value=s.consensus_max_p_value, reward_scores=reward_scores)
 
     def _targets(self, state: FilterState, vote: Vote) -> tuple[str, ...] | None:
         """The response ids a directional vote compares (one thumb, or A then B), else None."""

@@ -20,18 +20,23 @@ from typing import Any
 
 from feedback.events import utcnow
 from feedback.filters.base import FilterState, Finding, Vote
+from feedback.filters.settings import FilterSettings
 from feedback.gx_context import ephemeral_context, json_safe
 
 LABELS = ("up", "down", "a", "b", "tie", "both_bad")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ContractFilter:
     """Per event: a timestamp from the future means a broken or forged producer clock."""
 
     max_clock_skew_s: float
     name: str = "contract"
     reasons: tuple[str, ...] = ("contract",)
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings) -> ContractFilter:
+        return cls(max_clock_skew_s=settings.contract_max_clock_skew_s)
 
     def judge(self, state: FilterState, vote: Vote) -> list[Finding]:
         limit = utcnow() + timedelta(seconds=self.max_clock_skew_s)
@@ -69,13 +74,18 @@ def _gx_suites(max_label_share: float, max_unknown_share: float) -> tuple[Any, A
     return definition, rows, shares
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ContractSuite:
     """The batch-level contract: a GX suite on each micro-batch (about 15 ms per 500 rows, context built once)."""
 
     min_batch: int
     max_label_share: float
     max_unknown_share: float
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings) -> ContractSuite:
+        return cls(min_batch=settings.contract_min_batch, max_label_share=settings.contract_max_label_share,
+                   max_unknown_share=settings.contract_max_unknown_share)
 
     def build(self) -> tuple[Any, Any, Any]:
         return _gx_suites(self.max_label_share, self.max_unknown_share)

@@ -9,13 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feedback.filters.base import FilterState, Finding, Vote
+from feedback.filters.settings import FilterSettings
 
 
-@dataclass
+@dataclass(kw_only=True)
 class IntegrityFilter:
     max_age_s: float
     name: str = "integrity"
     reasons: tuple[str, ...] = ("unknown_response", "unknown_pair", "app_mismatch", "expired")
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings) -> IntegrityFilter:
+        return cls(max_age_s=settings.integrity_max_age_s)
 
     def judge(self, state: FilterState, vote: Vote) -> list[Finding]:
         answers = state.answers_of(vote)

@@ -100,33 +100,20 @@ class Pipeline:
         self._tails = None if lease is None else (Tail(Feedback.id), Tail(Quarantine.id), Tail(FlaggedRater.id))
         self._synced: set[Rater] = set()  # raters with votes other replicas stored, not yet reviewed for bots
         self.state = FilterState()
-        self.reliability = ReliabilityFilter(s.reliability_prior_accuracy, s.reliability_prior_strength,
-                                             s.reliability_min_weight, s.reliability_min_items,
-                                             s.reliability_quarantine_below, s.reliability_iterations, reward_scores,
-                                             s.reliability_reward_min_accuracy)
+        self.reliability = ReliabilityFilter.from_settings(s, reward_scores=reward_scores)
         # With the filters off (an ablation), only the data's own checks remain: it decodes, names an
         # answer the caller's app was served, and is the rater's first vote on it.
-        checks: list[Filter] = [
-            ContractFilter(s.contract_max_clock_skew_s),
-            IntegrityFilter(s.integrity_max_age_s),
-            DuplicateFilter(),
-        ]
+        checks: list[Filter] = [ContractFilter.from_settings(s), IntegrityFilter.from_settings(s), DuplicateFilter()]
         self.filters: list[Filter] = checks if not s.enabled else [
             *checks,
-            VelocityFilter(s.scaled(s.velocity_user_window_s), s.velocity_user_max, s.scaled(s.velocity_app_window_s),
-                           s.velocity_app_max),
-            TimingFilter(s.scaled(s.timing_min_ms), s.scaled(s.timing_ms_per_char)),
+            VelocityFilter.from_settings(s),
+            TimingFilter.from_settings(s),
             self.reliability,
         ]
-        self.bots = BotFilter(s.bot_min_votes, s.bot_max_label_share, s.bot_min_comments, s.bot_max_comment_share)
-        self.campaigns = CampaignFilter(s.campaign_min_accounts, s.campaign_min_endorsements, s.campaign_min_hits,
-                                        s.campaign_min_prompts, s.campaign_max_feature_share, s.campaign_min_lift,
-                                        s.campaign_max_p_value, s.campaign_cohort_overlap,
-                                        s.campaign_cohort_majority)
-        self.consensus = ConsensusFilter(s.consensus_min_votes, s.consensus_min_population,
-                                         s.consensus_min_confidence, s.consensus_min_base_rate, s.consensus_min_rate,
-                                         s.consensus_max_p_value, reward_scores)
-        self.suite = ContractSuite(s.contract_min_batch, s.contract_max_label_share, s.contract_max_unknown_share)
+        self.bots = BotFilter.from_settings(s)
+        self.campaigns = CampaignFilter.from_settings(s)
+        self.consensus = ConsensusFilter.from_settings(s, reward_scores=reward_scores)
+        self.suite = ContractSuite.from_settings(s)
         history: tuple[HistoryFilter, ...] = (self.bots, self.campaigns, self.consensus)
         self._flag_filter = {r: f.name for f in history for r in f.reasons}
         self._rows: list[BatchRow] = []

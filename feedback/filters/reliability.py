@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from feedback.filters.base import FilterState, Finding, Rater, Vote
+from feedback.filters.settings import FilterSettings
 
 POSITIVE = {"up": True, "a": True, "down": False, "b": False}
 REWARD_MODEL: Rater = (0, "__reward_model__")
@@ -61,7 +62,7 @@ class RewardJudge:
 RewardScores = Callable[[], RewardJudge | None]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReliabilityFilter:
     prior_accuracy: float
     prior_strength: float
@@ -74,6 +75,16 @@ class ReliabilityFilter:
     accuracy: dict[Rater, tuple[float, int]] = field(default_factory=dict)
     name: str = "reliability"
     reasons: tuple[str, ...] = ("unreliable",)
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings, *,
+                      reward_scores: RewardScores | None = None) -> ReliabilityFilter:
+        """``reward_scores``: the trainer's reward-model scores, one more rater once accurate enough."""
+        s = settings
+        return cls(prior_accuracy=s.reliability_prior_accuracy, prior_strength=s.reliability_prior_strength,
+                   min_weight=s.reliability_min_weight, min_items=s.reliability_min_items,
+                   quarantine_below=s.reliability_quarantine_below, iterations=s.reliability_iterations,
+                   reward_scores=reward_scores, reward_min_accuracy=s.reliability_reward_min_accuracy)
 
     def _judge(self) -> RewardJudge | None:
         """The reward model's scores, if there are any and the model is accurate enough to be heard."""

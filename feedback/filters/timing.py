@@ -9,14 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feedback.filters.base import FilterState, Finding, Vote
+from feedback.filters.settings import FilterSettings
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TimingFilter:
     min_ms: float
     ms_per_char: float
     name: str = "timing"
     reasons: tuple[str, ...] = ("too_fast",)
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings) -> TimingFilter:
+        """The thresholds at the settings' ``time_scale``."""
+        return cls(min_ms=settings.scaled(settings.timing_min_ms),
+                   ms_per_char=settings.scaled(settings.timing_ms_per_char))
 
     def judge(self, state: FilterState, vote: Vote) -> list[Finding]:
         answers = state.answers_of(vote)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from feedback.filters.base import FilterState, Finding, Vote, window_count
+from feedback.filters.settings import FilterSettings
 
 
-@dataclass
+@dataclass(kw_only=True)
 class VelocityFilter:
     user_window_s: float
     user_max: int
@@ -19,6 +20,13 @@ class VelocityFilter:
     app_max: int
     name: str = "velocity"
     reasons: tuple[str, ...] = ("user_rate", "app_rate")
+
+    @classmethod
+    def from_settings(cls, settings: FilterSettings) -> VelocityFilter:
+        """The windows at the settings' ``time_scale``."""
+        s = settings
+        return cls(user_window_s=s.scaled(s.velocity_user_window_s), user_max=s.velocity_user_max,
+                   app_window_s=s.scaled(s.velocity_app_window_s), app_max=s.velocity_app_max)
 
     def judge(self, state: FilterState, vote: Vote) -> list[Finding]:
         findings = []
