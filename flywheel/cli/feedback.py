@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from feedback import quarantine
 from feedback.db.session import transaction
 from feedback.filters import FilterSettings
 from flywheel.cli.common import console, default_actor, fail, store_sessions
 from flywheel.simulation.report import Report, measure
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Feedback: quarantine review and reports.", no_args_is_help=True)
 quarantine_app = typer.Typer(help="Quarantined feedback: list, show, release into training data, purge.",
@@ -25,6 +29,19 @@ NOTE = typer.Option(None, help="Why, for the audit trail.")
 APP = typer.Option(None, "--app", help="The event's app (app id), when several apps used the event id.")
 
 
+def _in_store(work: Callable[[Session], T], *, write: bool = False) -> T:
+    """``work`` on a store session (``write``: in one transaction, so a refusal leaves nothing half done); a
+    refusal of the quarantine review ends the command with its message."""
+    try:
+        if write:
+            with transaction(store_sessions()) as session:
+                return work(session)
+        with store_sessions()() as session:
+            return work(session)
+    except quarantine.QuarantineError as exc:
+        fail(str(exc))
+
+
 @quarantine_app.command("list")
 def list_(
     reason: str | None = typer.Option(None, help="Only events with this reason code (e.g. too_fast)."),
@@ -33,11 +50,7 @@ def list_(
     limit: int = typer.Option(50, min=1, help="How many, newest first."),
 ) -> None:
     """Quarantined events, newest first, with their reason codes."""
-    try:
-        with store_sessions()() as session:
-            rows = quarantine.list_quarantined(session, reason, user, app_id, limit)
-    except quarantine.QuarantineError as exc:
-        fail(str(exc))
+    rows = _in_store(lambda session: quarantine.list_quarantined(session, reason, user, app_id, limit))
     table = Table("event", "type", "app", "user", "reasons", "created")
     for row in rows:
         table.add_row(row.event_id, row.type, str(row.app_id), row.user_id, ", ".join(row.reasons),
@@ -48,11 +61,7 @@ def list_(
 @quarantine_app.command()
 def show(event_id: str = typer.Argument(..., help="The quarantined event's id."), app_id: int | None = APP) -> None:
     """One quarantined event whole: reasons, evidence and the event as received."""
-    try:
-        with store_sessions()() as session:
-            row = quarantine.as_dict(quarantine.get_quarantined(session, event_id, app_id))
-    except quarantine.QuarantineError as exc:
-        fail(str(exc))
+    row = _in_store(lambda session: quarantine.as_dict(quarantine.get_quarantined(session, event_id, app_id)))
     console.print_json(json.dumps(row))
 
 
@@ -65,11 +74,8 @@ def release(
     app_id: int | None = APP,
 ) -> None:
     """Move a quarantined event into the training data; the filters will not quarantine it again."""
-    try:
-        with transaction(store_sessions()) as session:
-            quarantine.release(session, event_id, actor or default_actor(), weight, note, app_id)
-    except quarantine.QuarantineError as exc:
-        fail(str(exc))
+    _in_store(lambda session: quarantine.release(session, event_id, actor or default_actor(), weight, note, app_id),
+              write=True)
     console.print(f"released [bold]{event_id}[/] into the training data (weight {weight})")
 
 
@@ -81,11 +87,7 @@ def purge(
     app_id: int | None = APP,
 ) -> None:
     """Delete a quarantined event for good (audited; a re-delivery from Kafka stays a no-op)."""
-    try:
-        with transaction(store_sessions()) as session:
-            quarantine.purge(session, event_id, actor or default_actor(), note, app_id)
-    except quarantine.QuarantineError as exc:
-        fail(str(exc))
+    _in_store(lambda session: quarantine.purge(session, event_id, actor or default_actor(), note, app_id), write=True)
     console.print(f"purged [bold]{event_id}[/]")
 
 
