@@ -57,6 +57,15 @@ class TrainerSettings(CommonSettings):
         ge=0.0,
         description="Gate heldout_accuracy: candidate accuracy >= champion accuracy minus this.",
     )
+    gate_accuracy_alpha: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Gate heldout_accuracy: a candidate below the champion (and the tolerance) still passes unless the pairs "
+            "the two order differently show it worse, one-sided binomial test at this level. 1: any drop fails."
+        ),
+    )
     gate_max_kl: float = Field(
         default=0.5,
         gt=0.0,

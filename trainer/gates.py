@@ -12,7 +12,9 @@ the training reference: see ``policy.champion_view``). Each gate is an MLflow me
   when the reward model ranks fewer than ``gate_win_rate_min_judge_accuracy`` (0.6) of the
   held-out pairs right: a judge at chance would pass or block candidates at random.
 - ``heldout_accuracy``: weighted held-out preference accuracy (policy log-probs) at least the
-  champion's minus ``gate_accuracy_tolerance`` (0).
+  champion's minus ``gate_accuracy_tolerance`` (0), or, if lower, not significantly lower: among the
+  pairs the two order differently, the candidate is not right significantly less than half the
+  time (one-sided binomial test at ``gate_accuracy_alpha``, 0.05).
 - ``kl``: drift. Mean per-token KL(candidate || champion) in nats on the candidate's own greedy
   answers: at each answer position the exact KL between the two next-token distributions
   (full vocabulary), averaged over all answer tokens. On-policy positions, exact inner sum;
@@ -365,13 +367,29 @@ def _win_rate(
 
 
 def _accuracy(inputs: GateInputs, settings: TrainerSettings) -> Gate:
+    """Non-inferiority on the held-out pairs: a lower accuracy fails only when the pairs show it is lower.
+
+    Among the pairs the two policies order differently, a candidate no worse than its champion gets
+    each one right half the time; it fails when it got significantly fewer than half right (one-sided
+    binomial test at ``gate_accuracy_alpha``). A point comparison on twenty-odd pairs blocked
+    candidates on one pair's noise.
+    """
     cand, champ = inputs.candidate_metrics, inputs.champion_metrics
-    threshold = f">= champion - {settings.gate_accuracy_tolerance:g}"
+    alpha = settings.gate_accuracy_alpha
+    threshold = f">= champion - {settings.gate_accuracy_tolerance:g}, or not significantly lower (alpha {alpha:g})"
     if cand.pairs == 0:
         return Gate("heldout_accuracy", "skipped", math.nan, threshold, "no held-out pairs")
-    ok = cand.accuracy >= champ.accuracy - settings.gate_accuracy_tolerance - 1e-9
     detail = f"{cand.accuracy:.3f} vs champion {champ.accuracy:.3f} on {cand.pairs} pairs"
-    return Gate("heldout_accuracy", "passed" if ok else "failed", cand.accuracy, threshold, detail)
+    if cand.accuracy >= champ.accuracy - settings.gate_accuracy_tolerance - 1e-9:
+        return Gate("heldout_accuracy", "passed", cand.accuracy, threshold, detail)
+    from scipy.stats import binomtest
+
+    lost = sum(c and not n for c, n in zip(champ.correct, cand.correct, strict=True))
+    won = sum(n and not c for c, n in zip(champ.correct, cand.correct, strict=True))
+    p_value = float(binomtest(lost, lost + won, 0.5, alternative="greater").pvalue) if lost + won else 1.0
+    detail += (f"; of the {lost + won} pairs the two order differently the champion gets {lost}, the candidate "
+               f"{won} (one-sided binomial p={p_value:.2g})")
+    return Gate("heldout_accuracy", "failed" if p_value < alpha else "passed", cand.accuracy, threshold, detail)
 
 
 def _canaries(inputs: GateInputs, settings: TrainerSettings) -> Gate:

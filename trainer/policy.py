@@ -38,11 +38,13 @@ class PairMetrics:
 
     ``accuracy``: share of pairs where logπ(chosen) > logπ(rejected).
     ``mean_margin``: mean of logπ(chosen) - logπ(rejected), sequence log-probs in nats.
+    ``correct``: per pair, in order, whether it was ordered right (for paired tests between policies).
     """
 
     accuracy: float
     mean_margin: float
     pairs: int
+    correct: tuple[bool, ...] = ()
 
 
 def chat_ids(
@@ -115,12 +117,14 @@ def evaluate_pairs(
     was_training = model.training
     model.eval()
     correct = margin_sum = total_weight = 0.0
+    right: list[bool] = []
     for begin in range(0, len(pairs), LOGP_BATCH // 2):
         chunk = pairs[begin:begin + LOGP_BATCH // 2]
         logps = completion_logps(model, tokenizer, [(p.prompt, answer) for p in chunk
                                                     for answer in (p.chosen, p.rejected)], max_length)
         for n, pair in enumerate(chunk):
             margin = logps[2 * n] - logps[2 * n + 1]
+            right.append(margin > 0)
             correct += pair.weight * (margin > 0)
             margin_sum += pair.weight * margin
             total_weight += pair.weight
@@ -129,7 +133,8 @@ def evaluate_pairs(
     model.train(was_training)
     if total_weight == 0:
         return PairMetrics(accuracy=math.nan, mean_margin=math.nan, pairs=0)
-    return PairMetrics(accuracy=correct / total_weight, mean_margin=margin_sum / total_weight, pairs=len(pairs))
+    return PairMetrics(accuracy=correct / total_weight, mean_margin=margin_sum / total_weight, pairs=len(pairs),
+                       correct=tuple(right))
 
 
 def report_progress(trainer: Any, progress: ProgressFn | None, stage: str = "train") -> Any:

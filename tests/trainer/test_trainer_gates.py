@@ -85,6 +85,27 @@ def test_drift_gates_yield_only_to_significant_votes_for_that_drift() -> None:
         assert gate in evaluate(asked, None, strict, fast_config()).failed()
 
 
+def test_held_out_accuracy_fails_only_a_candidate_the_pairs_show_worse() -> None:
+    settings = TrainerSettings(_env_file=None)  # type: ignore[call-arg]
+
+    def accuracy_gate(champion: list[bool], candidate: list[bool], judged: TrainerSettings = settings) -> Any:
+        metrics = [PairMetrics(sum(c) / len(c), 0.0, len(c), tuple(c)) for c in (champion, candidate)]
+        report = evaluate(replace(inputs(answers(SHORT, 4)), champion_metrics=metrics[0], candidate_metrics=metrics[1]),
+                          None, judged, fast_config())
+        return next(g for g in report.gates if g.name == "heldout_accuracy")
+
+    # 22 pairs: one fewer right (the champion wins 2 of 3 pairs they differ on) is noise and passes
+    champion, one_fewer = [True] * 13 + [False] * 9, [True] * 11 + [False, False, True] + [False] * 8
+    noise = accuracy_gate(champion, one_fewer)
+    assert noise.status == "passed" and "the champion gets 2, the candidate 1" in noise.detail
+    # worse on 8 of the 8 pairs they differ on: significant (p = 1/256), fails
+    worse = accuracy_gate([True] * 16 + [False] * 6, [True] * 8 + [False] * 14)
+    assert worse.status == "failed"
+    # the strict setting: any drop fails
+    strict = TrainerSettings(_env_file=None, gate_accuracy_alpha=1.0)  # type: ignore[call-arg]
+    assert accuracy_gate(champion, one_fewer, strict).status == "failed"
+
+
 def test_vote_evidence_counts_only_pairs_that_differ() -> None:
     votes = pairs("1. a", "b", 5, 1) + pairs("plain", "also plain", 10, 0)
     evidence = VoteEvidence.of(votes, has_markup)
