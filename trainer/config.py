@@ -35,12 +35,22 @@ class TrainerSettings(CommonSettings):
         ),
     )
     gate_win_rate_min_lower: float = Field(
-        default=0.5,
+        default=-1.0,
         ge=-1.0,
         le=1.0,
         description=(
-            "Gate win_rate: the lower bound of the 95% bootstrap CI of the win rate must exceed this. "
-            "A negative value measures and reports the win rate without ever blocking on it."
+            "Gate win_rate, superiority: the lower bound of the 95% bootstrap CI of the win rate must exceed this "
+            "(0.5: the reward model must show the candidate better; on a round's dozen held-out prompts that takes "
+            "about 10 wins of 12). Negative (the default): not required."
+        ),
+    )
+    gate_win_rate_min_upper: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Gate win_rate, non-inferiority: fails when even the upper bound of the 95% CI is below this, i.e. the "
+            "reward model shows the candidate worse than the champion. 0: never."
         ),
     )
     gate_win_rate_min_judge_accuracy: float = Field(

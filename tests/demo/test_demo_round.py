@@ -2,10 +2,11 @@
 
 The run starts its own broker, vLLM engine (a 2-layer Llama), worker and gateway, plays a
 small scenario, trains one real DPO round and promotes through the admin endpoint. The
-win-rate gate is set to measure without blocking (``FLYWHEEL_GATE_WIN_RATE_MIN_LOWER=-1``):
-a tiny random model cannot win a reward model's approval, and this test is about the demo's
-bookkeeping and the promotion under load. That the default gate blocks such a candidate is
-tested in ``tests/trainer/test_trainer_loop.py``; here the report's gate lines must be the run's.
+win-rate gate is set to measure without blocking (``FLYWHEEL_GATE_WIN_RATE_MIN_UPPER=0``):
+a reward model trained on a tiny random model's answers may judge its candidate worse, and this
+test is about the demo's bookkeeping and the promotion under load. That the default gate blocks a
+candidate its judge shows worse is tested in ``tests/trainer/test_trainer_gates.py``; here the
+report's gate lines must be the run's.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ SCENARIO = {
 
 
 def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLYWHEEL_GATE_WIN_RATE_MIN_LOWER", "-1")
+    monkeypatch.setenv("FLYWHEEL_GATE_WIN_RATE_MIN_UPPER", "0")
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(SCENARIO))
     scenario = load_scenario(path)
@@ -78,7 +79,7 @@ def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytes
     metrics = MlflowClient(f"sqlite:///{out / 'stack' / 'mlflow.db'}").get_run(candidate.run_id).data.metrics
     for gate in candidate.gates:  # the report's gate lines are the run's
         assert gate.status == {1.0: "passed", 0.0: "failed", -1.0: "skipped"}[metrics[f"gate_{gate.name}_passed"]]
-    assert next(g.threshold for g in candidate.gates if g.name == "win_rate") == "CI low > -1"
+    assert next(g.threshold for g in candidate.gates if g.name == "win_rate") == "CI high >= 0"
     assert [(m.to_version, m.actor) for m in moves] == [("2", "app:demo")]
     assert round_.swap is not None and round_.swap.failed == 0 and round_.swap.by_version.get("2", 0) >= 1
     assert round_.loop_latency_seconds is not None and round_.loop_latency_seconds > 0

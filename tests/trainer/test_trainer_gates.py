@@ -143,3 +143,19 @@ def test_win_rate_is_judged_only_by_a_reward_model_better_than_a_coin() -> None:
         report = evaluate(candidate, judge, settings, fast_config(), reward_accuracy=weak)
         gate = next(g for g in report.gates if g.name == "win_rate")
         assert gate.status == "skipped" and "verdict would be noise" in gate.detail and report.win_rate_ci is None
+
+
+def test_win_rate_blocks_a_candidate_shown_worse_and_superiority_is_an_ops_setting() -> None:
+    judge: Any = _LengthJudge()
+
+    def verdict(candidate: Answers, settings: TrainerSettings) -> str:
+        report = evaluate(inputs(candidate), judge, settings, fast_config(), reward_accuracy=0.9)
+        return next(g.status for g in report.gates if g.name == "win_rate")
+
+    default = TrainerSettings(_env_file=None)  # type: ignore[call-arg]
+    superiority = TrainerSettings(_env_file=None, gate_win_rate_min_lower=0.5)  # type: ignore[call-arg]
+    worse = Answers([[1]] * len(PROMPTS), ["S"] * len(PROMPTS))  # shorter than the champion's "Sure." everywhere
+    mixed = Answers([[1]] * len(PROMPTS), [SHORT + " yes" if i % 2 else "S" for i in range(len(PROMPTS))])
+    assert verdict(worse, default) == "failed"  # the judge is sure the candidate is worse
+    assert verdict(mixed, default) == "passed"  # 4 of 8: no evidence either way
+    assert verdict(mixed, superiority) == "failed"  # asked to be shown better, it is not
