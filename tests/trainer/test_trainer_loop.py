@@ -60,6 +60,7 @@ def lenient(settings: TrainerSettings, **overrides: object) -> TrainerSettings:
     """Gates a tiny random model can pass (its reward model judges noise), except those a test tightens."""
     values: dict[str, object] = {
         "gate_win_rate_min_lower": -1.0,
+        "gate_win_rate_min_upper": 0.0,
         "gate_accuracy_tolerance": 1.0,
         "gate_max_kl": 100.0,
         "gate_max_length_ratio": 100.0,
