@@ -56,7 +56,7 @@ import yaml
 
 from trainer.config import TrainConfig, TrainerSettings
 from trainer.pairs import PreferencePair
-from trainer.policy import PairMetrics, ProgressFn, candidate_view, champion_view, chat_ids
+from trainer.policy import PairMetrics, ProgressFn, candidate_view, champion_view, chat_ids, right_padded
 
 if TYPE_CHECKING:
     import numpy as np
@@ -146,7 +146,7 @@ class Answers:
         return sum(len(i) for i in self.ids) / max(len(self.ids), 1)
 
     def format_share(self) -> float:
-        return sum(bool(FORMAT_MARKUP.search(t)) for t in self.texts) / max(len(self.texts), 1)
+        return sum(has_markup(t) for t in self.texts) / max(len(self.texts), 1)
 
 
 def generate(
@@ -214,13 +214,7 @@ def mean_token_kl(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
-        width = max(len(p) + len(a) for p, a in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (prompt_ids, answer) in enumerate(batch):
-            ids[row, : len(prompt_ids) + len(answer)] = torch.tensor(prompt_ids + answer)
-            mask[row, : len(prompt_ids) + len(answer)] = 1
-        ids, mask = ids.to(policy.device), mask.to(policy.device)
+        ids, mask = right_padded([prompt_ids + answer for prompt_ids, answer in batch], pad, policy.device)
         with torch.no_grad():
             cand_logits = policy(input_ids=ids, attention_mask=mask).logits
             with reference(policy):

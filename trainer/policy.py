@@ -69,6 +69,20 @@ def _completion_ids(
     return full_ids[:max_length], start
 
 
+def right_padded(sequences: list[list[int]], pad: int, device: Any) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)`` of ``sequences`` padded on the right: a causal model's outputs for the
+    real tokens are then the same as for each sequence alone."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        mask[row, : len(sequence)] = 1
+    return ids.to(device), mask.to(device)
+
+
 def completion_logps(
     model: Policy, tokenizer: PreTrainedTokenizerBase, items: list[tuple[list[dict[str, str]], str]], max_length: int,
     batch_size: int = LOGP_BATCH,
@@ -86,15 +100,10 @@ def completion_logps(
     scorable = [i for i, (ids, start) in enumerate(encoded) if 0 < start < len(ids)]
     for begin in range(0, len(scorable), batch_size):
         rows = scorable[begin:begin + batch_size]
-        width = max(len(encoded[i][0]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, i in enumerate(rows):
-            ids[row, : len(encoded[i][0])] = torch.tensor(encoded[i][0])
-            mask[row, : len(encoded[i][0])] = 1
+        ids, mask = right_padded([encoded[i][0] for i in rows], pad, model.device)
         with torch.no_grad():
-            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        token_logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None].to(model.device))[..., 0]
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        token_logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None])[..., 0]
         for row, i in enumerate(rows):
             full_ids, start = encoded[i]
             logps[i] = float(token_logps[row, start - 1 : len(full_ids) - 1].sum())
