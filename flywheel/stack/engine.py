@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -11,8 +12,13 @@ from flywheel.stack.supervise import ManagedProcess
 from serving.settings import ServingSettings
 
 
-def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path) -> ManagedProcess:
-    """vLLM's OpenAI server with runtime LoRA loading on (each version is loaded under its own name)."""
+def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path,
+                 env: Mapping[str, str] | None = None) -> ManagedProcess:
+    """vLLM's OpenAI server with runtime LoRA loading on (each version is loaded under its own name).
+
+    ``env`` adds to the engine's environment (a benchmark sets ``VLLM_PLUGINS`` to compare without
+    Flywheel's CPU LoRA ops, ``flywheel.stack.vllm_cpu_lora``).
+    """
     argv = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir),
@@ -26,14 +32,15 @@ def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path) -> 
         "--max-loras", str(settings.engine_max_loras),
         "--disable-log-stats",
     ]
-    env = {
+    engine_env = {
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
         "VLLM_CPU_KVCACHE_SPACE": str(settings.engine_kv_cache_gb),
         "HF_HUB_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
+        **(env or {}),
     }
     url = f"http://127.0.0.1:{settings.engine_port}/health"
     return ManagedProcess(
         "engine (vllm)", argv, log_path, ready=lambda: httpx.get(url, timeout=2).status_code == 200,
-        env=env, startup_timeout=settings.engine_startup_timeout,
+        env=engine_env, startup_timeout=settings.engine_startup_timeout,
     )
