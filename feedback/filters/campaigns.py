@@ -30,6 +30,12 @@ when at least ``cohort_majority`` of a cohort are members of one campaign, the r
 endorse) ride with it and are flagged too, their evidence marked ``rider``. An honest rater
 would have to ask mostly the campaign's scripted questions, among a cohort that is nearly all
 campaign, to be caught this way.
+
+The search runs beside the stream (``background.py``): ``prepare`` copies what it reads of the
+state into a ``Snapshot`` in the batch (references to the frozen answers and votes: milliseconds),
+and ``decide`` does the work in a thread: cutting every new answer into features (most of a
+first search's seconds), the tests and the cohorts. Memberships are sticky across searches (a
+rater found a member stays one), so searches run one at a time and in order.
 """
 
 from __future__ import annotations
@@ -74,6 +80,15 @@ def binomial_tail(k: int, m: int, q: float) -> float:
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What a campaign search reads of the filter state, copied in the batch so that the search can run in a thread
+    while later batches change the state (the copies hold references: answers and votes are frozen records)."""
+
+    raters: list[Rater]  # tested one by one: those with new votes, sorted
+    state: FilterState  # the answers (in the order the state learnt them), pairs, votes and flags, as they were
+
+
 @dataclass(kw_only=True)
 class CampaignFilter:
     min_accounts: int
@@ -113,12 +128,27 @@ class CampaignFilter:
 
     def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]:
         """Test ``raters`` (those with new votes) against every candidate feature; flag complete campaigns."""
+        snapshot = self.prepare(state, raters)
+        return [] if snapshot is None else self.decide(snapshot)
+
+    def prepare(self, state: FilterState, raters: set[Rater]) -> Snapshot | None:
+        """The part of a search that reads the state (cheap): shallow copies of what ``decide`` looks at, the votes
+        of every rater included (cohorts link anyone). None before any answer is known."""
+        if not state.answers:
+            return None
+        copy = FilterState(answers=dict(state.answers), pairs={p: list(a) for p, a in state.pairs.items()},
+                           votes={r: list(v) for r, v in state.votes.items()},
+                           flags={r: dict(f) for r, f in state.flags.items()})
+        return Snapshot(sorted(raters), copy)
+
+    def decide(self, snapshot: Snapshot) -> list[Flag]:
+        """The costly part of a search, on a snapshot only: safe in another thread than the state's, one search at
+        a time (it indexes answers and records memberships for the next)."""
+        state = snapshot.state
         for answer in list(state.answers.values())[len(self._features):]:  # answers are only ever appended
             self._index(answer)
         total = len(self._features)
-        if not total:
-            return []
-        for rater in sorted(raters):
+        for rater in snapshot.raters:
             endorsed = self._endorsed(state, rater)
             for feature, stats in self._beyond_chance(endorsed, total).items():
                 self.members[feature][rater] = stats
@@ -141,7 +171,7 @@ class CampaignFilter:
         return self._flags(state)
 
     def _endorsed(self, state: FilterState, rater: Rater) -> list[Answer]:
-        return [a for a in map(state.endorsed, state.votes[rater]) if a is not None]
+        return [a for a in map(state.endorsed, state.votes.get(rater, [])) if a is not None]
 
     def _beyond_chance(
         self, endorsed: list[Answer], total: int, corrected: bool = False

@@ -9,9 +9,10 @@ its rater's reliability weight. After each micro-batch, inside the batch's trans
    look at the whole history (campaigns, consensus, the reliability estimate of step 4) at most
    every ``search_interval_s`` (the raters who voted meanwhile are remembered and reviewed
    then), and whenever the stream goes quiet (``catch_up``, called by the worker on an empty
-   poll). The consensus search, the costliest, runs in a thread on a snapshot of what it reads
-   (``background.py``): a batch waits ``search_wait_s`` for it, then commits without it, and a
-   later batch (or the next quiet poll, which waits for it) stores its flags;
+   poll). The campaign and consensus searches, the costliest, run in a thread on a snapshot of
+   what they read (``background.py``), in that order: a batch waits ``search_wait_s`` for them,
+   then commits without them, and a later batch (or the next quiet poll, which waits for them)
+   stores their flags;
 3. a newly flagged rater is stored in ``flagged_raters`` and their accepted votes move to
    quarantine (retroactive quarantine: insert-if-absent into ``quarantine`` and delete from
    ``feedback`` in the same transaction, so an event is never in both or neither); their
@@ -26,6 +27,7 @@ batch discards it (the worker rebuilds), so a rolled-back batch never lingers in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -38,11 +40,12 @@ from sqlalchemy.orm import Session
 from feedback.db.id_lists import id_chunks
 from feedback.db.models import AdminAction, BatchAlert, Completion, Feedback, FlaggedRater, Quarantine
 from feedback.events import EVENT_ADAPTER, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
-from feedback.filters.background import Background
+from feedback.filters.background import Search, Searches
 from feedback.filters.base import Answer, Filter, FilterState, Finding, Flag, HistoryFilter, Rater, Vote
 from feedback.filters.bots import BotFilter
 from feedback.filters.campaigns import CampaignFilter
 from feedback.filters.consensus import ConsensusFilter
+from feedback.filters.consensus import Snapshot as ConsensusSnapshot
 from feedback.filters.contract import BatchRow, ContractFilter, ContractSuite
 from feedback.filters.duplicates import DuplicateFilter
 from feedback.filters.integrity import IntegrityFilter
@@ -120,8 +123,19 @@ class Pipeline:
         self._wanted: set[str] = set()
         self._touched: set[Rater] = set()
         self._search_due: set[Rater] = set()
-        self._consensus_due: set[Rater] = set()  # raters for the next consensus search (one runs at a time)
-        self._consensus_job: Background[list[Flag]] | None = None
+        # The history-wide searches beside the stream, in the order a search inside the batch runs them: the
+        # consensus is learnt from the raters still trusted, without those the campaign search condemns. (The filters'
+        # methods are looked up at each call, so a test may hold a search back by replacing one.)
+        self._history_searches = Searches([
+            Search(lambda raters: self.campaigns.prepare(self.state, raters),
+                   lambda snapshot: self.campaigns.decide(snapshot),
+                   # as the campaign search does, it skips raters already flagged for a campaign
+                   still_new=lambda flag: flag.reason not in self.state.flags.get(flag.rater, {})),
+            Search(lambda raters: self.consensus.prepare(self.state, raters),
+                   lambda snapshot: self.consensus.decide(snapshot),
+                   # the consensus models only unflagged raters: it condemns nobody flagged
+                   still_new=lambda flag: not self.state.flags.get(flag.rater), without=_consensus_without),
+        ], "history-search")
         self._searched_at = -math.inf
 
     # -- start-up -------------------------------------------------------------------------------
@@ -200,8 +214,8 @@ class Pipeline:
             self._reweigh(session)
 
     def catch_up(self, session: Session) -> bool:
-        """Run a search deferred by ``search_interval_s``, and wait for a consensus search still running; False if
-        there was neither.
+        """Run a search deferred by ``search_interval_s``, and wait for the searches still running or queued behind
+        them; False if there was nothing of either.
 
         The worker calls it when a poll comes back empty, so a quiet stream gets its verdicts
         within a poll timeout (and a running search's time) instead of waiting for the next batch.
@@ -215,9 +229,9 @@ class Pipeline:
                 self._synced = set()
             self._search(session, None)
             return True
-        if self._consensus_job is None and not self._consensus_due:
+        if self._history_searches.idle:
             return False
-        self._consensus(session, None)
+        self._run_searches(session, None)
         self._reweigh(session)
         return True
 
@@ -301,51 +315,36 @@ class Pipeline:
         RETROACTIVE.labels(reason).inc(len(rows))
 
     def _search(self, session: Session, wait: float | None) -> None:
-        """The history-wide searches over the raters who voted since the last one: campaigns, consensus (waited
+        """The history-wide searches over the raters who voted since the last one: campaigns then consensus (waited
         for ``wait`` seconds, None: however long), then the reliability estimate. A replica without the search
         lease only re-estimates reliability, for its own verdicts and weights, and writes nothing."""
         if self._searches():
-            self._apply(session, self.campaigns.review(self.state, self._search_due))
-            # after bots and campaigns are out, so the consensus is learnt from the raters still trusted
-            self._consensus_due |= self._search_due
-            self._consensus(session, wait)
+            self._history_searches.due |= self._search_due
+            self._run_searches(session, wait)
             self._reweigh(session)
         else:
             self.reliability.review(self.state)
         self._search_due = set()
         self._searched_at = time.monotonic()
 
-    def _consensus(self, session: Session, wait: float | None) -> None:
-        """Store the flags of a finished consensus search, start one over the raters due, and wait ``wait`` seconds
-        for it. With ``wait`` None (a quiet stream) every search runs to its end, the ones over raters who came due
+    def _run_searches(self, session: Session, wait: float | None) -> None:
+        """Store the flags of a finished round of searches, start one over the raters due, and wait ``wait`` seconds
+        for it. With ``wait`` None (a quiet stream) every round runs to its end, the ones over raters who came due
         while another ran included."""
         self._collect(session, 0)
-        self._start_consensus()
-        while self._collect(session, wait) and wait is None and self._consensus_due:
-            self._start_consensus()
-
-    def _start_consensus(self) -> None:
-        """Start a consensus search over the raters due, unless one is running (they wait for the next)."""
-        if self._consensus_job is not None or not self._consensus_due:
-            return
-        snapshot = self.consensus.prepare(self.state, self._consensus_due)
-        self._consensus_due = set()
-        if snapshot is not None:
-            self._consensus_job = Background(lambda: self.consensus.decide(snapshot), "consensus-search")
+        self._history_searches.start()
+        while self._collect(session, wait) and wait is None and self._history_searches.due:
+            self._history_searches.start()
 
     def _collect(self, session: Session, wait: float | None) -> bool:
-        """Store the flags of the running consensus search if it ends within ``wait`` seconds; whether it did.
+        """Store the flags of the running round of searches if it ends within ``wait`` seconds; whether it did.
 
-        Its snapshot may be a few batches old: a rater it condemns is flagged now, and the votes they cast
+        Its snapshots may be a few batches old: a rater it condemns is flagged now, and the votes they cast
         since are moved with the others (retroactive quarantine), so a late verdict loses nothing."""
-        if self._consensus_job is None:
+        flags = self._history_searches.collect(wait)
+        if flags is None:
             return False
-        done, flags = self._consensus_job.result(wait)
-        if not done:
-            return False
-        self._consensus_job = None
-        # as a search inside the batch would, it condemns only raters nobody flagged (its snapshot's may be since)
-        self._apply(session, [f for f in flags or [] if not self.state.flags.get(f.rater)])
+        self._apply(session, flags)
         return True
 
     def _reweigh(self, session: Session) -> None:
@@ -359,6 +358,22 @@ class Pipeline:
             session.execute(update(Feedback).where(
                 Feedback.app_id == rater[0], Feedback.user_id == rater[1], Feedback.event_id.not_in(_released(rater[0]))
             ).values(weight=weight))
+
+
+def _consensus_without(snapshot: ConsensusSnapshot, raters: set[Rater]) -> ConsensusSnapshot | None:
+    """The snapshot ``ConsensusFilter.prepare`` takes once ``raters`` are flagged: their votes leave the model (it
+    learns from unflagged raters only) and they leave the candidates, and so do the answers only they voted on (the
+    features' IDF, scaling and size bands are learnt from the answers modelled); None if no candidate is left, as
+    ``prepare`` then returns. Checked against ``prepare`` by tests/feedback/test_filters_background_campaign.py."""
+    if not raters & snapshot.table.keys():
+        return snapshot
+    table = {rater: rows for rater, rows in snapshot.table.items() if rater not in raters}
+    candidates = [rater for rater in snapshot.candidates if rater not in raters]
+    if not candidates:
+        return None
+    ids = {r for rows in table.values() for targets, _ in rows for r in targets}
+    return dataclasses.replace(snapshot, table=table, candidates=candidates,
+                               answers={r: snapshot.answers[r] for r in ids})
 
 
 def _released(app_id: int) -> Any:

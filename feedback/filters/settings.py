@@ -169,11 +169,11 @@ class FilterSettings(BaseSettings):
     )
     search_wait_s: float | None = Field(
         default=2.0, ge=0,
-        description="How long a micro-batch waits for the consensus search it started before it commits without "
-        "it: the search then runs on beside the stream (a thread, on a copy of what it reads) and a later batch, "
-        "or the next empty poll, stores its flags. The first search after a start took minutes on a large "
-        "history; inside the batch it stalled ingestion that long. None: wait for it (the search runs inside the "
-        "batch, as tests that read verdicts right after a batch need).",
+        description="How long a micro-batch waits for the campaign and consensus searches it started before it "
+        "commits without them: they then run on beside the stream (a thread, on a copy of what they read) and a "
+        "later batch, or the next empty poll, stores their flags. The first search after a start took minutes on a "
+        "large history; inside the batch it stalled ingestion that long. None: wait for them (the searches run "
+        "inside the batch, as tests that read verdicts right after a batch need).",
     )
 
     @model_validator(mode="after")

@@ -9,6 +9,13 @@ flippers x 20, about 6 500 votes: the size at which 172 s was measured), then ru
 search with a fresh filter twice: as it was (``compress=False``, the BLAS library's own threads)
 and as it is now, and prints both times, their ratio and whether the verdicts (raters flagged,
 with their judged votes and disagreements) are identical.
+
+    .venv/bin/python -m tests.bench.bench_consensus_search --campaign [--honest 150] [--seed 0]
+
+times the campaign search's part of a batch instead, on the same history: the first search (every
+rater, every answer indexed) as it ran inside the batch (``CampaignFilter.review``), against what
+the batch does now (``prepare``: the snapshot), the rest (``decide``) running in a thread beside
+the stream; and whether ``decide`` on the snapshot flags what ``review`` flags.
 """
 
 from __future__ import annotations
@@ -16,12 +23,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from feedback.filters import FilterSettings, Pipeline
 from feedback.filters.base import Flag
 from feedback.filters.consensus import ConsensusFilter
 from flywheel.cli.common import console
 from tests.bench.synthetic_history import History, Population, build_history
+
+T = TypeVar("T")
 
 
 def verdicts(flags: list[Flag]) -> list[tuple[str, str, int, int]]:
@@ -35,13 +46,33 @@ class Timed:
     cpu: float  # this process's CPU seconds, every thread's: less sensitive than wall time to other load
 
 
+def timed(call: Callable[[], T]) -> tuple[Timed, T]:
+    """Seconds ``call()`` took, and its result."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = call()
+    return Timed(time.perf_counter() - wall, time.process_time() - cpu), result
+
+
 def first_search(history: History, **variant: object) -> tuple[Timed, list[Flag]]:
     """Seconds and flags of a fresh filter's first search over every rater (``variant``: ConsensusFilter fields)."""
     consensus: ConsensusFilter = dataclasses.replace(Pipeline(FilterSettings()).consensus,
                                                      **variant)  # type: ignore[arg-type]
-    wall, cpu = time.perf_counter(), time.process_time()
-    flags = consensus.review(history.state, set(history.state.votes))
-    return Timed(time.perf_counter() - wall, time.process_time() - cpu), flags
+    return timed(lambda: consensus.review(history.state, set(history.state.votes)))
+
+
+def campaign_part(history: History) -> None:
+    """Print the campaign search's cost to a batch before (all of it) and after (the snapshot), fresh filters each."""
+    everyone = set(history.state.votes)
+    inside, beside = Pipeline(FilterSettings()).campaigns, Pipeline(FilterSettings()).campaigns
+    before, old = timed(lambda: inside.review(history.state, everyone))
+    after, snapshot = timed(lambda: beside.prepare(history.state, everyone))
+    assert snapshot is not None
+    thread, new = timed(lambda: beside.decide(snapshot))
+    console.print(f"before, inside the batch: {before.wall:.3f} s ({before.cpu:.3f} s CPU), {len(old)} flagged")
+    console.print(f"after, the batch's part (snapshot): {after.wall:.4f} s ({after.cpu:.4f} s CPU)")
+    console.print(f"after, in the thread: {thread.wall:.3f} s, {len(new)} flagged")
+    console.print(f"ratio before/after: {before.wall / after.wall:.0f}x wall, {before.cpu / max(after.cpu, 1e-9):.0f}x "
+                  f"CPU; verdicts identical: {new == old}")
 
 
 def main() -> None:
@@ -49,9 +80,13 @@ def main() -> None:
     parser.add_argument("--honest", type=int, default=150, help="honest raters (40 votes each)")
     parser.add_argument("--taste", default="numbers", help="the synthetic raters' taste (a simulator taste)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--campaign", action="store_true", help="time the campaign search's part of a batch instead")
     args = parser.parse_args()
     history = build_history(Population(honest=args.honest, taste=args.taste, seed=args.seed))
     console.print(f"{history.votes} votes, {len(history.state.answers)} answers, {len(history.state.votes)} raters")
+    if args.campaign:
+        campaign_part(history)
+        return
     after, new = first_search(history)
     console.print(f"after (compressed design, 1 BLAS thread): {after.wall:.1f} s ({after.cpu:.1f} s CPU), "
                   f"{len(new)} raters flagged")

@@ -7,13 +7,15 @@ minutes; ``search_wait_s=0`` is a batch that never waits for it.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.session import transaction
 from feedback.filters import Pipeline
 from feedback.filters.base import Flag
-from feedback.filters.consensus import Snapshot
+from feedback.filters.campaigns import CampaignFilter
+from feedback.filters.consensus import ConsensusFilter
 from tests.conftest import EventBuilder
 from tests.feedback.filtering import filter_settings, store, verdicts
 from tests.feedback.test_filters_consensus_content import traffic
@@ -21,24 +23,25 @@ from tests.feedback.test_filters_consensus_content import traffic
 SETTINGS = {"bot_min_votes": 1000, "campaign_min_accounts": 1000, "velocity_user_max": 1000}
 
 
-def _held(pipeline: Pipeline) -> tuple[threading.Event, list[int]]:
-    """Make the pipeline's consensus searches wait for the returned event; the list counts the searches run."""
+def held(history_filter: ConsensusFilter | CampaignFilter) -> tuple[threading.Event, list[object]]:
+    """Make the filter's searches (the costly part, ``decide``) wait for the returned event; the list gets the
+    snapshot of each search run."""
     release, runs = threading.Event(), []
-    decide = pipeline.consensus.decide
+    decide = history_filter.decide
 
-    def slow(snapshot: Snapshot) -> list[Flag]:
+    def slow(snapshot: Any) -> list[Flag]:
         release.wait(60)
-        runs.append(len(snapshot.candidates))
+        runs.append(snapshot)
         return decide(snapshot)
 
-    pipeline.consensus.decide = slow  # type: ignore[method-assign]
+    setattr(history_filter, "decide", slow)  # noqa: B010 (mypy refuses assigning to a method)
     return release, runs
 
 
 def test_batches_commit_while_the_search_runs_and_its_flags_come_later(
         sessions: sessionmaker[Session], app_id: int, build: EventBuilder) -> None:
     pipeline = Pipeline(filter_settings(**SETTINGS, search_wait_s=0))
-    release, runs = _held(pipeline)
+    release, runs = held(pipeline.consensus)
     batches, events = traffic(build, app_id, lambda quantity, on_topic: quantity, seed=11)
     for batch in batches:
         store(sessions, pipeline, batch)  # would block here if the search ran inside the batch
@@ -59,12 +62,11 @@ def test_batches_commit_while_the_search_runs_and_its_flags_come_later(
 def test_a_later_batch_stores_the_flags_of_a_search_that_finished(
         sessions: sessionmaker[Session], app_id: int, build: EventBuilder) -> None:
     pipeline = Pipeline(filter_settings(**SETTINGS, search_wait_s=0))
-    release, runs = _held(pipeline)
+    release, runs = held(pipeline.consensus)
     batches, events = traffic(build, app_id, lambda quantity, on_topic: quantity, seed=11)
     store(sessions, pipeline, [e for batch in batches for e in batch])  # the search starts after this batch
     release.set()
-    job = pipeline._consensus_job
-    assert job is not None and job.result(60)[0]
+    assert not pipeline._history_searches.idle and pipeline._history_searches.wait(60)
     store(sessions, pipeline, [])  # the next batch, even an empty one, stores what it found
     got = verdicts(sessions)
     assert all(got[e] == ["against_consensus"] for e in events["attacker"])
