@@ -162,6 +162,14 @@ class TrainConfig(BaseModel):
         default=0.0, ge=0.0, lt=0.5,
         description="Assumed share of flipped labels, for conservative or robust DPO.",
     )
+    rpo_alpha: float = Field(
+        default=0.0, ge=0.0,
+        description=(
+            "Weight of the chosen answers' token NLL added to the DPO loss (RPO, e.g. 1.0): keeps what users chose "
+            "likely, so DPO cannot win pairs by pushing probability off both answers into text nobody wrote. "
+            "0: plain DPO."
+        ),
+    )
     snapshot_min_rows: int = Field(
         default=16, ge=1,
         description="The snapshot check refuses a snapshot with fewer rows.",

@@ -5,6 +5,12 @@ Residual label noise (votes the filters could not catch) gets two TRL options:
   trains towards "chosen is better with probability 1-ε" instead of certainty;
 - ``loss_type="robust"`` with ``label_smoothing=ε``: robust DPO (Chowdhury et al. 2024), an
   unbiased loss under a flip rate ε.
+And one against collapse: ``rpo_alpha`` adds TRL's ``"sft"`` loss (the chosen answers' mean
+token NLL) at that weight (RPO, Pang et al. 2024). DPO alone can win a pair by pushing
+probability off *both* answers; continued from a trained adapter, rounds of it at LoRA's
+learning rate drove SmolLM2 to short strings of no words, which a length-only taste then
+preferred (docs/demo.md, "the concise taste"). The NLL term keeps the chosen answers likely.
+Off by default until a demo run shows what it costs the learning (issue 8).
 Feedback weights enter by ``resample_by_weight`` (DPOTrainer has no per-example weight).
 """
 
@@ -21,8 +27,12 @@ from trainer.policy import ProgressFn, common_args, report_progress
 def dpo_args(config: TrainConfig, output_dir: Path, quiet: bool) -> Any:
     from trl import DPOConfig
 
+    losses, weights = [config.loss_type], [1.0]
+    if config.rpo_alpha > 0:
+        losses, weights = [*losses, "sft"], [*weights, config.rpo_alpha]
     return DPOConfig(
-        **common_args(config, output_dir, quiet), loss_type=[config.loss_type], label_smoothing=config.label_smoothing
+        **common_args(config, output_dir, quiet), loss_type=losses, loss_weights=weights,
+        label_smoothing=config.label_smoothing,
     )
 
 
