@@ -27,7 +27,8 @@ from trainer.policy import ProgressFn, common_args, report_progress
 def dpo_args(config: TrainConfig, output_dir: Path, quiet: bool) -> Any:
     from trl import DPOConfig
 
-    losses, weights = [config.loss_type], [1.0]
+    losses: list[str] = [config.loss_type]
+    weights = [1.0]
     if config.rpo_alpha > 0:
         losses, weights = [*losses, "sft"], [*weights, config.rpo_alpha]
     return DPOConfig(
