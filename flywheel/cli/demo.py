@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from flywheel.cli.common import console, fail, setup_logging
+from flywheel.demo.schema import DemoReport
 from flywheel.simulation.scenario import ScenarioError, load_scenario, with_overrides
 from flywheel.simulation.tastes import TASTES
 from trainer.base_model import SHARED_DEFAULT_MODEL, prepare_default_model
@@ -43,7 +44,7 @@ def demo(
     held-out prompts by the users' taste, never by the system's own reward model.
     """
     from flywheel.demo.runner import DemoRun
-    from flywheel.demo.schema import DemoOptions, DemoReport
+    from flywheel.demo.schema import DemoOptions
     from trainer.config import TrainConfig
 
     setup_logging(verbose)
@@ -56,9 +57,7 @@ def demo(
     options = DemoOptions(rounds=rounds, scenario=plan.name, taste=plan.preference.taste, seed=seed,
                           filters=not no_filters, model=str(model_dir.resolve()), time_scale=time_scale,
                           eval_prompts=eval_prompts, eval_samples=eval_samples)
-    label = None
-    if baseline is not None:
-        label = "without filters" if not baseline.options.filters else f"run of {baseline.started_at:%Y-%m-%d %H:%M}"
+    label = compare_label(baseline) if baseline is not None else None
     console.print(f"flywheel demo: {rounds} rounds of [bold]{plan.name}[/] ({plan.planned_events} votes each), "
                   f"taste [bold]{plan.preference.taste}[/], seed {seed}, filters {'on' if not no_filters else 'OFF'}")
     report = DemoRun(options, plan, out, console, TrainConfig(seed=seed), baseline, label).run()
@@ -68,6 +67,34 @@ def demo(
         win = final.evaluation.win_rate
         console.print(f"champion v{final.version}: win rate against the base {win.value:.2f} "
                       f"(95 % CI {win.low:.2f}-{win.high:.2f}) under taste {plan.preference.taste}")
+
+
+def compare_label(baseline: DemoReport) -> str:
+    """How the report names the other run: the ablation by what it lacks, any other run by its start."""
+    return "without filters" if not baseline.options.filters else f"run of {baseline.started_at:%Y-%m-%d %H:%M}"
+
+
+def redraw(
+    report: Annotated[Path, typer.Argument(help="A finished run's report.json; its folder gets the new page.")],
+    compare: Annotated[Path, typer.Option(
+        help="Another run's report.json (same seed, e.g. --no-filters) to draw beside it.")],
+) -> None:
+    """Draw a finished run's report again with another run beside it (report.html and report.json in its folder).
+
+    The two runs need not be made in order: run the ablation after the main run, then compare.
+    """
+    from flywheel.demo.page import write_report
+
+    try:
+        mine = DemoReport.model_validate_json(report.read_text())
+        other = DemoReport.model_validate_json(compare.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read a demo report: {exc}")
+    if (mine.options.taste, mine.options.seed) != (other.options.taste, other.options.seed):
+        console.print(f"[yellow]note:[/] the runs differ in taste or seed ({mine.options.taste}/{mine.options.seed} "
+                      f"against {other.options.taste}/{other.options.seed})")
+    write_report(mine.model_copy(update={"compare": other, "compare_label": compare_label(other)}), report.parent)
+    console.print(f"report: {report.parent / 'report.html'}")
 
 
 def evaluate(

@@ -84,3 +84,34 @@ def test_write_report_writes_json_and_html_with_the_same_numbers(report: DemoRep
     assert (json_path.name, html_path.name) == ("report.json", "report.html")
     assert DemoReport.model_validate_json(json_path.read_text(encoding="utf-8")) == report
     assert html_path.read_text(encoding="utf-8") == render_page(report)
+
+
+def test_demo_report_draws_a_finished_run_beside_another(tmp_path: Path) -> None:
+    """`flywheel demo-report RUN --compare OTHER`: the ablation can run after the main run and still be drawn."""
+    from typer.testing import CliRunner
+
+    from flywheel.cli.main import app
+    from tests.demo.conftest import make_report
+
+    run, ablation = tmp_path / "run", tmp_path / "ablation"
+    main_json, _ = write_report(make_report(), run)
+    other_json, _ = write_report(make_report(filters=False, prefix="nofilter"), ablation)
+
+    result = CliRunner().invoke(app, ["demo-report", str(main_json), "--compare", str(other_json)])
+
+    assert result.exit_code == 0, result.output
+    redrawn = DemoReport.model_validate_json(main_json.read_text(encoding="utf-8"))
+    assert redrawn.compare == DemoReport.model_validate_json(other_json.read_text(encoding="utf-8"))
+    assert redrawn.compare_label == "without filters"
+    assert (run / "report.html").read_text(encoding="utf-8") == render_page(redrawn)
+
+
+def test_demo_report_refuses_a_file_that_is_not_a_report(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flywheel.cli.main import app
+
+    bad = tmp_path / "report.json"
+    bad.write_text('{"not": "a report"}', encoding="utf-8")
+    result = CliRunner().invoke(app, ["demo-report", str(bad), "--compare", str(bad)])
+    assert result.exit_code != 0 and "cannot read a demo report" in result.output
