@@ -138,26 +138,33 @@ class FilterSettings(BaseSettings):
     # consensus (raters against the others' taste; see feedback/filters/consensus.py)
     consensus_min_votes: int = Field(
         default=10, ge=2,
-        description="Votes a rater needs on which the consensus model is confident before they are tested.",
+        description="Judged votes (see consensus_min_confidence) a rater needs before they are tested against the "
+        "consensus: fewer informative votes, no verdict.",
     )
     consensus_min_population: int = Field(
         default=60, ge=2, description="Judged votes of other raters needed before the consensus model is used.",
     )
     consensus_min_confidence: float = Field(
         default=0.65, ge=0.5, lt=1,
-        description="A vote is judged only where the consensus model gives one side at least this probability.",
+        description="A vote is judged only where trusted raters take the consensus model's side at least this often "
+        "at its prediction (the calibrated probability, learnt from how the other raters voted), so a model that "
+        "looks confident where honest raters often contradict it judges nothing there.",
     )
     consensus_min_base_rate: float = Field(
         default=0.05, gt=0, lt=1,
-        description="Floor of the population's disagreement rate (the slips an honest rater makes).",
+        description="Least share of votes an honest rater casts against their own taste however clear the case "
+        "(slips): the calibration's lapse rate, and so the least disagreement expected on any judged vote.",
     )
     consensus_min_rate: float = Field(
-        default=0.2, gt=0, le=1, description="Share of judged votes against the consensus a flagged rater reaches.",
+        default=0.2, gt=0, le=1,
+        description="Share of judged votes against the consensus a flagged rater reaches; also the share of "
+        "inverted votes the test is most powerful against (the least an attack inverts).",
     )
     consensus_max_p_value: float = Field(
         default=0.01, gt=0, lt=1,
-        description="Binomial tail probability of a rater's disagreements at the population rate under which "
-        "they are flagged against_consensus.",
+        description="False-discovery rate of a search's against_consensus verdicts: a rater is flagged when their "
+        "p-value, Benjamini-Hochberg adjusted over every rater with consensus_min_votes votes (those with fewer judged "
+        "votes counting at a p-value of 1), is at most this.",
     )
     # when the history-wide searches run
     search_interval_s: float = Field(

@@ -35,6 +35,7 @@ class Population:
     flipper_votes: int = 20
     taste: str = "numbers"
     seed: int = 0
+    list_share: float = 0.5  # answers laid out as lists (3 in 5 numbered, the rest bulleted); the others are prose
 
 
 @dataclass
@@ -47,8 +48,11 @@ class History:
         return sum(len(v) for v in self.state.votes.values())
 
 
-def _answer_text(rng: random.Random, prompt: str, vocabulary: list[str]) -> str:
-    """One answer: a layout (steps, bullets, prose), a length, some of the prompt's words or none, numbers or none."""
+def _answer_text(rng: random.Random, prompt: str, vocabulary: list[str], list_share: float) -> str:
+    """One answer: a layout (steps, bullets, prose), a length, some of the prompt's words or none, numbers or none.
+
+    ``list_share`` sets how often the answer is a list: a base model that writes mostly prose (a small share) makes
+    most pairs ties under a taste about layout, which leaves few informative votes per rater."""
     own = [w.strip("?,.").lower() for w in prompt.split() if len(w) > 3]
     words = lambda n: [rng.choice(own) if own and rng.random() < 0.3 else rng.choice(vocabulary)  # noqa: E731
                        for _ in range(n)]
@@ -59,9 +63,9 @@ def _answer_text(rng: random.Random, prompt: str, vocabulary: list[str]) -> str:
             sentence.insert(rng.randrange(len(sentence)), rng.choice(NUMBERS))
         sentences.append(" ".join(sentence).capitalize() + ".")
     layout = rng.random()
-    if layout < 0.3:
+    if layout < 0.6 * list_share:
         return "\n".join(f"{n}. {s}" for n, s in enumerate(sentences, 1))
-    if layout < 0.5:
+    if layout < list_share:
         return "\n".join(f"- {s}" for s in sentences)
     return " ".join(sentences)
 
@@ -85,7 +89,7 @@ def build_history(population: Population | None = None) -> History:
             counter += 1
             at = start + timedelta(seconds=counter)
             prompt = rng.choice(prompts)
-            texts = [_answer_text(rng, prompt, vocabulary) for _ in range(1 if rng.random() < 0.5 else 2)]
+            texts = [_answer_text(rng, prompt, vocabulary, p.list_share) for _ in range(1 if rng.random() < 0.5 else 2)]
             pair = f"pair{counter}" if len(texts) == 2 else None
             for side, text in enumerate(texts):
                 state.add_answer(Answer(f"r{counter}{'ab'[side]}", pair, APP, f"h{counter}", text, at, prompt))

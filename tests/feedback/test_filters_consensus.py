@@ -106,7 +106,8 @@ def test_no_consensus_without_a_population(sessions: sessionmaker[Session], app_
 
 
 def test_condemnation_needs_votes_a_rate_and_a_small_tail() -> None:
-    consensus = Pipeline(filter_settings()).consensus  # defaults: 10 votes, 20 %, tail 0.01
+    """A rater tested alone (``condemns``: the per-rater rule ``tests/bench/consensus_power.py`` tabulates)."""
+    consensus = Pipeline(filter_settings(consensus_max_p_value=0.01)).consensus  # 10 votes, 20 %, tail 0.01
     assert consensus.condemns(9, 9, 0.05) is None  # too few judged votes, however damning
     assert consensus.condemns(10, 3, 0.05) is None  # 3 slips in 10 at 5 %: tail 0.012, an unlucky honest rater
     assert consensus.condemns(10, 4, 0.05) == pytest.approx(0.001, abs=5e-4)
