@@ -145,6 +145,21 @@ class Snapshot:
     answers: dict[str, Answer]
     judge: RewardJudge | None
 
+    def without(self, raters: set[Rater]) -> Snapshot | None:
+        """The snapshot ``ConsensusFilter.prepare`` takes once ``raters`` are flagged: their votes leave the model (it
+        learns from unflagged raters only) and they leave the candidates, and so do the answers only they voted on
+        (the features' IDF, scaling and size bands are learnt from the answers modelled); None if no candidate is
+        left, as ``prepare`` then returns. For a search that runs after another of the same round condemned them
+        (``background.Searches``); checked against ``prepare`` by tests/feedback/test_filters_background_campaign.py."""
+        if not raters & self.table.keys():
+            return self
+        table = {rater: rows for rater, rows in self.table.items() if rater not in raters}
+        candidates = [rater for rater in self.candidates if rater not in raters]
+        if not candidates:
+            return None
+        ids = {r for rows in table.values() for targets, _ in rows for r in targets}
+        return dataclasses.replace(self, table=table, candidates=candidates, answers={r: self.answers[r] for r in ids})
+
 
 def fold_of(rater: Rater, folds: int) -> int:
     """A rater's cross-validation fold: a stable hash, the same in every process."""

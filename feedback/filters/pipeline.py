@@ -27,7 +27,6 @@ batch discards it (the worker rebuilds), so a rolled-back batch never lingers in
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -45,7 +44,6 @@ from feedback.filters.base import Answer, Filter, FilterState, Finding, Flag, Hi
 from feedback.filters.bots import BotFilter
 from feedback.filters.campaigns import CampaignFilter
 from feedback.filters.consensus import ConsensusFilter
-from feedback.filters.consensus import Snapshot as ConsensusSnapshot
 from feedback.filters.contract import BatchRow, ContractFilter, ContractSuite
 from feedback.filters.duplicates import DuplicateFilter
 from feedback.filters.integrity import IntegrityFilter
@@ -134,7 +132,8 @@ class Pipeline:
             Search(lambda raters: self.consensus.prepare(self.state, raters),
                    lambda snapshot: self.consensus.decide(snapshot),
                    # the consensus models only unflagged raters: it condemns nobody flagged
-                   still_new=lambda flag: not self.state.flags.get(flag.rater), without=_consensus_without),
+                   still_new=lambda flag: not self.state.flags.get(flag.rater),
+                   without=lambda snapshot, raters: snapshot.without(raters)),
         ], "history-search")
         self._searched_at = -math.inf
 
@@ -358,22 +357,6 @@ class Pipeline:
             session.execute(update(Feedback).where(
                 Feedback.app_id == rater[0], Feedback.user_id == rater[1], Feedback.event_id.not_in(_released(rater[0]))
             ).values(weight=weight))
-
-
-def _consensus_without(snapshot: ConsensusSnapshot, raters: set[Rater]) -> ConsensusSnapshot | None:
-    """The snapshot ``ConsensusFilter.prepare`` takes once ``raters`` are flagged: their votes leave the model (it
-    learns from unflagged raters only) and they leave the candidates, and so do the answers only they voted on (the
-    features' IDF, scaling and size bands are learnt from the answers modelled); None if no candidate is left, as
-    ``prepare`` then returns. Checked against ``prepare`` by tests/feedback/test_filters_background_campaign.py."""
-    if not raters & snapshot.table.keys():
-        return snapshot
-    table = {rater: rows for rater, rows in snapshot.table.items() if rater not in raters}
-    candidates = [rater for rater in snapshot.candidates if rater not in raters]
-    if not candidates:
-        return None
-    ids = {r for rows in table.values() for targets, _ in rows for r in targets}
-    return dataclasses.replace(snapshot, table=table, candidates=candidates,
-                               answers={r: snapshot.answers[r] for r in ids})
 
 
 def _released(app_id: int) -> Any:

@@ -24,7 +24,6 @@ from feedback.filters import FilterSettings, Pipeline
 from feedback.filters.background import Search, Searches
 from feedback.filters.base import Answer, Flag, Rater, Vote
 from feedback.filters.campaigns import CampaignFilter, Snapshot
-from feedback.filters.pipeline import _consensus_without
 from tests.bench.synthetic_history import APP, History, Population, build_history
 from tests.conftest import EventBuilder
 from tests.feedback.filtering import campaign_traffic, filter_settings, store, verdicts
@@ -114,13 +113,13 @@ def test_the_consensus_without_the_condemned_is_the_snapshot_taken_after_their_f
     snapshot = consensus.prepare(history.state, raters)
     assert snapshot is not None
     condemned = {rater for rater, kind in history.kinds.items() if kind == "attacker"} | {(APP, "u0000"), (9, "x")}
-    narrowed = _consensus_without(snapshot, condemned)
+    narrowed = snapshot.without(condemned)
     for rater in condemned:
         history.state.flags[rater]["campaign"] = {}
     assert narrowed == consensus.prepare(history.state, raters)
     assert narrowed is not None and len(narrowed.answers) < len(snapshot.answers)
-    assert _consensus_without(snapshot, set()) is snapshot
-    assert _consensus_without(snapshot, set(snapshot.candidates)) is None
+    assert snapshot.without(set()) is snapshot
+    assert snapshot.without(set(snapshot.candidates)) is None
     assert consensus.prepare(history.state, {(9, "x"), *(r for r in condemned if r[0] == APP)}) is None
 
 
