@@ -40,13 +40,16 @@ def config_options(model: type[BaseModel]) -> Callable[[Command], Command]:
 
     The command must have a keyword parameter ``config``; it is left out of the command line and filled
     with ``model(**given)``. A value the model refuses ends the command with the model's own message.
+    A field named like one of the command's own parameters is left to the command (``flywheel demo``'s
+    ``--seed`` seeds its users and its training alike), which sets it on ``config`` itself.
     """
     def wrap(command: Command) -> Command:
         from flywheel.cli.common import fail
 
         signature = inspect.signature(command)
         own = [p for p in signature.parameters.values() if p.name != "config"]
-        options = [p for name, field in model.model_fields.items() if (p := _option(name, field)) is not None]
+        options = [p for name, field in model.model_fields.items()
+                   if name not in signature.parameters and (p := _option(name, field)) is not None]
         names = {p.name for p in options}
 
         @functools.wraps(command)

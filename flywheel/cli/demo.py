@@ -9,12 +9,15 @@ from typing import Annotated
 import typer
 
 from flywheel.cli.common import console, fail, setup_logging
+from flywheel.cli.config_options import config_options
 from flywheel.demo.schema import DemoReport
 from flywheel.simulation.scenario import ScenarioError, load_scenario, with_overrides
 from flywheel.simulation.tastes import TASTES
 from trainer.base_model import SHARED_DEFAULT_MODEL, prepare_default_model
+from trainer.config import TrainConfig
 
 
+@config_options(TrainConfig)
 def demo(
     rounds: Annotated[int, typer.Option(min=1, help="Rounds of chat, votes, training and promotion.")] = 3,
     scenario: Annotated[str, typer.Option(help="A shipped scenario or a YAML path: who the users are.")] = "demo",
@@ -35,17 +38,19 @@ def demo(
     eval_prompts: Annotated[int, typer.Option(min=2, help="Held-out prompts every version answers.")] = 40,
     eval_samples: Annotated[int, typer.Option(min=1, help="Sampled answers per held-out prompt.")] = 4,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    *,
+    config: TrainConfig,
 ) -> None:
     """Run rounds of the whole loop on a private embedded stack and write report.html / report.json to --out.
 
     Simulated users with a hidden taste (and noisy users, bots, a campaign, slow attackers) chat
     with the champion and vote; the worker filters; a training round runs; a candidate that
     passes every gate is promoted as ops would (audited as app:demo). Every version is judged on
-    held-out prompts by the users' taste, never by the system's own reward model.
+    held-out prompts by the users' taste, never by the system's own reward model. The training
+    options are ``flywheel train``'s (every round trains with them); ``--seed`` seeds the training too.
     """
     from flywheel.demo.runner import DemoRun
     from flywheel.demo.schema import DemoOptions
-    from trainer.config import TrainConfig
 
     setup_logging(verbose)
     try:
@@ -56,11 +61,12 @@ def demo(
     model_dir = model or prepare_default_model()
     options = DemoOptions(rounds=rounds, scenario=plan.name, taste=plan.preference.taste, seed=seed,
                           filters=not no_filters, model=str(model_dir.resolve()), time_scale=time_scale,
-                          eval_prompts=eval_prompts, eval_samples=eval_samples)
+                          eval_prompts=eval_prompts, eval_samples=eval_samples,
+                          training=config.model_dump(mode="json", exclude_defaults=True, exclude={"seed"}))
     label = compare_label(baseline) if baseline is not None else None
     console.print(f"flywheel demo: {rounds} rounds of [bold]{plan.name}[/] ({plan.planned_events} votes each), "
                   f"taste [bold]{plan.preference.taste}[/], seed {seed}, filters {'on' if not no_filters else 'OFF'}")
-    report = DemoRun(options, plan, out, console, TrainConfig(seed=seed), baseline, label).run()
+    report = DemoRun(options, plan, out, console, config.model_copy(update={"seed": seed}), baseline, label).run()
     final = report.version(report.rounds[-1].champion_after if report.rounds else report.versions[0].version)
     console.print(f"report: {out / 'report.html'}")
     if final.evaluation is not None and final.evaluation.win_rate is not None:

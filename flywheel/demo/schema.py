@@ -7,7 +7,7 @@ Pydantic models, so the file has one definition that both sides (and ``flywheel 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -105,6 +105,8 @@ class DemoOptions(BaseModel):
     time_scale: float
     eval_prompts: int
     eval_samples: int
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="Training options set away from TrainConfig's defaults (the seed aside).")
 
 
 class DemoReport(BaseModel):

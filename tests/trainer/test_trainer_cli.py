@@ -42,3 +42,26 @@ def test_options_left_out_keep_the_configs_defaults_and_bad_values_name_the_opti
     refused = runner.invoke(app, ["train", "--loss-type", "robust"])
     assert refused.exit_code == 1 and "label_smoothing > 0" in refused.output
     assert len(seen) == 1
+
+
+def test_demo_trains_every_round_with_the_given_options_and_its_own_seed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any,
+) -> None:
+    seen: list[tuple[Any, TrainConfig]] = []
+
+    class FakeRun:  # stops before the stack starts: what reaches the run is what is under test
+        def __init__(self, options: Any, plan: Any, out: Any, console: Any, config: TrainConfig, *rest: Any) -> None:
+            seen.append((options, config))
+
+        def run(self) -> Any:
+            raise SystemExit(0)
+
+    monkeypatch.setattr("flywheel.demo.runner.DemoRun", FakeRun)
+    result = runner.invoke(app, ["demo", "--seed", "7", "--rpo-alpha", "1", "--model", str(tmp_path),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    options, config = seen[0]
+    assert config == TrainConfig(rpo_alpha=1.0, seed=7)
+    assert options.training == {"rpo_alpha": 1.0}  # the report says how its rounds trained; the seed is its own
+    refused = runner.invoke(app, ["demo", "--rpo-alpha", "-1", "--model", str(tmp_path)])
+    assert refused.exit_code != 0 and "--rpo-alpha" in refused.output
