@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 CHAMPION = "champion"  # the version that answers users
 CHALLENGER = "challenger"  # a candidate that beat the champion on held-out pairs
+CANARY = "canary"  # a version a share of end users is sent to (sticky per user), judged by their feedback
 ADAPTER_TAG = "adapter"
 NO_ADAPTER = "none"
 ADAPTER_ARTIFACT_PATH = "adapter"

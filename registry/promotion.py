@@ -1,9 +1,11 @@
 """Which model version serves users: MLflow aliases, moved with an audit trail.
 
 Promotion state is MLflow aliases (MLflow 3 deprecates stages): ``champion`` serves users,
-``challenger`` is the latest candidate that passed the trainer's checks. MLflow keeps no
-alias history, so every alias move also writes an ``AliasMove`` row in the store within the
-same call; rollback reads that table.
+``challenger`` is the latest candidate that passed the trainer's checks, ``canary`` is a version
+a share of end users is sent to. MLflow keeps no alias history and an alias holds nothing but a
+version, so every alias move also writes an ``AliasMove`` row in the store within the same call,
+and the canary's percent lives on that row; rollback, the canary's state and "what served at
+time T" read that table.
 
 Moves are serialized across processes by a lock in the store (PostgreSQL's advisory lock,
 SQLite's write lock) taken before the current alias is read, so two promotions, or a promotion
@@ -32,7 +34,8 @@ from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import AliasMove
-from registry.model_versions import CHALLENGER, CHAMPION
+from feedback.store import as_utc
+from registry.model_versions import CANARY, CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,49 @@ Chooser = Callable[[Session, ModelVersion | None], str]
 """Picks the version an alias moves to from its current holder, under the lock; raises RegistryError to refuse."""
 
 
+CANARY_START = "canary"
+"""The action of a move that starts a canary or changes its percent."""
+CANARY_STOP = "canary_stop"
+"""The action of a move that ends a canary: ``to_version`` names the version it ended, ``percent`` is 0."""
+
+
 class RegistryError(RuntimeError):
     """A registry operation that cannot be done as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Canary:
+    """The running canary: its version, the percent of end users sent to it, and since when it runs.
+
+    ``since`` is when this version became the canary; a change of its percent keeps it, so the
+    canary's evidence and its maximum duration count from its start.
+    """
+
+    version: str
+    percent: float
+    since: datetime
+
+
+@dataclass(frozen=True)
+class ServingAt:
+    """Which versions answered at a moment, as the audit trail of alias moves tells it."""
+
+    at: datetime
+    champion: str | None
+    canary: str | None
+    canary_percent: float | None
+    champion_since: datetime | None
+    canary_since: datetime | None
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One alias move waiting in a transaction: its audit row, and where the alias goes (None: removed)."""
+
+    alias: str
+    previous: ModelVersion | None
+    version: str | None
+    row: AliasMove
 
 
 @dataclass(frozen=True)
@@ -87,7 +131,7 @@ class Promotion:
         self._move(CHALLENGER, version, action="challenger", actor=actor, reason=reason)
 
     def promote(self, version: str, actor: str, reason: str | None = None) -> None:
-        """Make ``version`` the champion (what users are served)."""
+        """Make ``version`` the champion (what users are served); a canary of that version ends with it."""
         self.version(version)  # a clear MLflow error for an unknown version, before any write
 
         def unless_champion(_session: Session, champion: ModelVersion | None) -> str:
@@ -95,7 +139,7 @@ class Promotion:
                 raise RegistryError(f"version {version} is already the champion")
             return str(version)
 
-        self._move(CHAMPION, unless_champion, action="promote", actor=actor, reason=reason)
+        self._move_champion(unless_champion, action="promote", actor=actor, reason=reason)
 
     def rollback(self, actor: str, reason: str | None = None) -> str:
         """Return the champion to the version it replaced; returns that version.
@@ -104,7 +148,127 @@ class Promotion:
         names the version it replaced. Rollback rows are skipped, so rolling back twice walks
         two steps back instead of undoing the first rollback.
         """
-        return self._move(CHAMPION, self._replaced, action="rollback", actor=actor, reason=reason)
+        return self._move_champion(self._replaced, action="rollback", actor=actor, reason=reason)
+
+    def _move_champion(self, target: Chooser, action: str, actor: str, reason: str | None) -> str:
+        """Move the champion alias; a canary of the version that becomes champion ends in the same commit.
+
+        A version cannot be champion and canary at once: the canary's share of users would be
+        sent to the champion under another name, and its live comparison would compare it with itself.
+        """
+        with self._locked() as session:
+            previous = self.alias_version(CHAMPION)
+            version = target(session, previous)
+            moves = [self._plan(CHAMPION, previous, version, action, actor, reason)]
+            canary = self.alias_version(CANARY)
+            if canary is not None and str(canary.version) == version:
+                moves.append(self._plan(CANARY, canary, None, CANARY_STOP, actor,
+                                        f"version {version} became champion ({action})", percent=0.0))
+            self._apply(session, moves)
+        return version
+
+    def start_canary(self, version: str, percent: float, actor: str, reason: str | None = None,
+                     evidence: dict[str, Any] | None = None) -> Canary:
+        """Send ``percent`` % of end users (sticky per user) to ``version``, or change the running canary's percent.
+
+        Refused (RegistryError) for the champion itself, for a percent outside (0, 100], and for the
+        canary it already is at that percent. Another version's canary is replaced (one canary at a time).
+        """
+        if not 0 < percent <= 100:
+            raise RegistryError(f"a canary's percent must be above 0 and at most 100, not {percent}")
+        self.version(version)
+
+        with self._locked() as session:
+            champion = self.alias_version(CHAMPION)
+            if champion is None:
+                raise self._no_champion()
+            if str(champion.version) == str(version):
+                raise RegistryError(f"version {version} is the champion; a canary must be another version")
+            previous = self.alias_version(CANARY)
+            if previous is not None and str(previous.version) == str(version):
+                running = self._canary_state(session, str(version))
+                if running is not None and running.percent == percent:
+                    raise RegistryError(f"version {version} is already the canary at {percent:g} %")
+            self._apply(session, [self._plan(CANARY, previous, str(version), CANARY_START, actor, reason,
+                                             percent=float(percent), evidence=evidence)])
+            started = self._canary_state(session, str(version))
+        if started is None:
+            raise RegistryError(f"the canary move of version {version} is missing from the audit trail")
+        return started
+
+    def stop_canary(self, actor: str, reason: str | None = None, evidence: dict[str, Any] | None = None) -> str:
+        """End the running canary (every user back to the champion); returns the version it ended."""
+        with self._locked() as session:
+            previous = self.alias_version(CANARY)
+            if previous is None:
+                raise RegistryError(f"{self.name!r} has no canary running")
+            version = str(previous.version)
+            self._apply(session, [self._plan(CANARY, previous, None, CANARY_STOP, actor, reason, percent=0.0,
+                                             evidence=evidence)])
+        return version
+
+    def canary(self) -> Canary | None:
+        """The running canary, or None. Its version is the MLflow alias; its percent, the audited move that set it.
+
+        An alias someone set in MLflow by hand, with no move of ours for that version, is a canary at
+        0 %: no user is sent to a version nobody chose a share for.
+        """
+        version = self.alias_version(CANARY)
+        if version is None:
+            return None
+        with self.factory() as session:
+            state = self._canary_state(session, str(version.version))
+        if state is None:
+            log.warning("%s@%s names version %s, but no audited canary move set it: it gets no traffic",
+                        self.name, CANARY, version.version)
+            return Canary(str(version.version), 0.0, datetime.fromtimestamp(0, tz=UTC))
+        return state
+
+    def _canary_state(self, session: Session, version: str, at: datetime | None = None) -> Canary | None:
+        """The percent and start of ``version``'s canary from its moves (up to ``at``), or None if none set it."""
+        query = select(AliasMove).where(AliasMove.model_name == self.name, AliasMove.alias == CANARY)
+        if at is not None:
+            query = query.where(AliasMove.at <= at)
+        moves = session.scalars(query.order_by(AliasMove.at.desc(), AliasMove.id.desc()).limit(1000)).all()
+        run = []
+        for move in moves:  # newest first: the moves of this version's current canary, until another began
+            if move.action != CANARY_START or move.to_version != version:
+                break
+            run.append(move)
+        if not run:
+            return None
+        return Canary(version, float(run[0].percent or 0.0), as_utc(run[-1].at))
+
+    def serving_at(self, at: datetime) -> ServingAt:
+        """Which version was champion, and which canary at what percent, at ``at`` (from the audit trail).
+
+        Moves made in MLflow by hand are not in the trail; a gateway follows a move within its
+        poll interval (FLYWHEEL_SWAP_POLL_SECONDS), so answers within that interval of a move may
+        still have come from the version before it (every completion records the version that answered).
+        """
+        at = as_utc(at).astimezone(UTC)  # SQLite compares the stored UTC wall-clock text
+        with self.factory() as session:
+            champion = self._last_move(session, CHAMPION, at)
+            last_canary = self._last_move(session, CANARY, at)
+            canary = (self._canary_state(session, last_canary.to_version, at)
+                      if last_canary is not None and last_canary.action == CANARY_START else None)
+        live = canary is not None and canary.percent > 0
+        return ServingAt(
+            at=at,
+            champion=champion.to_version if champion is not None else None,
+            canary=canary.version if live and canary else None,
+            canary_percent=canary.percent if live and canary else None,
+            champion_since=as_utc(champion.at) if champion is not None else None,
+            canary_since=canary.since if live and canary else None,
+        )
+
+    def _last_move(self, session: Session, alias: str, at: datetime) -> AliasMove | None:
+        return session.scalars(
+            select(AliasMove)
+            .where(AliasMove.model_name == self.name, AliasMove.alias == alias, AliasMove.at <= at)
+            .order_by(AliasMove.at.desc(), AliasMove.id.desc())
+            .limit(1)
+        ).first()
 
     def _replaced(self, session: Session, champion: ModelVersion | None) -> str:
         """The version the current champion replaced (rollback's target), read under the lock."""
@@ -166,31 +330,45 @@ class Promotion:
         """Move an alias and write its audit row together, one move at a time; returns the version moved to.
 
         Under the lock: read the alias, choose the ``target`` (a version, or a function of the current
-        holder), write the row (flushed, so a store error stops the move), move the alias, commit. A
-        registry error rolls the row back; a commit that fails after MLflow moved the alias moves it back.
+        holder), then ``_apply`` the move.
         """
         with self._locked() as session:
             previous = self.alias_version(alias)
             version = target if isinstance(target, str) else target(session, previous)
-            session.add(
-                AliasMove(
-                    model_name=self.name,
-                    alias=alias,
-                    action=action,
-                    from_version=str(previous.version) if previous is not None else None,
-                    to_version=version,
-                    actor=actor,
-                    reason=reason,
-                )
-            )
-            session.flush()
-            self.client.set_registered_model_alias(self.name, alias, version)
-            try:
-                session.commit()
-            except BaseException:
-                self._put_back(alias, previous)
-                raise
+            self._apply(session, [self._plan(alias, previous, version, action, actor, reason)])
         return version
+
+    def _plan(self, alias: str, previous: ModelVersion | None, version: str | None, action: str, actor: str,
+              reason: str | None, percent: float | None = None, evidence: dict[str, Any] | None = None) -> _Planned:
+        """A move of ``alias`` to ``version``; None removes the alias, and the row names the version it held."""
+        to_version = version if version is not None else str(previous.version) if previous is not None else ""
+        row = AliasMove(model_name=self.name, alias=alias, action=action,
+                        from_version=str(previous.version) if previous is not None else None,
+                        to_version=to_version, actor=actor, reason=reason, percent=percent, evidence=evidence)
+        return _Planned(alias, previous, version, row)
+
+    def _apply(self, session: Session, moves: list[_Planned]) -> None:
+        """Write the moves' rows and move their aliases as one: all of them happen or none (under the lock).
+
+        The rows are flushed first, so a store error stops the moves before MLflow sees any; a registry
+        error rolls the rows back and puts back the aliases already moved; a commit that fails after
+        MLflow moved the aliases moves them all back.
+        """
+        session.add_all([move.row for move in moves])
+        session.flush()
+        done: list[_Planned] = []
+        try:
+            for move in moves:
+                if move.version is None:
+                    self.client.delete_registered_model_alias(self.name, move.alias)
+                else:
+                    self.client.set_registered_model_alias(self.name, move.alias, move.version)
+                done.append(move)
+            session.commit()
+        except BaseException:
+            for move in reversed(done):
+                self._put_back(move.alias, move.previous)
+            raise
 
     def _put_back(self, alias: str, previous: ModelVersion | None) -> None:
         """Undo an alias move whose audit row could not be committed (still under the lock)."""

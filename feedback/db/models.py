@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -99,15 +99,21 @@ class AliasMove(Base):
     """Every move of a registry alias. MLflow keeps no alias history; rollback reads this."""
 
     __tablename__ = "alias_moves"
+    __table_args__ = (Index("ix_alias_moves_model_alias_at", "model_name", "alias", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_name: Mapped[str] = mapped_column(String(256), index=True)
     alias: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(32), doc="promote, rollback, challenger, bootstrap")
+    action: Mapped[str] = mapped_column(
+        String(32), doc="promote, rollback, challenger, bootstrap, canary, canary_stop (see registry.promotion)")
     from_version: Mapped[str | None] = mapped_column(String(32))
-    to_version: Mapped[str] = mapped_column(String(32))
+    to_version: Mapped[str] = mapped_column(String(32), doc="canary_stop: the version whose canary ended.")
     actor: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str | None] = mapped_column(Text)
+    percent: Mapped[float | None] = mapped_column(
+        Float, default=None, doc="The canary's share of end users after this move (0 once it stopped).")
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(
+        default=None, doc="What an automatic decision saw: its test statistics and thresholds.")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
