@@ -15,3 +15,11 @@ RECORD_FAILURES = Counter("flywheel_record_failures_total", "Events refused beca
 SWAPS = Counter("flywheel_model_swaps_total", "Champion switches performed without restart.")
 SWAP_FAILURES = Counter("flywheel_model_swap_failures_total", "Champion switches that failed and were retried.")
 LIVE_VERSION = Gauge("flywheel_live_model_version", "The registry version currently answering.")
+CANARY_VERSION = Gauge("flywheel_canary_model_version", "The canary version this gateway sends its share to (0: none).")
+CANARY_PERCENT = Gauge("flywheel_canary_percent", "The percent of end users sent to the canary (0: no canary).")
+CHAT_ERRORS = Counter("flywheel_chat_errors_total", "Chat requests the engine failed, by model version.",
+                      ["model_version"])
+VERSION_LATENCY = Histogram(
+    "flywheel_version_latency_seconds", "Chat completion latency, gateway side, by model version.",
+    ["model_version"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80),
+)

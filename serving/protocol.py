@@ -40,11 +40,14 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = Field(default=None, max_length=256, description="The end user; feedback names them too.")
     flywheel: FlywheelRequestOptions = Field(default_factory=FlywheelRequestOptions)
 
-    def engine_payload(self, engine_model: str) -> dict[str, Any]:
-        """The body for vLLM: our extension removed, the model resolved, two samples for a pair."""
+    def engine_payload(self, engine_model: str, n: int | None = None) -> dict[str, Any]:
+        """The body for vLLM: our extension removed, the model resolved, two samples for a pair.
+
+        ``n`` overrides the number of samples: a pair from two versions asks each for one.
+        """
         body = self.model_dump(exclude={"flywheel", "n", "user"}, exclude_none=True)
         body["model"] = engine_model
-        body["n"] = 2 if self.flywheel.pairwise else 1
+        body["n"] = n if n is not None else 2 if self.flywheel.pairwise else 1
         if self.stream:
             body["stream_options"] = {**body.get("stream_options", {}), "include_usage": True}
         return body
@@ -53,7 +56,9 @@ class ChatCompletionRequest(BaseModel):
 class FlywheelAnswer(BaseModel):
     """What every answer carries beside OpenAI's fields."""
 
-    model_version: str
+    model_version: str = Field(description="The version that answered. A pair from two versions (during a canary): "
+                                           "the champion's; model_versions names each side's.")
+    model_versions: list[str] | None = Field(default=None, description="Pairwise: the version of A, then of B.")
     response_id: ResponseId | None = None
     pair_id: PairId | None = None
     response_ids: list[ResponseId] | None = Field(default=None, description="Pairwise: A then B.")
@@ -135,3 +140,38 @@ class AliasMoveOut(BaseModel):
 class ChampionMoved(BaseModel):
     champion: str = Field(description="The version the champion alias names now.")
     serving: str = Field(description="The version this gateway serves now ('' if none is loaded).")
+
+
+class CanaryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    percent: float = Field(gt=0, le=100, description="The percent of end users (sticky per `user`) sent to it.")
+    reason: str | None = Field(default=None, max_length=2000, description="Why, for the audit trail.")
+
+
+class CanaryOut(BaseModel):
+    """The running canary as the registry holds it, and what this gateway does with it."""
+
+    version: str = Field(description="The version the canary alias names.")
+    percent: float = Field(description="The percent of end users sent to it.")
+    since: UtcDatetime = Field(description="When this version became the canary (a percent change keeps it).")
+    champion: str = Field(description="The champion it is compared with.")
+    serving: bool = Field(description="Whether this gateway has it loaded and sends its share to it.")
+
+
+class CanaryStopped(BaseModel):
+    stopped: str = Field(description="The version whose canary ended; every user is back on the champion.")
+
+
+class ServingAtOut(BaseModel):
+    """Which versions answered at a moment, from the audit trail of alias moves."""
+
+    at: UtcDatetime
+    champion: str | None = Field(description="The champion then (None: before the first move).")
+    champion_since: UtcDatetime | None
+    canary: str | None = Field(description="The canary then, if one ran.")
+    canary_percent: float | None
+    canary_since: UtcDatetime | None
+    user: str | None = Field(default=None, description="The end user asked about, if any.")
+    user_version: str | None = Field(
+        default=None, description="The version that answered that user's single answers then (their pairs: "
+                                   "champion against canary if they were in its share).")

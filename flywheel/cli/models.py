@@ -1,6 +1,8 @@
-"""``flywheel models``: which version serves users, and every move of that choice."""
+"""``flywheel models``: which version serves users (champion, canary), and every move of that choice."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import typer
 from rich.table import Table
@@ -9,6 +11,7 @@ from feedback.db.session import make_engine, session_factory, upgrade
 from feedback.settings import CommonSettings
 from flywheel.cli.common import console, default_actor, fail
 from registry.promotion import Promotion, RegistryError
+from serving.canary import version_for
 
 app = typer.Typer(help="Model versions and the champion alias.", no_args_is_help=True)
 
@@ -62,10 +65,65 @@ def rollback(actor: str | None = ACTOR, reason: str | None = REASON) -> None:
 
 
 @app.command()
-def history(limit: int = typer.Option(20, help="How many moves, newest first.")) -> None:
-    """Every alias move: when, what, from which version to which, who and why."""
-    table = Table("when", "alias", "action", "from", "to", "actor", "reason")
+def canary(
+    version: str | None = typer.Argument(None, help="The version to send a share of end users to."),
+    percent: float | None = typer.Option(None, help="The percent of end users (sticky per user), above 0 up to 100."),
+    stop: bool = typer.Option(False, "--stop", help="End the running canary: every user back on the champion."),
+    actor: str | None = ACTOR, reason: str | None = REASON,
+) -> None:
+    """Send PERCENT % of end users to VERSION (or change the canary's percent); --stop ends it."""
+    if stop == (version is not None) or (version is not None and percent is None):
+        fail("give VERSION --percent P to start or change a canary, or --stop alone to end it")
+    try:
+        if stop:
+            ended = _registry().stop_canary(actor or default_actor(), reason)
+            console.print(f"canary of version [bold]{ended}[/] stopped: every user is on the champion")
+            return
+        assert version is not None and percent is not None  # checked above
+        started = _registry().start_canary(version, percent, actor or default_actor(), reason)
+    except RegistryError as exc:
+        fail(str(exc))
+    console.print(f"version [bold]{started.version}[/] is the canary for {started.percent:g} % of end users "
+                  f"(since {started.since:%Y-%m-%d %H:%M:%S} UTC)")
+
+
+@app.command()
+def history(
+    limit: int = typer.Option(20, help="How many moves, newest first."),
+    at: str | None = typer.Option(None, help="Instead: which versions served at this time (ISO 8601, e.g. "
+                                             "2026-12-03T14:05:00Z; without a zone: UTC)."),
+    user: str | None = typer.Option(None, help="With --at: which version answered this end user."),
+) -> None:
+    """Every alias move: when, what, from which version to which, who and why; --at T: what served at T."""
+    if at is not None:
+        try:
+            moment = datetime.fromisoformat(at)
+        except ValueError:
+            fail(f"--at {at!r} is not an ISO 8601 time (e.g. 2026-12-03T14:05:00Z)")
+        _serving_at(moment, user)
+        return
+    if user is not None:
+        fail("--user goes with --at")
+    table = Table("when", "alias", "action", "from", "to", "percent", "actor", "reason")
     for move in _registry().history(limit):
         table.add_row(f"{move.at:%Y-%m-%d %H:%M:%S}", move.alias, move.action, move.from_version or "",
-                      move.to_version, move.actor, move.reason or "")
+                      move.to_version, "" if move.percent is None else f"{move.percent:g} %", move.actor,
+                      move.reason or "")
     console.print(table)
+
+
+def _serving_at(at: datetime, user: str | None) -> None:
+    then = _registry().serving_at(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
+    console.print(f"at {then.at:%Y-%m-%d %H:%M:%S} UTC")
+    if then.champion is None:
+        console.print("no champion yet: the audit trail has no move before that time")
+        return
+    console.print(f"champion: version [bold]{then.champion}[/] (since {then.champion_since:%Y-%m-%d %H:%M:%S})")
+    if then.canary is not None:
+        console.print(f"canary: version [bold]{then.canary}[/] for {then.canary_percent:g} % of end users "
+                      f"(since {then.canary_since:%Y-%m-%d %H:%M:%S})")
+    else:
+        console.print("canary: none")
+    if user is not None:
+        console.print(f"user {user!r} was answered by version "
+                      f"[bold]{version_for(user, then.champion, then.canary, then.canary_percent)}[/]")

@@ -1,20 +1,30 @@
-"""``/admin/models``: versions, promote, rollback, history. Admin keys only; every move is audited.
+"""``/admin/models``: versions, promote, rollback, canary, history. Admin keys only; every move is audited.
 
-The gateway that takes a promotion switches at once; every other gateway follows within
-its poll interval, since all of them read the same registry alias.
+The gateway that takes a promotion (or a canary) switches at once; every other gateway follows
+within its poll interval, since all of them read the same registry aliases.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from registry.promotion import VersionInfo
-from serving.deps import AdminDep, StateDep
+from registry.promotion import Canary, VersionInfo
+from serving.canary import version_for
+from serving.deps import AdminDep, GatewayState, StateDep
 from serving.errors import responses
-from serving.protocol import AliasMoveOut, AliasMoveRequest, ChampionMoved
+from serving.protocol import (
+    AliasMoveOut,
+    AliasMoveRequest,
+    CanaryOut,
+    CanaryRequest,
+    CanaryStopped,
+    ChampionMoved,
+    ServingAtOut,
+)
 
 router = APIRouter(prefix="/admin/models", tags=["admin"])
 
@@ -34,6 +44,21 @@ async def history(
     return [AliasMoveOut.model_validate(m, from_attributes=True) for m in moves]
 
 
+@router.get("/history/at", responses=responses(400, 401, 403))
+async def serving_at(
+    _admin: AdminDep, state: StateDep,
+    time: Annotated[datetime, Query(description="The moment, ISO 8601 (naive: UTC).")],
+    user: Annotated[str | None, Query(max_length=256, description="An end user: which version answered them.")] = None,
+) -> ServingAtOut:
+    """Which version was champion, and which canary at what percent, at ``time``; with ``user``, which answered them."""
+    then = await asyncio.to_thread(state.registry.serving_at, time)
+    return ServingAtOut(
+        at=then.at, champion=then.champion, champion_since=then.champion_since, canary=then.canary,
+        canary_percent=then.canary_percent, canary_since=then.canary_since, user=user,
+        user_version=version_for(user, then.champion, then.canary, then.canary_percent) if user else None,
+    )
+
+
 @router.post("/{version}/promote", responses=responses(400, 401, 403, 409))
 async def promote(version: str, admin: AdminDep, state: StateDep, body: MoveBody = None) -> ChampionMoved:
     """Make ``version`` the champion; 409 if it does not exist or already is."""
@@ -49,3 +74,30 @@ async def rollback(admin: AdminDep, state: StateDep, body: MoveBody = None) -> C
     version = await asyncio.to_thread(state.registry.rollback, admin.actor, body.reason if body else None)
     route = await state.watcher.refresh()
     return ChampionMoved(champion=version, serving=route.version if route else "")
+
+
+@router.post("/{version}/canary", responses=responses(400, 401, 403, 409))
+async def start_canary(version: str, body: CanaryRequest, admin: AdminDep, state: StateDep) -> CanaryOut:
+    """Send ``percent`` % of end users (sticky per ``user``) to ``version``, or change the canary's percent.
+
+    409 if the version does not exist, is the champion, or already is the canary at that percent.
+    """
+    canary = await asyncio.to_thread(state.registry.start_canary, version, body.percent, admin.actor, body.reason)
+    return await _canary_out(state, canary)
+
+
+@router.post("/canary/stop", responses=responses(400, 401, 403, 409))
+async def stop_canary(admin: AdminDep, state: StateDep, body: MoveBody = None) -> CanaryStopped:
+    """End the canary: every user is back on the champion. 409 if none runs."""
+    version = await asyncio.to_thread(state.registry.stop_canary, admin.actor, body.reason if body else None)
+    await state.watcher.refresh()
+    return CanaryStopped(stopped=version)
+
+
+async def _canary_out(state: GatewayState, canary: Canary) -> CanaryOut:
+    """The canary as the registry holds it, after this gateway followed it (so ``serving`` tells if it loaded)."""
+    route = await state.watcher.refresh()
+    loaded = state.watcher.canary
+    return CanaryOut(version=canary.version, percent=canary.percent, since=canary.since,
+                     champion=route.version if route else "",
+                     serving=loaded is not None and loaded.route.version == canary.version)

@@ -1,12 +1,17 @@
-"""``POST /v1/chat/completions``: OpenAI's chat API, answered by the champion and recorded.
+"""``POST /v1/chat/completions``: OpenAI's chat API, answered by the champion (or the canary) and recorded.
 
 Every answer becomes a completion event in Kafka before the caller gets it (or, when
 streaming, before ``[DONE]``): feedback can only count for an answer the store knows was
 served, so an answer the broker did not take is reported as an error, not silently lost.
+
+The watcher picks the version of each answer (``ChampionWatcher.routes_for``): a user in a
+canary's share gets the canary, and their pairs pit champion against canary. Each answer's
+completion event records the version that gave it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,8 +27,9 @@ from serving.deps import CallerDep, GatewayState, StateDep
 from serving.engine import EngineError
 from serving.errors import error_for, responses
 from serving.feedback_tokens import FeedbackTokens
-from serving.metrics import ANSWERS, CHAT_LATENCY
+from serving.metrics import ANSWERS, CHAT_ERRORS, CHAT_LATENCY, VERSION_LATENCY
 from serving.protocol import ChatCompletion, ChatCompletionRequest, FlywheelAnswer
+from serving.sides import joined, merged
 
 router = APIRouter(tags=["chat"])
 
@@ -31,22 +37,32 @@ router = APIRouter(tags=["chat"])
 class _Exchange:
     """One request's identity and the facts its completion events will record."""
 
-    def __init__(self, body: ChatCompletionRequest, caller: Caller, route: Route, public_model: str,
-                 tokens: FeedbackTokens) -> None:
+    def __init__(self, body: ChatCompletionRequest, caller: Caller, routes: tuple[Route, ...], champion: Route,
+                 public_model: str, tokens: FeedbackTokens) -> None:
         self.body = body
         self.caller = caller
-        self.route = route
+        self.routes = routes  # one per answer: A then B for a pair
         self.public_model = public_model
         self.pair_id, self.response_ids = answer_ids(body.flywheel.pairwise)
         self.started = time.perf_counter()
         self.ttft_ms: float | None = None
         self.flywheel = FlywheelAnswer(
-            model_version=route.version,
+            model_version=routes[0].version if len(self.versions) == 1 else champion.version,
+            model_versions=[route.version for route in routes] if self.pair_id else None,
             response_id=None if self.pair_id else self.response_ids[0],
             pair_id=self.pair_id,
             response_ids=self.response_ids if self.pair_id else None,
             feedback_token=tokens.issue(caller.app_id, self.pair_id or self.response_ids[0]),
         ).model_dump(exclude_none=True)
+
+    @property
+    def one_call(self) -> bool:
+        """Whether one engine call answers it all (a pair from one engine model is one ``n=2`` call)."""
+        return len({route.engine_model for route in self.routes}) == 1
+
+    @property
+    def versions(self) -> set[str]:
+        return {route.version for route in self.routes}
 
     def label(self, chunk: dict[str, Any]) -> dict[str, Any]:
         """Present an engine result as ours: public model name, our ids, the flywheel object."""
@@ -68,7 +84,7 @@ class _Exchange:
                 response_id=response_id,
                 pair_id=self.pair_id,
                 user_id=self.body.user,
-                model_version=self.route.version,
+                model_version=self.routes[index].version,
                 messages=self.body.messages,
                 answer=answers.get(index, ("", None))[0],
                 finish_reason=answers.get(index, ("", None))[1],
@@ -94,17 +110,29 @@ async def create_chat_completion(
     if body.model != state.settings.public_model:
         raise HTTPException(404, f"model {body.model!r} does not exist; this gateway serves "
                                  f"{state.settings.public_model!r}")
-    exchange = _Exchange(body, caller, state.watcher.route, state.settings.public_model, state.tokens)
-    payload = body.engine_payload(exchange.route.engine_model)
-    if body.stream:
-        chunks = state.engine.chat_stream(payload)
-        try:
-            first = await anext(chunks)  # engine errors become HTTP errors before any byte is sent
-        except StopAsyncIteration:
-            raise EngineError("engine closed the stream without an answer") from None
-        return StreamingResponse(_stream(state, exchange, first, chunks), media_type="text/event-stream")
+    champion = state.watcher.route
+    routes = state.watcher.routes_for(body.user, body.flywheel.pairwise)
+    exchange = _Exchange(body, caller, routes, champion, state.settings.public_model, state.tokens)
+    try:
+        if body.stream:
+            if exchange.one_call:
+                chunks = state.engine.chat_stream(body.engine_payload(routes[0].engine_model))
+            else:
+                chunks = merged([state.engine.chat_stream(body.engine_payload(r.engine_model, n=1)) for r in routes])
+            try:
+                first = await anext(chunks)  # engine errors become HTTP errors before any byte is sent
+            except StopAsyncIteration:
+                raise EngineError("engine closed the stream without an answer") from None
+            return StreamingResponse(_stream(state, exchange, first, chunks), media_type="text/event-stream")
 
-    result = await state.engine.chat(payload)
+        if exchange.one_call:
+            result = await state.engine.chat(body.engine_payload(routes[0].engine_model))
+        else:
+            result = joined(await asyncio.gather(
+                *(state.engine.chat(body.engine_payload(r.engine_model, n=1)) for r in routes)))
+    except EngineError:
+        _failed(exchange)
+        raise
     answers = {c["index"]: (c["message"].get("content") or "", c.get("finish_reason")) for c in result["choices"]}
     await state.record(exchange.events(answers, result.get("usage")))
     _observe(exchange, stream=False)
@@ -143,6 +171,8 @@ async def _stream(
         answers = {i: ("".join(parts), finish.get(i)) for i, parts in texts.items()}
         await state.record(exchange.events(answers, usage))
     except Exception as exc:  # the status line is gone: report in-band, as OpenAI does
+        if isinstance(exc, EngineError):
+            _failed(exchange)
         yield _sse(error_for(exc)[1].model_dump())
         return
     _observe(exchange, stream=True)
@@ -154,5 +184,15 @@ def _sse(data: dict[str, Any]) -> str:
 
 
 def _observe(exchange: _Exchange, stream: bool) -> None:
-    CHAT_LATENCY.labels(stream=str(stream).lower()).observe(time.perf_counter() - exchange.started)
-    ANSWERS.labels(model_version=exchange.route.version).inc(len(exchange.response_ids))
+    elapsed = time.perf_counter() - exchange.started
+    CHAT_LATENCY.labels(stream=str(stream).lower()).observe(elapsed)
+    for version in exchange.versions:
+        VERSION_LATENCY.labels(model_version=version).observe(elapsed)
+    for route in exchange.routes:
+        ANSWERS.labels(model_version=route.version).inc()
+
+
+def _failed(exchange: _Exchange) -> None:
+    """An engine failure counts against every version the request asked (a pair from two: both)."""
+    for version in exchange.versions:
+        CHAT_ERRORS.labels(model_version=version).inc()
