@@ -23,7 +23,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import AliasMove
 from feedback.store import as_utc
+from registry.live import HeadToHead, VersionLive, head_to_head, version_numbers
 from registry.model_versions import CANARY, CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
@@ -90,12 +91,16 @@ class _Planned:
 
 @dataclass(frozen=True)
 class VersionInfo:
+    """A version with its aliases, lineage tags and its run's metrics; ``live``: how it does with real users."""
+
     version: str
     aliases: list[str]
     tags: dict[str, str]
     metrics: dict[str, float]
     run_id: str | None
     created_at: datetime
+    live: VersionLive | None = None
+    against_champion: HeadToHead | None = None
 
 
 class Promotion:
@@ -302,6 +307,18 @@ class Promotion:
                 .order_by(AliasMove.at.desc(), AliasMove.id.desc())
             )
             return list(session.scalars(query.limit(limit) if limit else query))
+
+    def live_versions(self) -> list[VersionInfo]:
+        """``list_versions`` with each version's live numbers and its picks against the current champion."""
+        infos = self.list_versions()
+        champion = next((i.version for i in infos if CHAMPION in i.aliases), None)
+        with self.factory() as session:
+            numbers, meetings = version_numbers(session), head_to_head(session)
+        return [
+            replace(info, live=numbers.get(info.version),
+                    against_champion=meetings.get((info.version, champion)) if champion else None)
+            for info in infos
+        ]
 
     def list_versions(self) -> list[VersionInfo]:
         """Every version, oldest first, with its aliases, tags and its run's metrics."""

@@ -14,6 +14,7 @@ from feedback.db.session import make_engine, session_factory
 from feedback.outbox import Outbox, Relay
 from feedback.producer import EventProducer
 from registry.promotion import Promotion
+from serving import live
 from serving.champion import ChampionWatcher
 from serving.deps import GatewayState, storable_body
 from serving.engine import EngineClient
@@ -44,13 +45,15 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                                          tokens)
         await watcher.refresh()
         poller = asyncio.create_task(watcher.run(), name="champion-watcher")
+        numbers = asyncio.create_task(live.publish(watcher, settings.live_numbers_seconds), name="live-numbers")
         log.info("gateway ready on %s:%s, engine %s", settings.host, settings.port, settings.resolved_engine_url)
         try:
             yield
         finally:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for task in (poller, numbers):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await engine.close()
             await asyncio.to_thread(relay.stop)
             outbox.close()

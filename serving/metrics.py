@@ -23,3 +23,15 @@ VERSION_LATENCY = Histogram(
     "flywheel_version_latency_seconds", "Chat completion latency, gateway side, by model version.",
     ["model_version"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80),
 )
+THUMBS_UP_RATE = Gauge("flywheel_version_thumbs_up_rate",
+                       "Share of up among accepted thumbs on a version's answers, with its 95 % Wilson interval.",
+                       ["model_version", "bound"])
+THUMBS_VOTES = Gauge("flywheel_version_thumbs_votes", "Accepted thumbs on a version's answers.", ["model_version"])
+ANSWER_CHARS = Gauge("flywheel_version_answer_chars", "Mean length of a version's recorded answers, in characters.",
+                     ["model_version"])
+CANARY_WIN_RATE = Gauge("flywheel_canary_win_rate",
+                        "The canary's wins over decisive accepted picks against the champion since it started, "
+                        "with its 95 % Wilson interval (absent without a canary or a pick).", ["bound"])
+CANARY_PICKS = Gauge("flywheel_canary_pairwise_votes",
+                     "Accepted picks between canary and champion since the canary started, by outcome for the canary.",
+                     ["outcome"])

@@ -30,6 +30,9 @@ class ServingSettings(CommonSettings):
     engine_startup_timeout: float = Field(default=600.0, description="Seconds the engine may take to start.")
     engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
     swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")
+    live_numbers_seconds: float = Field(
+        default=30.0, gt=0, description="How often the gateway reads each version's live numbers (thumbs-up rate, "
+                                        "the canary's picks, answer length) from the store into Prometheus.")
     feedback_token_secret: SecretStr | None = Field(
         default=None, description="HMAC secret of browser feedback tokens. Unset: generated once into "
                                   "feedback_token.secret in the data dir. Set it alike on every gateway of a "

@@ -10,6 +10,7 @@ from rich.table import Table
 from feedback.db.session import make_engine, session_factory, upgrade
 from feedback.settings import CommonSettings
 from flywheel.cli.common import console, default_actor, fail
+from registry.live import Proportion
 from registry.promotion import Promotion, RegistryError
 from serving.canary import version_for
 
@@ -28,15 +29,31 @@ def _registry() -> Promotion:
 
 @app.command("list")
 def list_() -> None:
-    """Every registered version with its aliases and held-out metrics."""
-    table = Table("version", "aliases", "parent", "held-out acc", "champion acc", "created", "run")
-    for info in _registry().list_versions():
+    """Every registered version: aliases, held-out metrics, and live numbers from accepted feedback.
+
+    thumbs up: share of up among accepted thumbs on its answers; vs champion: its wins over decisive
+    picks against the current champion's answers in the same pair; both with 95 % Wilson intervals.
+    """
+    table = Table("version", "aliases", "parent", "held-out acc", "champion acc", "answers", "thumbs up",
+                  "vs champion", "mean chars", "created", "run")
+    for info in _registry().live_versions():
+        live, meeting = info.live, info.against_champion
         table.add_row(
             info.version, ", ".join(info.aliases), info.tags.get("parent_version", ""),
             _metric(info.metrics, "heldout_accuracy"), _metric(info.metrics, "champion_heldout_accuracy"),
+            str(live.answers) if live else "", _share(live.thumbs_up) if live else "",
+            _share(meeting.win_rate) if meeting else "",
+            f"{live.mean_answer_chars:.0f}" if live and live.mean_answer_chars is not None else "",
             f"{info.created_at:%Y-%m-%d %H:%M}", (info.run_id or "")[:8],
         )
     console.print(table)
+
+
+def _share(proportion: Proportion) -> str:
+    """``0.71 (0.65-0.77) n=212``: the estimate, its interval and the number of votes."""
+    if proportion.estimate is None or proportion.low is None or proportion.high is None:
+        return ""
+    return f"{proportion.estimate:.2f} ({proportion.low:.2f}-{proportion.high:.2f}) n={proportion.trials}"
 
 
 def _metric(metrics: dict[str, float], name: str) -> str:

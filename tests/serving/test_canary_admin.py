@@ -90,6 +90,9 @@ def test_admin_canary_routes_chats_and_answers_history(gateway: Gateway) -> None
     early = (during - timedelta(days=1)).isoformat()
     assert gateway.get("/admin/models/history/at", app="ops", params={"time": early}).json()["champion"] is None
     assert envelope(gateway.get("/admin/models/history/at", app="ops", params={"time": "yesterday"}), 400)
+    listed = gateway.get("/admin/models", app="ops").json()
+    assert [(v["version"], v["aliases"], v["live"], v["against_champion"]) for v in listed] == [
+        ("1", ["champion"], None, None), ("2", [], None, None), ("3", [], None, None)]  # no answer was recorded
     moves = gateway.get("/admin/models/history", app="ops").json()
     assert [(m["action"], m["to_version"], m["actor"]) for m in moves[:2]] == [
         ("canary_stop", "2", "app:ops"), ("canary", "2", "app:ops")]

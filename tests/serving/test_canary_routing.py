@@ -10,21 +10,29 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
+from feedback.db.session import make_engine, session_factory
+from feedback.events import utcnow
+from feedback.filters import Pipeline
 from flywheel.stack.supervise import free_port
 from registry.model_versions import CHAMPION
 from serving.canary import canary_draw, in_canary, version_for
 from serving.champion import ChampionWatcher
 from serving.engine import EngineClient
+from serving.live import publish_once
 from serving.settings import ServingSettings
 from serving.sides import joined, merged
+from tests.conftest import EventBuilder
+from tests.feedback.filtering import filter_settings, store
 from tests.registry.conftest import promotions, registered_model
+from tests.registry.test_live_numbers import traffic
 
 USERS = [f"user-{i}" for i in range(20_000)]
 
@@ -163,3 +171,34 @@ def test_a_canary_that_cannot_load_leaves_the_champion_serving(watcher: Champion
     assert route is not None and route.version == "1"
     assert watcher.canary is None and watcher.routes_for("anyone", False)[0].version == "1"
     assert REGISTRY.get_sample_value("flywheel_model_swap_failures_total") == failures + 1
+
+
+def test_live_numbers_reach_prometheus(watcher: ChampionWatcher, db_url: str, make_app: Callable[[str], int],
+                                       build: EventBuilder) -> None:
+    """Thumbs per version and the canary's picks against the champion since it started, as gauges."""
+    sessions = session_factory(make_engine(db_url))
+    pipeline = Pipeline(filter_settings(timing_min_ms=0, timing_ms_per_char=0))
+    app_id, other_app = make_app(db_url), make_app(db_url)
+    store(sessions, pipeline, traffic(build, app_id, other_app))  # before the canary: not its evidence
+    watcher.registry.start_canary("2", 50, "ops")
+    asyncio.run(watcher.refresh())
+    publish_once(watcher)
+    assert REGISTRY.get_sample_value("flywheel_canary_pairwise_votes", {"outcome": "win"}) is None
+
+    store(sessions, pipeline, traffic(build, app_id, other_app, at=utcnow() + timedelta(seconds=1)))
+    publish_once(watcher)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(name, labels)
+
+    assert sample("flywheel_version_thumbs_votes", model_version="2") == 20
+    assert sample("flywheel_version_thumbs_up_rate", model_version="2", bound="estimate") == pytest.approx(0.2)
+    low = sample("flywheel_version_thumbs_up_rate", model_version="1", bound="low")
+    assert low is not None and 0.3 < low < 0.6
+    assert [sample("flywheel_canary_pairwise_votes", outcome=o) for o in ("win", "loss", "tie", "both_bad")] == [
+        3, 5, 1, 1]
+    assert sample("flywheel_canary_win_rate", bound="estimate") == pytest.approx(3 / 8)
+    watcher.registry.stop_canary("ops")
+    asyncio.run(watcher.refresh())
+    publish_once(watcher)
+    assert sample("flywheel_canary_win_rate", bound="estimate") is None
