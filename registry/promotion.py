@@ -48,6 +48,8 @@ CANARY_START = "canary"
 """The action of a move that starts a canary or changes its percent."""
 CANARY_STOP = "canary_stop"
 """The action of a move that ends a canary: ``to_version`` names the version it ended, ``percent`` is 0."""
+CANARY_ROLLBACK = "canary_rollback"
+"""A canary ended because its users' feedback showed it worse than the champion (the move's ``evidence`` says how)."""
 
 
 class RegistryError(RuntimeError):
@@ -211,6 +213,33 @@ class Promotion:
             self._apply(session, [self._plan(CANARY, previous, None, CANARY_STOP, actor, reason, percent=0.0,
                                              evidence=evidence)])
         return version
+
+    def conclude_canary(self, canary: Canary, outcome: str, actor: str, reason: str,
+                        evidence: dict[str, Any]) -> None:
+        """Apply an automatic decision about ``canary``: ``rollback`` or ``stop`` ends it, ``promote`` makes it
+        champion (which ends it too); every move carries the decision's ``evidence``.
+
+        Decided from evidence read before the lock, so under the lock the canary must still be the one
+        judged (same version, same start): otherwise the decision is about a canary that no longer
+        runs (ops moved it, or another gateway already decided) and RegistryError refuses it.
+        """
+        with self._locked() as session:
+            current = self.alias_version(CANARY)
+            running = self._canary_state(session, str(current.version)) if current is not None else None
+            if current is None or running is None or (running.version, running.since) != (canary.version,
+                                                                                         canary.since):
+                raise RegistryError(f"the canary of version {canary.version} since {canary.since:%H:%M:%S} no "
+                                    "longer runs; nothing decided")
+            moves = []
+            if outcome == "promote":
+                champion = self.alias_version(CHAMPION)
+                moves.append(self._plan(CHAMPION, champion, canary.version, "promote", actor, reason,
+                                        evidence=evidence))
+            elif outcome not in ("rollback", "stop"):
+                raise ValueError(f"a canary decision is rollback, stop or promote, not {outcome!r}")
+            moves.append(self._plan(CANARY, current, None, CANARY_ROLLBACK if outcome == "rollback" else CANARY_STOP,
+                                    actor, reason, percent=0.0, evidence=evidence))
+            self._apply(session, moves)
 
     def canary(self) -> Canary | None:
         """The running canary, or None. Its version is the MLflow alias; its percent, the audited move that set it.

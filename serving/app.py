@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from feedback.db.session import make_engine, session_factory
 from feedback.outbox import Outbox, Relay
 from feedback.producer import EventProducer
+from registry.canary_judge import CanaryJudge
 from registry.promotion import Promotion
 from serving import live
 from serving.champion import ChampionWatcher
@@ -45,12 +46,16 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                                          tokens)
         await watcher.refresh()
         poller = asyncio.create_task(watcher.run(), name="champion-watcher")
-        numbers = asyncio.create_task(live.publish(watcher, settings.live_numbers_seconds), name="live-numbers")
+        tasks = [poller, asyncio.create_task(live.publish(watcher, settings.live_numbers_seconds), name="live-numbers")]
+        if settings.canary_check_seconds > 0:
+            judge = CanaryJudge(registry, settings.canary_rule)
+            tasks.append(asyncio.create_task(live.judge(judge, watcher, settings.canary_check_seconds),
+                                             name="canary-judge"))
         log.info("gateway ready on %s:%s, engine %s", settings.host, settings.port, settings.resolved_engine_url)
         try:
             yield
         finally:
-            for task in (poller, numbers):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

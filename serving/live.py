@@ -1,8 +1,10 @@
-"""The live numbers per version in Prometheus: read from the store every ``FLYWHEEL_LIVE_NUMBERS_SECONDS``.
+"""The live numbers per version in Prometheus, and the canary rule applied, both on timers.
 
-Each gateway publishes what the store says (``registry.live``), so any of them answers a scrape;
-the figures are the same ones ``/admin/models`` and ``flywheel models list`` show. Counting
-happens in the database, off the event loop; a failed read keeps the last figures and is logged.
+Each gateway publishes what the store says (``registry.live``) every ``FLYWHEEL_LIVE_NUMBERS_SECONDS``,
+so any of them answers a scrape; the figures are the same ones ``/admin/models`` and ``flywheel
+models list`` show. Every ``FLYWHEEL_CANARY_CHECK_SECONDS`` each gateway applies the canary rule
+(``registry.canary_judge``); the registry lets only the first decision about a canary through.
+Counting happens in the database, off the event loop; a failed read is logged and retried.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ import logging
 
 from prometheus_client import Gauge
 
+from registry.canary_judge import CanaryJudge
 from registry.live import Proportion, head_to_head, version_numbers
 from serving.champion import ChampionWatcher
-from serving.metrics import ANSWER_CHARS, CANARY_PICKS, CANARY_WIN_RATE, THUMBS_UP_RATE, THUMBS_VOTES
+from serving.metrics import (
+    ANSWER_CHARS,
+    CANARY_DECISIONS,
+    CANARY_PICKS,
+    CANARY_WIN_RATE,
+    THUMBS_UP_RATE,
+    THUMBS_VOTES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,4 +68,17 @@ async def publish(watcher: ChampionWatcher, every_s: float) -> None:
             await asyncio.to_thread(publish_once, watcher)
         except Exception:
             log.exception("could not read the live numbers from the store; Prometheus keeps the last ones")
+        await asyncio.sleep(every_s)
+
+
+async def judge(judge: CanaryJudge, watcher: ChampionWatcher, every_s: float) -> None:
+    """Apply the canary rule forever; after a decision this gateway follows the aliases at once."""
+    while True:
+        try:
+            decision = await asyncio.to_thread(judge.check)
+            if decision is not None and decision.action != "continue":
+                CANARY_DECISIONS.labels(action=decision.action).inc()
+                await watcher.refresh()
+        except Exception:
+            log.exception("could not apply the canary rule; retried in %s s", every_s)
         await asyncio.sleep(every_s)

@@ -35,3 +35,5 @@ CANARY_WIN_RATE = Gauge("flywheel_canary_win_rate",
 CANARY_PICKS = Gauge("flywheel_canary_pairwise_votes",
                      "Accepted picks between canary and champion since the canary started, by outcome for the canary.",
                      ["outcome"])
+CANARY_DECISIONS = Counter("flywheel_canary_decisions_total",
+                           "Automatic canary decisions applied (rollback, promote, stop).", ["action"])

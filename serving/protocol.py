@@ -134,6 +134,9 @@ class AliasMoveOut(BaseModel):
     to_version: str
     actor: str
     reason: str | None
+    percent: float | None = Field(default=None, description="Canary moves: its share of end users after the move.")
+    evidence: dict[str, Any] | None = Field(
+        default=None, description="Automatic decisions (actor system:canary): the test statistics they saw.")
     at: UtcDatetime
 
 

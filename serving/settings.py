@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 
 from feedback.settings import CommonSettings
+from registry.canary_rule import CanaryRule
 from serving.feedback_tokens import load_or_create_secret
 
 
@@ -33,6 +34,14 @@ class ServingSettings(CommonSettings):
     live_numbers_seconds: float = Field(
         default=30.0, gt=0, description="How often the gateway reads each version's live numbers (thumbs-up rate, "
                                         "the canary's picks, answer length) from the store into Prometheus.")
+    canary_check_seconds: float = Field(
+        default=30.0, ge=0, description="How often the gateway applies the canary rule to the running canary: roll "
+                                        "it back, promote it or stop it, audited with the evidence. 0: never "
+                                        "(ops decide by hand).")
+    canary_rule: CanaryRule = Field(
+        default_factory=CanaryRule,
+        description='The canary rule\'s thresholds as JSON, e.g. {"alpha": 0.05, "min_votes_promote": 200, '
+                    '"max_duration": "PT24H", "promote": true}; every field in docs/canary.md.')
     feedback_token_secret: SecretStr | None = Field(
         default=None, description="HMAC secret of browser feedback tokens. Unset: generated once into "
                                   "feedback_token.secret in the data dir. Set it alike on every gateway of a "

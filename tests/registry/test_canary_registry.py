@@ -16,7 +16,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from registry.model_versions import CANARY, CHAMPION
-from registry.promotion import CANARY_START, CANARY_STOP, Promotion, RegistryError
+from registry.promotion import CANARY_ROLLBACK, CANARY_START, CANARY_STOP, Promotion, RegistryError
 
 
 def bootstrapped(promotion: Callable[[], Promotion]) -> Promotion:
@@ -148,3 +148,23 @@ def test_serving_at_answers_from_the_audit_trail(promotion: Callable[[], Promoti
     assert (promoted.champion, promoted.canary) == ("3", None)
     # Any time zone names the same moment.
     assert registry.serving_at(during_10.astimezone(timezone(timedelta(hours=-7)))).canary_percent == 10.0
+
+
+def test_an_automatic_decision_applies_only_to_the_canary_it_judged(promotion: Callable[[], Promotion]) -> None:
+    """Two gateways judging the same canary, or ops moving it meanwhile: only a decision about the running one lands."""
+    registry = bootstrapped(promotion)
+    judged = registry.start_canary("2", 10, "ops")
+    registry.stop_canary("ops")
+    time.sleep(0.01)
+    running = registry.start_canary("2", 10, "ops")  # the same version again, a new canary
+    with pytest.raises(RegistryError, match="no longer runs"):
+        registry.conclude_canary(judged, "rollback", "system:canary", "worse", {"wins": 1})
+    with pytest.raises(ValueError, match="not 'pause'"):
+        registry.conclude_canary(running, "pause", "system:canary", "?", {})
+    registry.conclude_canary(running, "rollback", "system:canary", "worse", {"wins": 1, "losses": 9})
+    with pytest.raises(RegistryError, match="no longer runs"):  # the second gateway's identical decision
+        registry.conclude_canary(running, "rollback", "system:canary", "worse", {"wins": 1, "losses": 9})
+    move = registry.history(limit=1)[0]
+    assert (move.action, move.actor, move.evidence, move.percent) == (
+        CANARY_ROLLBACK, "system:canary", {"wins": 1, "losses": 9}, 0.0)
+    assert registry.canary() is None and str(registry.champion().version) == "1"

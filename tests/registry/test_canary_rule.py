@@ -31,6 +31,7 @@ from registry.canary_rule import (
     decide_many,
     evidence,
 )
+from serving.settings import ServingSettings
 from tests.conftest import EventBuilder
 from tests.feedback.filtering import filter_settings, store
 from tests.registry.test_live_numbers import traffic
@@ -142,3 +143,13 @@ def test_evidence_is_read_from_accepted_feedback_since_the_canary_began(
     assert (seen.wins, seen.losses, seen.canary_ups, seen.canary_thumbs, seen.champion_ups, seen.champion_thumbs) == (
         3, 5, 2, 10, 6, 10)
     assert seen.elapsed == timedelta(minutes=10)
+
+
+def test_the_gateway_takes_the_rule_from_its_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_CANARY_RULE", '{"alpha": 0.01, "max_duration": "PT1H", "promote": false}')
+    rule = ServingSettings(_env_file=None).canary_rule  # type: ignore[call-arg]
+    assert (rule.alpha, rule.max_duration, rule.promote, rule.min_votes_promote) == (0.01, timedelta(hours=1),
+                                                                                     False, 200)
+    monkeypatch.setenv("FLYWHEEL_CANARY_RULE", '{"alpha": 2}')
+    with pytest.raises(ValidationError, match="alpha"):
+        ServingSettings(_env_file=None)  # type: ignore[call-arg]
