@@ -128,12 +128,13 @@ class ConfigError(ValueError):
     """A training setting that cannot work in this round (found at run time); the message says what to use."""
 
 
-Algorithm = Literal["auto", "dpo", "kto"]
+Algorithm = Literal["auto", "dpo", "kto", "orpo", "rloo", "grpo"]
+ONLINE_RL: tuple[Algorithm, ...] = ("rloo", "grpo")  # sample answers and score them with the reward model
 LossType = Literal["sigmoid", "robust"]
 
 
 class TrainConfig(BaseModel):
-    """One round: snapshot -> reward model -> policy (DPO or KTO, LoRA) -> gates.
+    """One round: snapshot -> reward model -> policy (DPO, KTO, ORPO, RLOO or GRPO; LoRA) -> gates.
 
     As in TRL, the config sits beside the trainer, every field carries its help (``flywheel
     train --help`` and ``docs/configuration.md`` are generated from it) and a value that cannot
@@ -147,12 +148,15 @@ class TrainConfig(BaseModel):
 
     min_pairs: int = Field(
         default=16, ge=1,
-        description="Skip the round below this many training examples: preference pairs for DPO, rated answers "
-        "for KTO.",
+        description="Skip the round below this many training examples: preference pairs for DPO, ORPO, RLOO and "
+        "GRPO, rated answers for KTO.",
     )
     algorithm: Algorithm = Field(
         default="auto",
-        description="auto (DPO when at least half the usable events form pairs, else KTO), dpo or kto.",
+        description=(
+            "auto (DPO when at least half the usable events form pairs, else KTO), dpo, kto, orpo (pairs, no "
+            "reference model), or online RL from the round's reward model: rloo or grpo."
+        ),
     )
     loss_type: LossType = Field(
         default="sigmoid",
@@ -169,6 +173,64 @@ class TrainConfig(BaseModel):
             "likely, so DPO cannot win pairs by pushing probability off both answers into text nobody wrote. "
             "0: plain DPO."
         ),
+    )
+    orpo_lambda: float = Field(
+        default=0.1, gt=0.0,
+        description=(
+            "ORPO's lambda: weight of the odds-ratio term beside the chosen answers' NLL (TRL's ORPOConfig.beta; "
+            "the ORPO paper uses 0.1 to 0.25)."
+        ),
+    )
+    rl_beta: float = Field(
+        default=0.05, gt=0.0,
+        description=(
+            "RLOO/GRPO KL coefficient to the champion: RLOO subtracts beta * KL from the reward, GRPO adds it to the "
+            "loss. Must be > 0: without it nothing holds the policy near the answers users rated."
+        ),
+    )
+    num_generations: int = Field(
+        default=4, ge=2,
+        description=(
+            "RLOO/GRPO answers sampled per prompt; each is judged against the others' mean. batch_size * "
+            "gradient_accumulation_steps must be a multiple of it."
+        ),
+    )
+    rl_max_prompt_length: int = Field(
+        default=256, ge=8,
+        description="RLOO/GRPO: prompts longer than this many tokens (chat template applied) are left out.",
+    )
+    rl_max_completion_length: int = Field(
+        default=64, ge=4,
+        description="RLOO/GRPO: most tokens sampled per answer (HF generate on CPU: the bulk of a step's time).",
+    )
+    reward_uncertainty_penalty: float = Field(
+        default=1.0, ge=0.0,
+        description=(
+            "RLOO/GRPO reward: reward-model ensemble mean minus this many standard deviations of its members, so "
+            "answers the reward model is unsure about earn less. Needs reward_ensemble > 1 to have any effect."
+        ),
+    )
+    length_penalty_weight: float = Field(
+        default=1.0, ge=0.0,
+        description=(
+            "RLOO/GRPO reward: weight of TRL's soft overlong punishment, 0 up to length_penalty_start tokens, then "
+            "falling linearly to -1 at rl_max_completion_length. 0: off."
+        ),
+    )
+    length_penalty_start: int = Field(
+        default=32, ge=0,
+        description="RLOO/GRPO reward: answer length in tokens where the length penalty begins.",
+    )
+    repetition_penalty_weight: float = Field(
+        default=1.0, ge=0.0,
+        description=(
+            "RLOO/GRPO reward: weight of TRL's repetition penalty, minus the share of repeated token n-grams in an "
+            "answer (0 for none, towards -1 for a loop). 0: off."
+        ),
+    )
+    repetition_ngram: int = Field(
+        default=3, ge=1,
+        description="RLOO/GRPO reward: n-gram size in tokens that the repetition penalty counts.",
     )
     snapshot_min_rows: int = Field(
         default=16, ge=1,
@@ -328,6 +390,20 @@ class TrainConfig(BaseModel):
             raise ValueError(f"set epochs > 0 or max_steps > 0 (got epochs={self.epochs}, max_steps={self.max_steps})")
         if self.algorithm == "kto" and self.batch_size < 2:
             raise ValueError("KTO estimates its KL term across a batch: batch_size must be >= 2 (got 1)")
+        if self.algorithm in ONLINE_RL:
+            if not self.reward_model:
+                raise ValueError(f"{self.algorithm} learns from the round's reward model: reward_model must be on")
+            if (self.batch_size * self.gradient_accumulation_steps) % self.num_generations:
+                raise ValueError(
+                    f"{self.algorithm} batches whole groups of num_generations answers: batch_size * "
+                    f"gradient_accumulation_steps ({self.batch_size * self.gradient_accumulation_steps}) must be a "
+                    f"multiple of num_generations ({self.num_generations})"
+                )
+            if self.length_penalty_weight > 0 and self.length_penalty_start >= self.rl_max_completion_length:
+                raise ValueError(
+                    f"length_penalty_start ({self.length_penalty_start}) must be below rl_max_completion_length "
+                    f"({self.rl_max_completion_length}): answers are never longer"
+                )
         return self
 
     def resolved_output_dir(self, settings: CommonSettings) -> Path:

@@ -33,7 +33,7 @@ def dpo_args(config: TrainConfig, output_dir: Path, quiet: bool) -> Any:
         losses, weights = [*losses, "sft"], [*weights, config.rpo_alpha]
     return DPOConfig(
         **common_args(config, output_dir, quiet), loss_type=losses, loss_weights=weights,
-        label_smoothing=config.label_smoothing,
+        label_smoothing=config.label_smoothing, beta=config.beta, max_length=config.max_length,
     )
 
 

@@ -49,6 +49,8 @@ def kto_trainer(
     desirable_weight, undesirable_weight = class_weights(examples)
     args = KTOConfig(
         **common_args(config, output_dir, quiet=progress is not None),
+        beta=config.beta,
+        max_length=config.max_length,
         desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight,
     )

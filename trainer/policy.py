@@ -206,6 +206,24 @@ def load_champion_policy(
     return model, tokenizer, lora_config(config)
 
 
+def keep_champion_adapter(model: Any) -> Any:
+    """Add a frozen copy of a continued champion's adapter as ``ref``, for a trainer that keeps none.
+
+    DPO, KTO, RLOO and GRPO keep that copy themselves as their reference policy; ORPO has no
+    reference, so without this ``champion_view`` would fall back to the bare base and the gates
+    would judge the candidate against the wrong model. A bare base model (a fresh LoRA to come)
+    needs nothing: with adapters off it is the champion. The copy is not trained (PEFT trains the
+    active adapter only) and is not saved (``_log_candidate`` saves ``default`` alone).
+    """
+    if not hasattr(model, "peft_config") or "ref" in model.peft_config:
+        return model
+    model.add_adapter("ref", model.peft_config["default"])
+    for name, param in model.named_parameters():
+        if ".default." in name:
+            model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(param.data)
+    return model
+
+
 def lora_config(config: TrainConfig) -> Any:
     from peft import LoraConfig
 
@@ -219,7 +237,11 @@ def lora_config(config: TrainConfig) -> Any:
 
 
 def common_args(config: TrainConfig, output_dir: Path, quiet: bool) -> dict[str, Any]:
-    """TrainingArguments that DPOConfig and KTOConfig share; each adds its own loss settings."""
+    """TrainingArguments every policy trainer's config shares.
+
+    Each trainer adds its own loss settings: its ``beta`` means something else in each, and the
+    offline trainers' ``max_length`` has no counterpart in RLOO/GRPO, which cap prompt and answer apart.
+    """
     import torch
 
     return {
@@ -229,8 +251,6 @@ def common_args(config: TrainConfig, output_dir: Path, quiet: bool) -> dict[str,
         "num_train_epochs": config.epochs,
         "max_steps": config.max_steps,
         "learning_rate": config.learning_rate,
-        "beta": config.beta,
-        "max_length": config.max_length,
         "gradient_checkpointing": config.gradient_checkpointing,
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "dataloader_pin_memory": torch.cuda.is_available(),

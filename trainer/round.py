@@ -10,7 +10,8 @@ the MLflow metrics ``seconds_<stage>``).
    suite checks it. A snapshot that fails is "rejected": nothing is trained.
 2. **reward model** (when configured): trained on the training pairs, its held-out accuracy
    measured, its scores published for the worker's filters, the model logged for ``flywheel scorer``.
-3. **policy**: DPO or KTO with LoRA, continuing the champion's adapter.
+3. **policy**: DPO, KTO or ORPO from the votes, or RLOO or GRPO from the reward model, with LoRA,
+   continuing the champion's adapter.
 4. **judge**: held-out preference accuracy of champion and candidate, then the gates.
 5. **register**: adapter, gate report, plots and metrics logged; the version registered, and
    marked challenger only if it passed every gate.
@@ -28,7 +29,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,7 +74,7 @@ log = logging.getLogger(__name__)
 VALIDATION_ARTIFACT = "snapshot_validation.json"
 GATE_REPORT_ARTIFACT = "gate_report.json"
 PLOTS_ARTIFACT_PATH = "plots"
-Method = Literal["dpo", "kto"]  # what a round trains with; TrainConfig.algorithm may also say "auto"
+Method = Literal["dpo", "kto", "orpo", "rloo", "grpo"]  # what a round trains with; TrainConfig.algorithm: or "auto"
 
 
 @dataclass
@@ -111,8 +112,9 @@ class StageClock:
 
 @dataclass(frozen=True)
 class Examples:
-    """What the round learns from: the policy's examples (pairs for DPO, rated answers for KTO) and the
-    preference pairs the reward model and the gates use, each split per prompt into train and held-out."""
+    """What the round learns from: the policy's examples (rated answers for KTO, pairs for every other method;
+    RLOO and GRPO take their prompts) and the preference pairs the reward model and the gates use, each split per
+    prompt into train and held-out."""
 
     method: Method
     train: list[Any]
@@ -141,6 +143,7 @@ def choose_algorithm(config: TrainConfig, examples: FeedbackExamples) -> Method:
     DPO learns only from prompts with both a preferred and a rejected answer; KTO learns from
     every rated answer. So ``auto`` counts the events behind the pairs against all usable
     events: at least half paired -> DPO, otherwise KTO (which would otherwise drop most of it).
+    ORPO, RLOO and GRPO are chosen by name only: they cost or risk more (see docs/training.md).
     """
     if config.algorithm != "auto":
         return config.algorithm
@@ -224,8 +227,8 @@ def _select_examples(
     if method == "kto" and config.batch_size < 2:  # only "auto" gets here: an explicit "kto" is refused earlier
         raise ConfigError("the feedback is mostly lone ratings, so the round chose KTO, which estimates its KL term "
                           "across a batch: batch_size must be >= 2 (got 1)")
-    data: list[Any] = list(feedback.pairs if method == "dpo" else feedback.rated)
-    kind = "preference pairs" if method == "dpo" else "rated answers"
+    data: list[Any] = list(feedback.rated if method == "kto" else feedback.pairs)
+    kind = "rated answers" if method == "kto" else "preference pairs"
     if len(data) < config.min_pairs:
         return TrainResult(
             status="skipped",
@@ -244,7 +247,7 @@ def _select_examples(
             "the split is per prompt, so more distinct prompts are needed before a candidate can be judged.",
         )
     pairs_train, pairs_heldout = (
-        (train, heldout) if method == "dpo" else split_pairs(feedback.pairs, config.heldout_fraction)
+        split_pairs(feedback.pairs, config.heldout_fraction) if method == "kto" else (train, heldout)
     )
     return Examples(method, train, heldout, pairs_train, pairs_heldout)
 
@@ -305,7 +308,8 @@ def _train_and_judge(
         with clock.stage("reward_model"):
             reward = _reward_stage(settings, config, examples, registry, run_id, workdir, progress)
         with clock.stage("policy"):
-            trainer, tokenizer, train_output = _policy_stage(base, config, registry, examples, workdir, progress)
+            trainer, tokenizer, train_output = _policy_stage(base, config, registry, examples, reward, workdir,
+                                                             progress)
         clock.seconds["per_step"] = clock.seconds["policy"] / max(train_output.global_step, 1)
         policy: Any = trainer.model  # a PeftModel: TRL applied the LoRA or we loaded the champion's
         with clock.stage("judge"):
@@ -373,16 +377,26 @@ def _reward_stage(
 
 
 def _policy_stage(
-    base: Path, config: TrainConfig, registry: Registry, examples: Examples, workdir: Path,
+    base: Path, config: TrainConfig, registry: Registry, examples: Examples, reward: RewardStage, workdir: Path,
     progress: ProgressFn | None,
 ) -> tuple[Any, Any, Any]:
     """The champion's policy trained one round further; returns the TRL trainer, the tokenizer and its output."""
     from trainer.dpo import dpo_trainer
     from trainer.kto import kto_trainer
+    from trainer.online_rl import online_rl_trainer
+    from trainer.orpo import orpo_trainer
 
     model, tokenizer, lora = load_champion_policy(base, config, registry, workdir)
-    build = dpo_trainer if examples.method == "dpo" else kto_trainer
-    trainer = build(model, tokenizer, lora, examples.train, config, workdir / "checkpoints", progress)
+    output_dir = workdir / "checkpoints"
+    method = examples.method
+    if method == "rloo" or method == "grpo":
+        assert reward.model is not None  # TrainConfig refuses online RL without a reward model; pairs exist here
+        trainer = online_rl_trainer(method, model, tokenizer, lora, examples.train, reward.model, config, output_dir,
+                                    progress)
+    else:
+        builders: dict[str, Callable[..., Any]] = {"dpo": dpo_trainer, "kto": kto_trainer, "orpo": orpo_trainer}
+        build = builders[method]
+        trainer = build(model, tokenizer, lora, examples.train, config, output_dir, progress)
     return trainer, tokenizer, trainer.train()
 
 
@@ -442,13 +456,18 @@ def _log_json(registry: Registry, run_id: str, files: dict[str, Any]) -> None:
             registry.client.log_artifact(run_id, str(path))
 
 
+STEP_METRICS = (  # (TRL log key, MLflow metric): DPO/KTO/ORPO log margins, RLOO/GRPO the reward and the KL
+    ("loss", "step_loss"), ("rewards/margins", "step_reward_margin"), ("reward", "step_reward"), ("kl", "step_kl"),
+)
+
+
 def _log_metrics(registry: Registry, run_id: str, metrics: dict[str, float], history: list[dict[str, Any]]) -> None:
-    """Summary metrics, plus the per-step loss and reward margin so MLflow draws the curves too."""
+    """Summary metrics, plus the per-step curves (``STEP_METRICS``) so MLflow draws them too."""
     now = int(time.time() * 1000)
     batch = [Metric(k, v, now, 0) for k, v in metrics.items() if not math.isnan(v)]
     for entry in history:
         step = int(entry.get("step", 0))
-        for source, name in (("loss", "step_loss"), ("rewards/margins", "step_reward_margin")):
+        for source, name in STEP_METRICS:
             if source in entry:
                 batch.append(Metric(name, float(entry[source]), now, step))
     registry.client.log_batch(run_id, metrics=batch)

@@ -44,7 +44,7 @@ def train(
     *,
     config: TrainConfig,
 ) -> None:
-    """Train a policy (DPO or KTO, LoRA) from the champion, gate it, register it; challenger only if every gate passes.
+    """Train a LoRA policy (DPO/KTO/ORPO/RLOO/GRPO) from the champion, gate it, register it; challenger if all pass.
 
     Gate thresholds come from FLYWHEEL_GATE_* settings. With --every, a cycle is skipped when another run holds
     the trainer lock or fewer than FLYWHEEL_TRAIN_MIN_NEW_FEEDBACK events arrived since the last trained version.

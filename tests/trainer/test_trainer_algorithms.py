@@ -1,0 +1,106 @@
+"""ORPO, RLOO and GRPO rounds end to end on a tiny model: same snapshot, gates and registry as DPO and KTO."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.model_versions import CHALLENGER
+from tests.trainer.conftest import Store
+from tests.trainer.test_trainer_loop import artifact, fast_config, lenient, seed_consistent_pairs
+from trainer.config import TrainConfig, TrainerSettings
+from trainer.registry import Registry
+from trainer.round import GATE_REPORT_ARTIFACT, train_once
+
+GATES = ["win_rate", "heldout_accuracy", "kl", "verbosity", "format", "canaries"]
+
+
+def rl_config(algorithm: str, **overrides: object) -> TrainConfig:
+    """A few steps of online RL with short answers: generation dominates a step on the CPU."""
+    values: dict[str, object] = {
+        "algorithm": algorithm, "max_steps": 3, "num_generations": 2, "batch_size": 4,
+        "rl_max_completion_length": 12, "length_penalty_start": 8, "reward_ensemble": 2,
+    }
+    return fast_config(**(values | overrides))
+
+
+@pytest.mark.parametrize(
+    ("config", "step_metric"),
+    [(fast_config(algorithm="orpo", max_steps=3), "step_reward_margin"),
+     (rl_config("rloo"), "step_kl"),
+     (rl_config("grpo"), "step_kl")],
+    ids=["orpo", "rloo", "grpo"],
+)
+def test_each_algorithm_runs_a_round_and_registers_a_gated_version(
+    settings: TrainerSettings, store: Store, factory: sessionmaker[Session], tmp_path: Path, config: TrainConfig,
+    step_metric: str,
+) -> None:
+    seed_consistent_pairs(store, 20)
+
+    result = train_once(lenient(settings), config)
+
+    assert result.status == "trained", result.message
+    assert (result.algorithm, result.version, result.parent_version) == (config.algorithm, "2", "1")
+    assert result.gates and [g.name for g in result.gates.gates] == GATES
+    assert result.gates.passed and result.challenger, result.gates
+    assert result.snapshot and result.snapshot.algorithm == config.algorithm
+    assert result.message.startswith(f"version 2 ({config.algorithm.upper()} from v1)")
+    registry = Registry(settings, factory)
+    assert registry.version("2").tags["algorithm"] == config.algorithm
+    assert str(registry.alias_version(CHALLENGER).version) == "2"  # type: ignore[union-attr]
+    report = json.loads(artifact(registry, result.run_id, GATE_REPORT_ARTIFACT, tmp_path).read_text())
+    assert [g["name"] for g in report["gates"]] == GATES and report["passed"] is True
+    assert result.run_id
+    run = registry.client.get_run(result.run_id)
+    assert run.data.params["algorithm"] == config.algorithm
+    assert run.data.metrics["train_steps"] == 3
+    assert step_metric in run.data.metrics  # the method's own per-step curve reached MLflow
+    assert run.data.metrics["gate_kl"] > 0  # the candidate moved off the champion
+
+
+def test_online_rl_config_is_refused_when_it_cannot_work() -> None:
+    with pytest.raises(ValidationError, match="reward_model must be on"):
+        TrainConfig(algorithm="rloo", reward_model=False)
+    with pytest.raises(ValidationError, match="multiple of num_generations"):
+        TrainConfig(algorithm="grpo", batch_size=4, num_generations=3)
+    with pytest.raises(ValidationError, match="length_penalty_start"):
+        TrainConfig(algorithm="grpo", rl_max_completion_length=32, length_penalty_start=32)
+    with pytest.raises(ValidationError, match="rl_beta"):
+        TrainConfig(algorithm="rloo", rl_beta=0)
+    TrainConfig(algorithm="grpo", rl_max_completion_length=32, length_penalty_start=32, length_penalty_weight=0)
+    TrainConfig(algorithm="dpo", reward_model=False, num_generations=3)  # RL settings bind RL rounds only
+
+
+def test_orpo_keeps_a_frozen_copy_of_a_continued_champion_for_the_gates(tiny_model: Path) -> None:
+    """ORPO has no reference policy, so nothing in TRL keeps the champion's adapter; the gates need it."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from trainer.policy import candidate_view, champion_view, keep_champion_adapter, lora_config
+
+    model: Any = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model)), lora_config(TrainConfig()))
+    model.eval()  # no LoRA dropout: outputs are compared exactly
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)  # the champion's trained adapter
+    ids = torch.tensor([[1, 2, 3, 4]])
+    champion = model(input_ids=ids).logits
+
+    keep_champion_adapter(model).eval()  # the gates score in eval mode; the new adapter's dropout is in train mode
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B.default" in name:
+                param.add_(1.0)  # a round of training moves the trained adapter only
+
+    assert all(p.requires_grad == (".default." in n) for n, p in model.named_parameters() if "lora_" in n)
+    with champion_view(model):
+        assert torch.allclose(model(input_ids=ids).logits, champion)
+    with candidate_view(model):
+        assert not torch.allclose(model(input_ids=ids).logits, champion)
