@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from registry.canary_rule import CanaryRule, Decision, decide, evidence
 from registry.model_versions import CHAMPION
-from registry.promotion import Promotion, RegistryError
+from registry.promotion import Canary, Promotion, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ class CanaryJudge:
         self.rule = rule
         self.actor = actor
 
-    def check(self, now: datetime | None = None) -> Decision | None:
-        """One look at the canary; returns the decision (None: no canary with users runs, or it changed meanwhile)."""
+    def look(self, now: datetime | None = None) -> tuple[Canary, Decision] | None:
+        """What the rule says about the running canary now, without acting (None: no canary with users runs)."""
         canary = self.registry.canary()
         if canary is None or canary.percent <= 0:
             return None
@@ -40,7 +40,14 @@ class CanaryJudge:
             return None
         with self.registry.factory() as session:
             seen = evidence(session, canary.version, str(champion.version), canary.since, now or datetime.now(UTC))
-        decision = decide(self.rule, seen)
+        return canary, decide(self.rule, seen)
+
+    def check(self, now: datetime | None = None) -> Decision | None:
+        """One look at the canary, acted on; returns the decision (None: no canary runs, or it changed meanwhile)."""
+        looked = self.look(now)
+        if looked is None:
+            return None
+        canary, decision = looked
         if decision.action == "continue":
             return decision
         try:

@@ -31,6 +31,7 @@ from sqlalchemy import Integer, case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from feedback.db.models import Completion, Feedback
+from feedback.store import as_utc
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,24 @@ def head_to_head(session: Session, since: datetime | None = None,
         )
         for (version, against), c in counts.items()
     }
+
+
+@dataclass(frozen=True)
+class ServedAnswer:
+    """One recorded answer: which version gave it, to which app's user, when."""
+
+    response_id: str
+    app_id: int
+    model_version: str
+    created_at: datetime
+
+
+def last_answer(session: Session, user: str, at: datetime) -> ServedAnswer | None:
+    """The last answer recorded for end user ``user`` at or before ``at`` (any app): the fact beside the rule."""
+    row = session.scalars(
+        select(Completion).where(Completion.user_id == user, Completion.created_at <= at)
+        .order_by(Completion.created_at.desc()).limit(1)
+    ).first()
+    if row is None:
+        return None
+    return ServedAnswer(row.response_id, row.app_id, row.model_version, as_utc(row.created_at))

@@ -165,6 +165,13 @@ class CanaryStopped(BaseModel):
     stopped: str = Field(description="The version whose canary ended; every user is back on the champion.")
 
 
+class ServedAnswerOut(BaseModel):
+    response_id: str
+    app_id: int
+    model_version: str
+    created_at: UtcDatetime
+
+
 class ServingAtOut(BaseModel):
     """Which versions answered at a moment, from the audit trail of alias moves."""
 
@@ -178,3 +185,21 @@ class ServingAtOut(BaseModel):
     user_version: str | None = Field(
         default=None, description="The version that answered that user's single answers then (their pairs: "
                                    "champion against canary if they were in its share).")
+    last_answer: ServedAnswerOut | None = Field(
+        default=None, description="The user's last recorded answer at or before that time, with the version that "
+                                  "really gave it (a gateway follows a move within its poll interval).")
+
+
+class CanaryStatus(BaseModel):
+    """The running canary, if any, and what the canary rule says about it now."""
+
+    version: str | None = Field(description="The canary's version (None: no canary with users runs).")
+    percent: float | None
+    since: UtcDatetime | None
+    serving: bool = Field(description="Whether this gateway has it loaded and sends its share to it.")
+    automatic: bool = Field(description="Whether the gateways apply the rule (FLYWHEEL_CANARY_CHECK_SECONDS > 0).")
+    decision: Literal["continue", "rollback", "promote", "stop"] | None = Field(
+        default=None, description="What the rule decides on the evidence so far.")
+    reason: str | None = None
+    evidence: dict[str, Any] | None = Field(
+        default=None, description="Picks and thumbs since the canary began, both tests' statistics, the rule.")

@@ -10,9 +10,11 @@ from rich.table import Table
 from feedback.db.session import make_engine, session_factory, upgrade
 from feedback.settings import CommonSettings
 from flywheel.cli.common import console, default_actor, fail
-from registry.live import Proportion
+from registry.canary_judge import CanaryJudge
+from registry.live import Proportion, last_answer
 from registry.promotion import Promotion, RegistryError
 from serving.canary import version_for
+from serving.settings import ServingSettings
 
 app = typer.Typer(help="Model versions and the champion alias.", no_args_is_help=True)
 
@@ -35,7 +37,7 @@ def list_() -> None:
     picks against the current champion's answers in the same pair; both with 95 % Wilson intervals.
     """
     table = Table("version", "aliases", "parent", "held-out acc", "champion acc", "answers", "thumbs up",
-                  "vs champion", "mean chars", "created", "run")
+                  "vs champion", "mean chars", "mean ms", "created", "run")
     for info in _registry().live_versions():
         live, meeting = info.live, info.against_champion
         table.add_row(
@@ -44,6 +46,7 @@ def list_() -> None:
             str(live.answers) if live else "", _share(live.thumbs_up) if live else "",
             _share(meeting.win_rate) if meeting else "",
             f"{live.mean_answer_chars:.0f}" if live and live.mean_answer_chars is not None else "",
+            f"{live.mean_latency_ms:.0f}" if live and live.mean_latency_ms is not None else "",
             f"{info.created_at:%Y-%m-%d %H:%M}", (info.run_id or "")[:8],
         )
     console.print(table)
@@ -88,7 +91,10 @@ def canary(
     stop: bool = typer.Option(False, "--stop", help="End the running canary: every user back on the champion."),
     actor: str | None = ACTOR, reason: str | None = REASON,
 ) -> None:
-    """Send PERCENT % of end users to VERSION (or change the canary's percent); --stop ends it."""
+    """Send PERCENT % of end users to VERSION (or change the canary's percent); --stop ends it; alone: its status."""
+    if version is None and not stop and percent is None:
+        _canary_status()
+        return
     if stop == (version is not None) or (version is not None and percent is None):
         fail("give VERSION --percent P to start or change a canary, or --stop alone to end it")
     try:
@@ -102,6 +108,21 @@ def canary(
         fail(str(exc))
     console.print(f"version [bold]{started.version}[/] is the canary for {started.percent:g} % of end users "
                   f"(since {started.since:%Y-%m-%d %H:%M:%S} UTC)")
+
+
+def _canary_status() -> None:
+    """The running canary, its evidence since it began, and what the rule (FLYWHEEL_CANARY_RULE) decides on it."""
+    looked = CanaryJudge(_registry(), ServingSettings().canary_rule).look()
+    if looked is None:
+        console.print("no canary is running")
+        return
+    canary, decision = looked
+    seen = decision.evidence
+    console.print(f"canary: version [bold]{canary.version}[/] for {canary.percent:g} % of end users since "
+                  f"{canary.since:%Y-%m-%d %H:%M:%S} UTC, against champion {seen['champion']}")
+    console.print(f"picks for it {seen['wins']}, against {seen['losses']}; thumbs up {seen['canary_ups']}/"
+                  f"{seen['canary_thumbs']} (champion {seen['champion_ups']}/{seen['champion_thumbs']})")
+    console.print(f"the rule says: [bold]{decision.action}[/] ({decision.reason})")
 
 
 @app.command()
@@ -130,7 +151,8 @@ def history(
 
 
 def _serving_at(at: datetime, user: str | None) -> None:
-    then = _registry().serving_at(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
+    registry = _registry()
+    then = registry.serving_at(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
     console.print(f"at {then.at:%Y-%m-%d %H:%M:%S} UTC")
     if then.champion is None:
         console.print("no champion yet: the audit trail has no move before that time")
@@ -144,3 +166,8 @@ def _serving_at(at: datetime, user: str | None) -> None:
     if user is not None:
         console.print(f"user {user!r} was answered by version "
                       f"[bold]{version_for(user, then.champion, then.canary, then.canary_percent)}[/]")
+        with registry.factory() as session:
+            served = last_answer(session, user, then.at)
+        if served is not None:
+            console.print(f"their last recorded answer by then: {served.response_id} (app {served.app_id}) from "
+                          f"version {served.model_version} at {served.created_at:%Y-%m-%d %H:%M:%S}")

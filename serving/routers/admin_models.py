@@ -12,6 +12,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
+from registry.canary_judge import CanaryJudge
+from registry.live import ServedAnswer, last_answer
 from registry.promotion import Canary, VersionInfo
 from serving.canary import version_for
 from serving.deps import AdminDep, GatewayState, StateDep
@@ -21,8 +23,10 @@ from serving.protocol import (
     AliasMoveRequest,
     CanaryOut,
     CanaryRequest,
+    CanaryStatus,
     CanaryStopped,
     ChampionMoved,
+    ServedAnswerOut,
     ServingAtOut,
 )
 
@@ -47,6 +51,20 @@ async def history(
     return [AliasMoveOut.model_validate(m, from_attributes=True) for m in moves]
 
 
+@router.get("/canary", responses=responses(401, 403))
+async def canary_status(_admin: AdminDep, state: StateDep) -> CanaryStatus:
+    """The running canary and what the rule (FLYWHEEL_CANARY_RULE) decides on its evidence so far."""
+    looked = await asyncio.to_thread(CanaryJudge(state.registry, state.settings.canary_rule).look)
+    automatic = state.settings.canary_check_seconds > 0
+    if looked is None:
+        return CanaryStatus(version=None, percent=None, since=None, serving=False, automatic=automatic)
+    canary, decision = looked
+    loaded = state.watcher.canary
+    return CanaryStatus(version=canary.version, percent=canary.percent, since=canary.since,
+                        serving=loaded is not None and loaded.route.version == canary.version, automatic=automatic,
+                        decision=decision.action, reason=decision.reason, evidence=decision.evidence)
+
+
 @router.get("/history/at", responses=responses(400, 401, 403))
 async def serving_at(
     _admin: AdminDep, state: StateDep,
@@ -55,10 +73,17 @@ async def serving_at(
 ) -> ServingAtOut:
     """Which version was champion, and which canary at what percent, at ``time``; with ``user``, which answered them."""
     then = await asyncio.to_thread(state.registry.serving_at, time)
+
+    def answered() -> ServedAnswer | None:
+        with state.sessions() as session:
+            return last_answer(session, user, then.at) if user else None
+
+    served = await asyncio.to_thread(answered)
     return ServingAtOut(
         at=then.at, champion=then.champion, champion_since=then.champion_since, canary=then.canary,
         canary_percent=then.canary_percent, canary_since=then.canary_since, user=user,
         user_version=version_for(user, then.champion, then.canary, then.canary_percent) if user else None,
+        last_answer=ServedAnswerOut.model_validate(served, from_attributes=True) if served else None,
     )
 
 

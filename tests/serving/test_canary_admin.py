@@ -102,7 +102,8 @@ def test_canary_routes_are_declared(gateway: Gateway) -> None:
     paths = gateway.client.get("/openapi.json").json()["paths"]
     for method, path, codes in [("post", "/admin/models/{version}/canary", {"200", "400", "401", "403", "409"}),
                                 ("post", "/admin/models/canary/stop", {"200", "400", "401", "403", "409"}),
-                                ("get", "/admin/models/history/at", {"200", "400", "401", "403"})]:
+                                ("get", "/admin/models/history/at", {"200", "400", "401", "403"}),
+                                ("get", "/admin/models/canary", {"200", "401", "403"})]:
         responses = paths[path][method]["responses"]
         assert codes <= set(responses), (path, set(responses))
         assert responses["200"]["content"]["application/json"]["schema"]["$ref"].startswith("#/components/schemas/")
@@ -117,17 +118,22 @@ def test_cli_canary_and_history_at(gateway: Gateway, monkeypatch: pytest.MonkeyP
                         ("REGISTERED_MODEL", gateway.settings.registered_model)):
         monkeypatch.setenv(f"FLYWHEEL_{name}", value)
     runner = CliRunner()
+    assert "no canary is running" in runner.invoke(cli, ["models", "canary"]).output
     assert runner.invoke(cli, ["models", "canary", "2"]).exit_code == 1  # no --percent
     assert runner.invoke(cli, ["models", "canary", "2", "--percent", "10", "--stop"]).exit_code == 1
     started = runner.invoke(cli, ["models", "canary", "2", "--percent", "10", "--actor", "cli:ann"])
     assert started.exit_code == 0 and "10 % of end users" in started.output, started.output
     refused = runner.invoke(cli, ["models", "canary", "1", "--percent", "10"])
     assert refused.exit_code == 1 and "is the champion" in refused.output
+    status = runner.invoke(cli, ["models", "canary"], env={"COLUMNS": "200"})
+    assert "version 2 for 10 % of end users" in status.output and "the rule says: continue" in status.output
+    listed = runner.invoke(cli, ["models", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "mean ms" in listed.output and "canary" in listed.output, listed.output
     during = datetime.now(UTC).isoformat()
     user = next(u for u in (f"u{i}" for i in range(1000)) if in_canary(u, "2", 10))
     assert runner.invoke(cli, ["models", "canary", "--stop", "--actor", "cli:ann"]).exit_code == 0
-    listed = runner.invoke(cli, ["models", "history"], env={"COLUMNS": "200"})
-    assert "canary_stop" in listed.output and "10 %" in listed.output
+    moves = runner.invoke(cli, ["models", "history"], env={"COLUMNS": "200"})
+    assert "canary_stop" in moves.output and "10 %" in moves.output
     at = runner.invoke(cli, ["models", "history", "--at", during, "--user", user], env={"COLUMNS": "200"})
     assert at.exit_code == 0, at.output
     assert "champion: version 1" in at.output and "canary: version 2 for 10 %" in at.output

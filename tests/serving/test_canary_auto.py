@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,15 @@ def test_a_canary_users_dislike_is_rolled_back_with_its_evidence(
     assert watcher.routes_for(inside, False)[0].version == "1"
     listed = gateway.get("/admin/models/history", app="ops").json()[0]
     assert listed["evidence"]["decision"] == "rollback" and listed["actor"] == "system:canary"
+    assert gateway.get("/admin/models/canary", app="ops").json()["version"] is None
+
+    # Which version served a canary user: the rule at the time, and their last recorded answer.
+    during = (move.at if move.at.tzinfo else move.at.replace(tzinfo=UTC)) - timedelta(milliseconds=1)
+    at = gateway.get("/admin/models/history/at", app="ops", params={"time": during.isoformat(),
+                                                                     "user": "thumbs-2-0"}).json()
+    assert (at["canary"], at["canary_percent"], at["last_answer"]["model_version"]) == ("2", 50.0, "2")
+    versions = {v["version"]: v for v in gateway.get("/admin/models", app="ops").json()}
+    assert versions["2"]["live"]["thumbs_up"]["trials"] == 40 and versions["2"]["against_champion"]["losses"] > 30
 
 
 def test_a_canary_users_prefer_is_promoted_after_enough_votes(
@@ -111,6 +121,10 @@ def test_a_canary_users_prefer_is_promoted_after_enough_votes(
 ) -> None:
     registry = with_versions(gateway)
     assert gateway.post("/admin/models/2/canary", {"percent": 20}, app="ops").status_code == 200
+    status = gateway.get("/admin/models/canary", app="ops").json()
+    assert (status["version"], status["percent"], status["serving"], status["automatic"], status["decision"]) == (
+        "2", 20.0, True, True, "continue")
+    assert status["evidence"]["wins"] == 0 and status["evidence"]["rule"]["min_votes_promote"] == 60
     live_traffic(gateway, build, canary_liked=0.95, canary_picked=0.9)
     wait_for(lambda: decided(registry), 60, "the canary promoted")
 
