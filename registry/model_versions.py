@@ -20,6 +20,7 @@ CHAMPION = "champion"  # the version that answers users
 CHALLENGER = "challenger"  # a candidate that beat the champion on held-out pairs
 CANARY = "canary"  # a version a share of end users is sent to (sticky per user), judged by their feedback
 ADAPTER_TAG = "adapter"
+LOAD_ERROR_TAG = "load_error"  # set by a gateway that could not load the version (when, why); removed once it loads
 NO_ADAPTER = "none"
 ADAPTER_ARTIFACT_PATH = "adapter"
 

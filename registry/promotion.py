@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from feedback.db.models import AliasMove
 from feedback.store import as_utc
 from registry.live import HeadToHead, VersionLive, head_to_head, version_numbers
-from registry.model_versions import CANARY, CHALLENGER, CHAMPION
+from registry.model_versions import CANARY, CHALLENGER, CHAMPION, LOAD_ERROR_TAG
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,22 @@ class Promotion:
             return self.client.get_model_version(self.name, version)
         except MlflowException as exc:
             raise RegistryError(f"{self.name!r} has no version {version!r}") from exc
+
+    def mark_load_error(self, version: ModelVersion, error: str | None) -> None:
+        """Record on the version (tag ``load_error``) that a gateway could not load it, or clear it once one did.
+
+        So ``flywheel models list`` and ``/admin/models`` show a version that is routed to but not served.
+        The first failure is kept (retries every poll do not rewrite it). Best effort: a registry failure
+        here is logged, the gateway's own state does not depend on it.
+        """
+        recorded = LOAD_ERROR_TAG in (version.tags or {})
+        try:
+            if error is not None and not recorded:
+                self.client.set_model_version_tag(self.name, str(version.version), LOAD_ERROR_TAG, error[:4000])
+            elif error is None and recorded:
+                self.client.delete_model_version_tag(self.name, str(version.version), LOAD_ERROR_TAG)
+        except MlflowException:
+            log.exception("could not record the load error of version %s in the registry", version.version)
 
     def alias_version(self, alias: str) -> ModelVersion | None:
         try:

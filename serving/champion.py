@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from mlflow.entities.model_registry import ModelVersion
 
@@ -100,13 +100,20 @@ class ChampionWatcher:
                 if self._route is None:
                     log.warning("the registry has no %s version of %r yet", CHAMPION, self.settings.registered_model)
                 return self._route
+            failed: Exception | None = None
             if self._route is None or self._route.version != str(version.version):
-                route = await self._load(version)
-                previous, self._route = self._route, route
-                SWAPS.inc()
-                LIVE_VERSION.set(float(route.version))
-                log.info("champion is now version %s (was %s)", route.version, previous and previous.version)
+                try:
+                    route = await self._load(version)
+                except Exception as exc:  # the canary is still followed; the caller sees the champion's failure
+                    failed = exc
+                else:
+                    previous, self._route = self._route, route
+                    SWAPS.inc()
+                    LIVE_VERSION.set(float(route.version))
+                    log.info("champion is now version %s (was %s)", route.version, previous and previous.version)
             await self._refresh_canary()
+            if failed is not None:
+                raise failed
             return self._route
 
     async def _refresh_canary(self) -> None:
@@ -143,6 +150,18 @@ class ChampionWatcher:
             await asyncio.sleep(self.settings.swap_poll_seconds)
 
     async def _load(self, version: ModelVersion) -> Route:
+        """Load a version into the engine; a failure is also recorded on the version in the registry."""
+        try:
+            route = await self._load_into_engine(version)
+        except Exception as exc:
+            where = f"gateway {self.settings.host}:{self.settings.port}"
+            message = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {where}: {type(exc).__name__}: {exc}"
+            await asyncio.to_thread(self.registry.mark_load_error, version, message)
+            raise
+        await asyncio.to_thread(self.registry.mark_load_error, version, None)
+        return route
+
+    async def _load_into_engine(self, version: ModelVersion) -> Route:
         if adapter_artifact_path(version) is None:
             return Route(str(version.version), self.settings.base_engine_model)
         dest = self.adapter_dir / f"v{version.version}"

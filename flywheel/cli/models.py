@@ -12,6 +12,7 @@ from feedback.settings import CommonSettings
 from flywheel.cli.common import console, default_actor, fail
 from registry.canary_judge import CanaryJudge
 from registry.live import Proportion, last_answer
+from registry.model_versions import LOAD_ERROR_TAG
 from registry.promotion import Promotion, RegistryError
 from serving.canary import version_for
 from serving.settings import ServingSettings
@@ -37,7 +38,7 @@ def list_() -> None:
     picks against the current champion's answers in the same pair; both with 95 % Wilson intervals.
     """
     table = Table("version", "aliases", "parent", "held-out acc", "champion acc", "answers", "thumbs up",
-                  "vs champion", "mean chars", "mean ms", "created", "run")
+                  "vs champion", "mean chars", "mean ms", "created", "run", "load error")
     for info in _registry().live_versions():
         live, meeting = info.live, info.against_champion
         table.add_row(
@@ -47,7 +48,7 @@ def list_() -> None:
             _share(meeting.win_rate) if meeting else "",
             f"{live.mean_answer_chars:.0f}" if live and live.mean_answer_chars is not None else "",
             f"{live.mean_latency_ms:.0f}" if live and live.mean_latency_ms is not None else "",
-            f"{info.created_at:%Y-%m-%d %H:%M}", (info.run_id or "")[:8],
+            f"{info.created_at:%Y-%m-%d %H:%M}", (info.run_id or "")[:8], info.tags.get(LOAD_ERROR_TAG, ""),
         )
     console.print(table)
 

@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
 from feedback.db.session import make_engine, session_factory
 from feedback.events import utcnow
 from feedback.filters import Pipeline
+from flywheel.cli.main import app as cli
 from flywheel.stack.supervise import free_port
-from registry.model_versions import CHAMPION
+from registry.model_versions import CHAMPION, LOAD_ERROR_TAG
 from serving.canary import canary_draw, in_canary, version_for
 from serving.champion import ChampionWatcher
 from serving.engine import EngineClient
@@ -162,15 +164,33 @@ def test_the_watcher_sends_the_canary_share_and_pits_their_pairs(watcher: Champi
     assert REGISTRY.get_sample_value("flywheel_canary_percent") == 0
 
 
-def test_a_canary_that_cannot_load_leaves_the_champion_serving(watcher: ChampionWatcher) -> None:
-    watcher.registry.client.set_model_version_tag(watcher.registry.name, "3", "adapter", "adapter")  # no run: no files
+def test_a_canary_that_cannot_load_leaves_the_champion_serving(
+    watcher: ChampionWatcher, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = watcher.registry
+    registry.client.set_model_version_tag(registry.name, "3", "adapter", "adapter")  # names no run: nothing to fetch
     asyncio.run(watcher.refresh())
     failures = REGISTRY.get_sample_value("flywheel_model_swap_failures_total") or 0
-    watcher.registry.start_canary("3", 100, "ops")
+    registry.start_canary("3", 100, "ops")
     route = asyncio.run(watcher.refresh())
     assert route is not None and route.version == "1"
     assert watcher.canary is None and watcher.routes_for("anyone", False)[0].version == "1"
     assert REGISTRY.get_sample_value("flywheel_model_swap_failures_total") == failures + 1
+    # The failure shows on the version, in models list, and goes once the version loads.
+    error = registry.version("3").tags[LOAD_ERROR_TAG]
+    assert "LookupError" in error and "names no run" in error
+    asyncio.run(watcher.refresh())  # retried on every poll; the first failure is kept
+    assert registry.version("3").tags[LOAD_ERROR_TAG] == error
+    if db_url.startswith("sqlite"):  # the CLI path is the same on both databases
+        for name, value in (("DATABASE_URL", db_url), ("MLFLOW_TRACKING_URI", registry.client.tracking_uri),
+                            ("REGISTERED_MODEL", registry.name)):
+            monkeypatch.setenv(f"FLYWHEEL_{name}", value)
+        listed = CliRunner().invoke(cli, ["models", "list"], env={"COLUMNS": "400"})
+        assert listed.exit_code == 0 and "names no run" in listed.output, listed.output
+    registry.client.set_model_version_tag(registry.name, "3", "adapter", "none")  # fixed: the base model
+    asyncio.run(watcher.refresh())
+    assert watcher.canary is not None and watcher.canary.route.version == "3"
+    assert LOAD_ERROR_TAG not in registry.version("3").tags
 
 
 def test_live_numbers_reach_prometheus(watcher: ChampionWatcher, db_url: str, make_app: Callable[[str], int],
