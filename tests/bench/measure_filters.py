@@ -1,11 +1,15 @@
 """Measure the filters on the shipped scenarios: simulated users against a real stack, then the report.
 
     .venv/bin/python -m tests.bench.measure_filters [--set development|validation] [--scenario all|NAME]
-        [--taste all|NAME[,NAME]] [--model DIR] [--time-scale S]
+        [--taste all|NAME[,NAME]] [--replicas N] [--model DIR] [--time-scale S]
 
 Starts its own broker and engine once (default model: SmolLM2-135M-Instruct, prepared from the
 shipped GGUF on first use), then per scenario a fresh gateway and worker with their own
-database and topic, so no scenario sees another's votes. The worker's time thresholds are
+database and topic, so no scenario sees another's votes. ``--replicas N`` starts N
+``flywheel worker`` processes in one consumer group instead of one (the topic gets at least N
+partitions): they split the partitions and share the history through the database, and the
+figures must be those of one worker (issue 10). Each scenario's report names the replicas and
+the partitions and events each handled. The worker's time thresholds are
 scaled by the same ``S`` as the users' waits (``FilterSettings.time_scale``); every other
 ``FLYWHEEL_FILTER_*`` setting comes from the environment as in production. Prints the report
 table per scenario and one summary line each (recall, honest false positives, target met).
@@ -40,15 +44,16 @@ from trainer.base_model import SHARED_DEFAULT_MODEL, prepare_default_model
 MIN_RECALL, MAX_HONEST_FP = 0.95, 0.02  # issue 3's acceptance targets
 
 
-def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale: float, wait: float) -> Report:
-    """One scenario (under ``taste``, None: its own) in its own gateway + worker; returns the report once the
-    worker stored every event."""
+def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale: float, wait: float,
+            replicas: int) -> tuple[Report, str]:
+    """One scenario (under ``taste``, None: its own) in its own gateway + ``replicas`` workers; returns the report
+    once the workers stored every event, and which partitions (how many events) each replica handled."""
     plan = with_overrides(load_scenario(name), time_scale=time_scale, taste=taste)
     data_dir = out / (name if taste is None else f"{name}-{taste}")
     data_dir.mkdir(parents=True, exist_ok=True)
     truth = data_dir / "truth.jsonl"
     filters = FilterSettings(time_scale=time_scale, simulation=True)
-    with service(shared, data_dir, filters) as stack:
+    with service(shared, data_dir, filters, replicas) as stack:
         started = time.monotonic()
         with TruthWriter(truth) as writer:
             summary = asyncio.run(run_scenario(plan, stack.gateway, stack.key, writer,
@@ -56,7 +61,11 @@ def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale
         console.print(f"{name}: {sum(summary.sent.values())} votes sent ({sum(summary.failed.values())} failed) "
                       f"in {time.monotonic() - started:.0f} s")
         sessions = session_factory(make_engine(stack.settings.resolved_database_url))
-        return measure(truth, sessions, wait, settle_seconds=filters.search_interval_s + 2)
+        report = measure(truth, sessions, wait, settle_seconds=filters.search_interval_s + 2)
+        stack.check_workers()
+        split = " | ".join(f"{','.join(map(str, sorted(r.partitions()))) or 'none'} ({r.events()} events)"
+                           for r in stack.workers)
+        return report, f"{len(stack.workers)} worker replica(s), partitions (events) each handled: {split}"
 
 
 def summary_line(name: str, report: Report) -> str:
@@ -82,6 +91,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("data") / "measure-filters",
                         help="Where truth files and databases go, one folder per scenario.")
     parser.add_argument("--wait", type=float, default=180, help="Seconds to wait for the worker after the run.")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="Worker processes in one consumer group per scenario (default 1).")
     args = parser.parse_args()
     scenarios, known = shipped_scenarios(args.scenario_set), TASTE_SETS[args.scenario_set]
     if args.scenario not in ("all", *scenarios):
@@ -92,18 +103,22 @@ def main() -> None:
     unknown = [t for t in tastes if t is not None and t not in known]
     if unknown:
         parser.error(f"unknown taste(s) {', '.join(unknown)} in the {args.scenario_set} set; known: {', '.join(known)}")
+    if args.replicas < 1:
+        parser.error("--replicas must be at least 1")
     model = args.model or prepare_default_model()
     args.out.mkdir(parents=True, exist_ok=True)
-    console.print(f"model {model}, time scale {args.time_scale}, scenarios {', '.join(names)}")
+    console.print(f"model {model}, time scale {args.time_scale}, {args.replicas} worker replica(s), "
+                  f"scenarios {', '.join(names)}")
     lines = []
     with backend(model, args.out) as shared:  # about a minute for the engine
         for name in names:
             for taste in tastes:
                 label = name if taste is None else f"{name} under {taste}"
-                report = run_one(name, taste, shared, args.out, args.time_scale, args.wait)
+                report, workers = run_one(name, taste, shared, args.out, args.time_scale, args.wait, args.replicas)
                 console.rule(label)
                 print_report(report)
-                lines.append(summary_line(label, report))
+                console.print(workers)
+                lines.append(summary_line(f"{label} ({args.replicas} worker replica(s))", report))
     for line in lines:
         console.print(line)
 
