@@ -18,9 +18,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -131,13 +131,17 @@ def insert_ignoring_conflicts(
     if not rows:
         return set()
     dialect = session.get_bind().dialect.name
+    # Into the table, not the ORM entity: the ORM's bulk insert splits the rows into one statement per run of
+    # rows with the same columns set to None (a single answer has no pair id, a pairwise vote no rating), which on
+    # a mixed stream meant hundreds of statements per batch. Core binds every row's None as NULL, as the ORM did.
+    table = cast(Table, model.__table__)
     if dialect == "postgresql":
-        statement: Any = postgresql.insert(model).on_conflict_do_nothing()
+        statement: Any = postgresql.insert(table).on_conflict_do_nothing()
     elif dialect == "sqlite":
-        statement = sqlite.insert(model).on_conflict_do_nothing()
+        statement = sqlite.insert(table).on_conflict_do_nothing()
     else:
         raise NotImplementedError(f"no idempotent insert for the {dialect} dialect")
-    columns = [model.__table__.c[name] for name in key]
+    columns = [table.c[name] for name in key]
     return {tuple(row) for row in session.execute(statement.returning(*columns), list(rows))}
 
 
