@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from feedback.db.models import FlaggedRater
@@ -51,23 +51,41 @@ LOCK_KEY = 0x466C7977  # "Flyw": the advisory lock of the history-wide searches
 
 @dataclass
 class Tail:
-    """The rows of a table with an integer id that this process has not read yet."""
+    """The rows of a table with an integer id that this process has not read yet.
+
+    A read asks only for ids above the highest one read and for the ids missing below it (up to
+    ``max_listed`` of them; beyond that, for every id above the lowest missing one). A gap that
+    stays open, a row deleted after it was read (votes moved to quarantine) or a rolled-back
+    transaction's id, would otherwise make every read for ``wait_s`` fetch all rows since the gap
+    again: on the worker benchmark, after the first bots were flagged, each batch re-read every
+    vote stored since.
+    """
 
     id_column: InstrumentedAttribute[int]
     wait_s: float = 60.0
+    max_listed: int = 1000
     _below: int = 0  # every id up to this one was read or given up on
+    _top: int = 0  # the highest id read
     _seen: set[int] = field(default_factory=set)  # ids above _below that were read
-    _missing: dict[int, float] = field(default_factory=dict)  # ids above _below not read yet: first noticed
+    _missing: dict[int, float] = field(default_factory=dict)  # ids between _below and _top not read yet: noticed
 
     def read(self, session: Session, columns: tuple[Any, ...]) -> list[Any]:
         """The rows (``columns``, the id first) with ids not read before."""
-        rows = [r for r in session.execute(select(self.id_column, *columns).where(self.id_column > self._below)
-                                           .order_by(self.id_column)) if r[0] not in self._seen]
+        if len(self._missing) > self.max_listed:
+            unread = self.id_column > self._below
+        else:
+            unread = or_(self.id_column > self._top, self.id_column.in_(sorted(self._missing)))
+        rows = [r for r in session.execute(select(self.id_column, *columns).where(unread).order_by(self.id_column))
+                if r[0] not in self._seen]
         self._seen.update(r[0] for r in rows)
         now = time.monotonic()
-        for missing in range(self._below + 1, max(self._seen, default=self._below)):
+        highest = max((r[0] for r in rows), default=self._top)
+        for missing in range(self._top + 1, highest):
             if missing not in self._seen:
                 self._missing.setdefault(missing, now)
+        self._top = max(self._top, highest)
+        for r in rows:
+            self._missing.pop(r[0], None)
         while self._below + 1 in self._seen or now - self._missing.get(self._below + 1, now) > self.wait_s:
             self._below += 1
             self._seen.discard(self._below)
