@@ -104,3 +104,21 @@ def test_orpo_keeps_a_frozen_copy_of_a_continued_champion_for_the_gates(tiny_mod
         assert torch.allclose(model(input_ids=ids).logits, champion)
     with candidate_view(model):
         assert not torch.allclose(model(input_ids=ids).logits, champion)
+
+
+def test_orpo_and_grpo_continue_a_champion_that_has_an_adapter(
+    settings: TrainerSettings, store: Store, factory: sessionmaker[Session],
+) -> None:
+    """From the second round on the champion is an adapter: ORPO and GRPO train it further, not a fresh LoRA."""
+    registry = Registry(settings, factory)
+    parent = "1"
+    for round_, config in enumerate([fast_config(max_steps=2, reward_model=False, gates=False),
+                                     fast_config(algorithm="orpo", max_steps=2),
+                                     rl_config("grpo", max_steps=2)]):
+        seed_consistent_pairs(store, 20)  # each round learns from the votes cast since its champion's
+        result = train_once(lenient(settings), config)
+        assert result.status == "trained" and result.parent_version == parent, result.message
+        assert result.version and registry.version(result.version).tags["adapter"] == "adapter", round_
+        registry.promote(result.version, actor="ops")
+        parent = result.version
+    assert parent == "4"
