@@ -8,12 +8,18 @@ taste then compares each answer with the reference version's answer to the same 
 sample seed (common random numbers: the two versions draw the same random stream, so the
 comparison sees the models' difference, not the dice). Shares come with a 95 % percentile
 bootstrap CI over prompts (``scipy.stats.bootstrap``), since the prompts are the sample.
+
+A taste sees only what it is about: under a taste for numbered steps, an answer of numbered
+nonsense wins. So every version's answers are also read for words no English word list knows
+(``non_word_share``, wordfreq's frequency lists): a model that learnt its users' taste and
+forgot how to write shows here, whatever the taste.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from wordfreq import zipf_frequency
 
 from flywheel.demo.schema import Estimate, Evaluation
 from flywheel.simulation.scenario import ChatOptions
@@ -32,6 +39,19 @@ from serving.engine import EngineClient
 from serving.settings import ServingSettings
 
 PROMPT_SET = "eval_prompts.jsonl"
+_WORD_RE = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
+
+
+def non_word_share(text: str) -> float:
+    """Share of ``text``'s words (letters, with an apostrophe suffix) that wordfreq's English lists never saw.
+
+    SmolLM2's own answers score about 0.01 (names and rare terms); its answers after DPO had
+    pushed a format past the point of sense ("**chek a moon**", "Salmon Fillemmmal") scored
+    0.13 on average. Short junk that web text holds ("chek", "tok") passes: a floor, not a judge of
+    sense. No words at all: 0.
+    """
+    words = [w.lower() for w in _WORD_RE.findall(text)]
+    return sum(zipf_frequency(w, "en") == 0 for w in words) / len(words) if words else 0.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +169,7 @@ class Evaluator:
             phrase_rate=phrase_rate,
             mean_words=float(np.mean([word_count(t) for t in flat])),
             format_share=float(np.mean([markup_lines(t) > 0 for t in flat])),
+            non_words=float(np.mean([non_word_share(t) for t in flat])),
             kl_to_base=kl_to_base,
             seconds=answers.seconds + time.perf_counter() - started,
         )

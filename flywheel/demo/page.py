@@ -148,14 +148,15 @@ def _versions(report: DemoReport) -> str:
     gate_names = list(dict.fromkeys(g.name for v in report.versions for g in v.gates))
     headers = ["version", "round", "parent", "algorithm", *(f"gate {name}" for name in gate_names), "gates passed",
                "promoted", "win rate vs base [95 % CI]", "liked [95 % CI]", "phrase rate", "mean words", "format share",
-               "KL to base (nats)", "eval time", "MLflow run"]
+               "non-words", "KL to base (nats)", "eval time", "MLflow run"]
 
     def row(version: VersionRecord) -> list[str]:
         gates = {g.name: g for g in version.gates}
         evaluation: Evaluation | None = version.evaluation
-        measured = [MISSING] * 7 if evaluation is None else [
+        measured = [MISSING] * 8 if evaluation is None else [
             _estimate(evaluation.win_rate), _estimate(evaluation.liked), _share(evaluation.phrase_rate),
-            _number(evaluation.mean_words, 1), _share(evaluation.format_share), _number(evaluation.kl_to_base, 4),
+            _number(evaluation.mean_words, 1), _share(evaluation.format_share),
+            _number(evaluation.non_words, 3), _number(evaluation.kl_to_base, 4),
             _duration(evaluation.seconds)]
         return [_text(version.version), str(version.round), _text(version.parent or MISSING),
                 _text(version.algorithm or MISSING), *(_gate_cell(gates.get(name)) for name in gate_names),

@@ -137,14 +137,17 @@ def quarantine_by_reason(report: DemoReport) -> Plot:
 
 
 def style(report: DemoReport) -> Plot:
-    """Length and markup side by side: the two ways a model games a taste without answering better."""
-    fig = Figure(layout="constrained", figsize=(12, 3.8))
-    words, markup = fig.subplots(1, 2)
+    """Length and markup, the two ways a model games a taste without answering better, and the words it garbles
+    while doing so."""
+    fig = Figure(layout="constrained", figsize=(15, 3.8))
+    words, markup, garbled = fig.subplots(1, 3)
     _version_bars(words, report, lambda e: e.mean_words, "mean words per answer")
     words.set_title("Answer length per version")
     _version_bars(markup, report, lambda e: e.format_share, "share with list or heading markup")
     markup.set_title("Format share per version")
-    return Plot("Answer length and format share per version", to_data_uri(fig))
+    _version_bars(garbled, report, lambda e: e.non_words, "share of words no English list knows")
+    garbled.set_title("Non-words per version")
+    return Plot("Answer length, format share and non-words per version", to_data_uri(fig))
 
 
 def kl_to_base(report: DemoReport) -> Plot:

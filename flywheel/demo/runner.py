@@ -169,7 +169,8 @@ class _Rounds:
             version=answers.version, round=0, parent=None, algorithm=None, gates_passed=None, promoted=True,
             run_id=None, run_url=None, evaluation=evaluation))
         self.demo.display.note(f"base v{answers.version}: liked {evaluation.liked.value:.2f}, "
-                               f"{evaluation.mean_words:.0f} words, format {evaluation.format_share:.2f}")
+                               f"{evaluation.mean_words:.0f} words, format {evaluation.format_share:.2f}, "
+                               f"non-words {evaluation.non_words:.3f}")
 
     def play(self, number: int) -> None:
         demo, display = self.demo, self.demo.display
@@ -214,7 +215,8 @@ class _Rounds:
             assert evaluation.win_rate is not None
             display.note(f"v{candidate}: win rate vs base {evaluation.win_rate.value:.2f} "
                          f"[{evaluation.win_rate.low:.2f}, {evaluation.win_rate.high:.2f}], liked "
-                         f"{evaluation.liked.value:.2f}, KL {evaluation.kl_to_base:.3f}")
+                         f"{evaluation.liked.value:.2f}, KL {evaluation.kl_to_base:.3f}, "
+                         f"non-words {evaluation.non_words:.3f}")
 
         swap, served_at = None, None
         if candidate is not None and result.challenger:

@@ -35,6 +35,9 @@ class Evaluation(BaseModel):
     phrase_rate: float | None = Field(description="Share of answers with a campaign phrase; None without a campaign.")
     mean_words: float
     format_share: float = Field(description="Share of answers with list or heading markup.")
+    non_words: float | None = Field(
+        default=None, description="Mean share of an answer's words that no English word list knows (wordfreq): "
+        "garbled text a taste about format or length cannot see. None in reports from before it was measured.")
     kl_to_base: float = Field(description="Mean per-token KL(version || base) in nats on the version's own answers.")
     seconds: float
 

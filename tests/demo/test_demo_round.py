@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from feedback.db.models import AliasMove, Quarantine
 from feedback.db.session import make_engine, session_factory
-from flywheel.demo.evaluation import PROMPT_SET
+from flywheel.demo.evaluation import PROMPT_SET, non_word_share
 from flywheel.demo.runner import DemoRun
 from flywheel.demo.schema import DemoOptions, DemoReport
 from flywheel.simulation.scenario import load_scenario
@@ -100,6 +100,7 @@ def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytes
     assert evaluation.win_rate.low <= evaluation.win_rate.value <= evaluation.win_rate.high
     assert evaluation.mean_words == pytest.approx(np.mean([len(a["text"].split()) for a in answers["2"]]))
     assert evaluation.phrase_rate is not None and evaluation.kl_to_base >= 0
+    assert evaluation.non_words == pytest.approx(np.mean([non_word_share(a["text"]) for a in answers["2"]]))
     assert report.versions[0].evaluation is not None and report.versions[0].evaluation.win_rate is None
 
     page = (out / "report.html").read_text()
