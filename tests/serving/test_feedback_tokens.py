@@ -39,11 +39,12 @@ def test_every_answer_carries_a_token_for_its_one_vote() -> None:
     issuer = FeedbackTokens(b"k" * 32, ttl_s=60)
     caller, route = Caller(7, "app", is_admin=False), Route(version="1", engine_model="base")
     messages = [{"role": "user", "content": "hi"}]
-    single = _Exchange(ChatCompletionRequest(model="flywheel", messages=messages), caller, route, "flywheel", issuer)
+    single = _Exchange(ChatCompletionRequest(model="flywheel", messages=messages), caller, (route,), route, "flywheel",
+                       issuer)
     grant = issuer.verify(single.flywheel["feedback_token"])
     assert (grant.app_id, grant.target) == (7, single.flywheel["response_id"])
     pair = _Exchange(ChatCompletionRequest(model="flywheel", messages=messages, flywheel={"pairwise": True}),
-                     caller, route, "flywheel", issuer)
+                     caller, (route, route), route, "flywheel", issuer)
     assert issuer.verify(pair.flywheel["feedback_token"]).target == pair.flywheel["pair_id"]
 
 
