@@ -371,14 +371,21 @@ def main() -> None:
             import sqlalchemy as sa
 
             admin = sa.create_engine(args.postgres, isolation_level="AUTOCOMMIT")
+            created: list[str] = []
 
             def pg(name: str) -> str:
                 database = f"flywheel_bench_{name}_{uuid.uuid4().hex[:8]}"
                 with admin.connect() as conn:
                     conn.execute(sa.text(f'CREATE DATABASE "{database}"'))
+                created.append(database)
                 return admin.url.set(database=database).render_as_string(hide_password=False)
 
-            measure("postgresql", bootstrap, topic, len(batch), pg, args.runs, scorer)
+            try:
+                measure("postgresql", bootstrap, topic, len(batch), pg, args.runs, scorer)
+            finally:  # a bench leaves the server as it found it, even when a run fails
+                with admin.connect() as conn:
+                    for database in created:
+                        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":
