@@ -81,6 +81,14 @@ class TrainerSettings(CommonSettings):
         gt=0.0,
         description="Gate kl: mean per-token KL(candidate || champion) in nats must not exceed this.",
     )
+    gate_max_kl_base: float = Field(
+        default=0.25,
+        gt=0.0,
+        description=(
+            "Gate kl_base, the drift budget: mean per-token KL(candidate || base model) in nats must not exceed this, "
+            "whatever the rounds between. The kl gate bounds one round's step; this bounds where the steps add up to."
+        ),
+    )
     gate_max_length_ratio: float = Field(
         default=1.3,
         gt=0.0,
@@ -131,6 +139,7 @@ class ConfigError(ValueError):
 Algorithm = Literal["auto", "dpo", "kto", "orpo", "rloo", "grpo"]
 ONLINE_RL: tuple[Algorithm, ...] = ("rloo", "grpo")  # sample answers and score them with the reward model
 LossType = Literal["sigmoid", "robust"]
+Reference = Literal["base", "champion"]
 
 
 class TrainConfig(BaseModel):
@@ -166,6 +175,14 @@ class TrainConfig(BaseModel):
         default=0.0, ge=0.0, lt=0.5,
         description="Assumed share of flipped labels, for conservative or robust DPO.",
     )
+    reference: Reference = Field(
+        default="base",
+        description=(
+            "The policy DPO, KTO, RLOO and GRPO hold the trained policy near: base (the base model, every round: the "
+            "KL-regularised objective of RLHF, so rounds cannot add their drift up) or champion (the version this "
+            "round continues, so each round may move as far again from where the last one ended)."
+        ),
+    )
     rpo_alpha: float = Field(
         default=0.0, ge=0.0,
         description=(
@@ -184,8 +201,8 @@ class TrainConfig(BaseModel):
     rl_beta: float = Field(
         default=0.05, gt=0.0,
         description=(
-            "RLOO/GRPO KL coefficient to the champion: RLOO subtracts beta * KL from the reward, GRPO adds it to the "
-            "loss. Must be > 0: without it nothing holds the policy near the answers users rated."
+            "RLOO/GRPO KL coefficient to the reference (see reference): RLOO subtracts beta * KL from the reward, "
+            "GRPO adds it to the loss. Must be > 0: without it nothing holds the policy near the reference."
         ),
     )
     num_generations: int = Field(

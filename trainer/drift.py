@@ -2,18 +2,17 @@
 
 The demo's evaluation samples answers from each version through the serving engine and
 asks here for the mean per-token KL(version || base) on them: the same exact, full-vocabulary
-KL as the ``kl`` gate, measured against the base instead of the parent, so versions of
+KL as the ``kl_base`` gate (on sampled answers instead of greedy ones), so versions of
 different rounds sit on one scale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
 
 from trainer.gates import Answers, mean_token_kl
+from trainer.policy import base_view
 
 
 def kl_to_base(
@@ -30,10 +29,5 @@ def kl_to_base(
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
                                       str(adapter))
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in answers]
-    return mean_token_kl(model, tokenizer, prompts, Answers(ids, list(answers)), reference=_adapters_off)
+    return mean_token_kl(model, tokenizer, prompts, Answers(ids, list(answers)), reference=base_view)
 
-
-def _adapters_off(model: Any) -> AbstractContextManager[Any]:
-    """PEFT's own switch: the same weights answering as the base model."""
-    context: AbstractContextManager[Any] = model.disable_adapter()
-    return context

@@ -23,6 +23,11 @@ the training reference: see ``policy.champion_view``). Each gate is an MLflow me
   answers: at each answer position the exact KL between the two next-token distributions
   (full vocabulary), averaged over all answer tokens. On-policy positions, exact inner sum;
   at most ``gate_max_kl`` (0.5).
+- ``kl_base``: the drift budget. The same KL on the same answers, against the base model: at
+  most ``gate_max_kl_base`` (0.25) however many rounds lie between. ``kl`` bounds one round's
+  step and steps add up: in the demo, DPO rounds continued from trained adapters each stayed
+  under 0.5 from their parent while reaching 0.33-0.68 from the base in made-up words, where the
+  readable versions of every taste sat at 0.02-0.11 (docs/demo.md). The limit lies between.
 - ``verbosity``: mean answer length in tokens, candidate / champion, at most
   ``gate_max_length_ratio`` (1.3): reward models and voters reward length, a policy learns it.
 - ``format``: share of answers with list or heading markup, candidate minus champion, at most
@@ -56,7 +61,15 @@ import yaml
 
 from trainer.config import TrainConfig, TrainerSettings
 from trainer.pairs import PreferencePair
-from trainer.policy import PairMetrics, ProgressFn, candidate_view, champion_view, chat_ids, right_padded
+from trainer.policy import (
+    PairMetrics,
+    ProgressFn,
+    base_view,
+    candidate_view,
+    champion_view,
+    chat_ids,
+    right_padded,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -286,6 +299,7 @@ class GateInputs:
     champion_canaries: Answers
     candidate_canaries: Answers
     kl: float
+    kl_base: float
     champion_metrics: PairMetrics
     candidate_metrics: PairMetrics
     length_votes: VoteEvidence = NO_VOTES
@@ -321,6 +335,7 @@ def collect(
         champion_canaries=Answers(champion.ids[n:], champion.texts[n:]),
         candidate_canaries=Answers(candidate.ids[n:], candidate.texts[n:]),
         kl=mean_token_kl(policy, tokenizer, prompts, heldout_candidate),
+        kl_base=mean_token_kl(policy, tokenizer, prompts, heldout_candidate, reference=base_view),
         champion_metrics=champion_metrics,
         candidate_metrics=candidate_metrics,
         length_votes=VoteEvidence.of(pairs, word_count),
@@ -434,6 +449,13 @@ def evaluate(
             inputs.kl,
             f"<= {settings.gate_max_kl:g} nats/token",
             f"{inputs.kl:.4f} nats/token over {len(inputs.prompts)} answers",
+        ),
+        Gate(
+            "kl_base",
+            "passed" if inputs.kl_base <= settings.gate_max_kl_base else "failed",
+            inputs.kl_base,
+            f"<= {settings.gate_max_kl_base:g} nats/token",
+            f"{inputs.kl_base:.4f} nats/token over {len(inputs.prompts)} answers",
         ),
         _bounded("verbosity", ratio, settings.gate_max_length_ratio, f"<= {settings.gate_max_length_ratio:g}x",
                  f"{cand_len:.1f} vs {champ_len:.1f} tokens per answer", inputs.length_votes, "longer", alpha),

@@ -3,7 +3,7 @@
 The classic third stage of RLHF: the policy answers the snapshot's training prompts
 (``num_generations`` samples each), the round's reward model scores every answer, and each
 answer is pushed up or down by how it fared against the other answers to its prompt. A KL
-term to the champion (``rl_beta``) holds the policy near what users rated: RLOO subtracts it
+term to the reference (``rl_beta``; the base by default, ``TrainConfig.reference``): RLOO subtracts it
 from the reward (the closest to PPO with a KL penalty; PPO itself is gone from TRL 1.16), GRPO
 adds it to the loss.
 

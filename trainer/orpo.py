@@ -4,8 +4,7 @@ ORPO (Hong et al. 2024) adds to the chosen answers' NLL a term that raises the o
 chosen answer over the rejected one, weighted by lambda (``TrainConfig.orpo_lambda``). It
 needs no reference policy, so a step is one forward pass per answer where DPO needs two:
 cheaper, and the NLL keeps what users chose likely (what ``rpo_alpha`` adds to DPO). It learns
-from the same pairs as DPO. With no reference TRL keeps no copy of a continued champion's
-adapter, so ``keep_champion_adapter`` keeps one for the gates. Feedback weights enter by
+from the same pairs as DPO. Feedback weights enter by
 ``resample_by_weight`` (ORPOTrainer has no per-example weight).
 """
 
@@ -17,7 +16,7 @@ from typing import Any
 
 from trainer.config import TrainConfig
 from trainer.pairs import PreferencePair, resample_by_weight
-from trainer.policy import ProgressFn, common_args, keep_champion_adapter, report_progress
+from trainer.policy import ProgressFn, common_args, report_progress
 
 
 def orpo_trainer(
@@ -42,7 +41,7 @@ def orpo_trainer(
         max_length=config.max_length,
     )
     trainer = ORPOTrainer(
-        model=keep_champion_adapter(model),
+        model=model,
         args=args,
         train_dataset=Dataset.from_list([p.to_trl() for p in examples]),
         processing_class=tokenizer,

@@ -2,17 +2,16 @@
 
 The round continues from the champion (its LoRA adapter, loaded trainable, or a fresh LoRA
 on the base model when the champion is the base), so each version is the previous one plus
-what new feedback taught. TRL then uses the champion itself as the reference policy: a
-frozen ``ref`` copy of the champion's adapter, or the base with adapters disabled.
-``champion_view`` switches a trained policy back to that reference, so the gates compare
-candidate and champion inside one model in memory.
+what new feedback taught. The training reference is the base model by default (``hold_near``);
+a continued champion's adapter is also kept as a frozen copy, and ``champion_view`` switches a
+trained policy back to it, so the gates compare candidate and champion inside one model in memory.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     Policy = PreTrainedModel | PeftModel
+
+CHAMPION = "champion"
+"""The adapter name of the frozen copy of the champion the gates compare with (``keep_champion_adapter``)."""
 
 ProgressFn = Callable[[str, int, int], None]
 """progress(stage, done, total): called as long work advances; the CLI draws one bar per stage name."""
@@ -188,9 +190,9 @@ def load_champion_policy(
 ) -> tuple[Any, PreTrainedTokenizerBase, Any]:
     """(model, tokenizer, peft_config): the champion, ready to train.
 
-    A champion with an adapter comes back as a trainable PeftModel and ``peft_config`` None
-    (TRL then keeps a frozen copy of that adapter as the reference). The base champion comes
-    back bare with a fresh LoraConfig for TRL to apply (reference: the base, adapters off).
+    A champion with an adapter comes back as a trainable PeftModel with a frozen copy of that
+    adapter for the gates, and ``peft_config`` None. The base champion comes back bare with a
+    fresh LoraConfig for TRL to apply.
     """
     import torch
     from peft import PeftModel
@@ -202,26 +204,42 @@ def load_champion_policy(
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
     if adapter_artifact_path(champion) is not None:
         adapter_dir = download_adapter(registry.client, champion, workdir / f"champion-v{champion.version}")
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True), tokenizer, None
+        policy = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+        return keep_champion_adapter(policy), tokenizer, None
     return model, tokenizer, lora_config(config)
 
 
 def keep_champion_adapter(model: Any) -> Any:
-    """Add a frozen copy of a continued champion's adapter as ``ref``, for a trainer that keeps none.
+    """Add a frozen copy of a continued champion's adapter as ``champion``, for the gates.
 
-    DPO, KTO, RLOO and GRPO keep that copy themselves as their reference policy; ORPO has no
-    reference, so without this ``champion_view`` would fall back to the bare base and the gates
-    would judge the candidate against the wrong model. A bare base model (a fresh LoRA to come)
-    needs nothing: with adapters off it is the champion. The copy is not trained (PEFT trains the
-    active adapter only) and is not saved (``_log_candidate`` saves ``default`` alone).
+    The gates compare the candidate with the champion it continues, whatever the training
+    reference (``TrainConfig.reference``: the base by default, which DPO, KTO, RLOO and GRPO then
+    see with adapters off; ORPO has none). A bare base model (a fresh LoRA to come) needs nothing:
+    with adapters off it is the champion. The copy is not trained (PEFT trains the active adapter
+    only) and is not saved (``_log_candidate`` saves ``default`` alone).
     """
-    if not hasattr(model, "peft_config") or "ref" in model.peft_config:
+    if not hasattr(model, "peft_config") or CHAMPION in model.peft_config:
         return model
-    model.add_adapter("ref", model.peft_config["default"])
+    model.add_adapter(CHAMPION, model.peft_config["default"])
     for name, param in model.named_parameters():
         if ".default." in name:
-            model.get_parameter(name.replace(".default.", ".ref.")).data.copy_(param.data)
+            model.get_parameter(name.replace(".default.", f".{CHAMPION}.")).data.copy_(param.data)
+    model.set_adapter("default")
     return model
+
+
+def hold_near(model: Any, config: TrainConfig) -> None:
+    """Make the trainer's reference policy the one ``config.reference`` names.
+
+    TRL, handed a continued adapter, keeps a frozen copy of it as ``ref`` and holds the policy
+    near that: each round is then regularised towards its parent, and rounds add their drift up
+    (three DPO rounds took SmolLM2 from readable to made-up words while every round's own KL
+    stayed under the gate, docs/demo.md). Without ``ref``, TRL's reference is the model with
+    adapters off, the base: the KL-regularised objective of RLHF, one anchor for every round.
+    """
+    if config.reference == "base" and hasattr(model, "peft_config") and "ref" in model.peft_config:
+        model.delete_adapter("ref")
+        model.set_adapter("default")
 
 
 def lora_config(config: TrainConfig) -> Any:
@@ -271,8 +289,14 @@ def candidate_view(policy: Any) -> Iterator[Any]:
 
 @contextmanager
 def champion_view(policy: Any) -> Iterator[Any]:
-    """The same model answering as the champion (the training reference), exactly as TRL computed it."""
+    """The same model answering as the champion it continues: its frozen copy, or the base if that is the champion."""
     from trl.trainer.utils import use_adapter
 
-    with use_adapter(policy, adapter_name="ref" if "ref" in policy.peft_config else None):
+    with use_adapter(policy, adapter_name=CHAMPION if CHAMPION in policy.peft_config else None):
         yield policy
+
+
+def base_view(policy: Any) -> AbstractContextManager[Any]:
+    """The same model answering as the base: PEFT's own switch, every adapter off."""
+    context: AbstractContextManager[Any] = policy.disable_adapter()
+    return context

@@ -52,6 +52,7 @@ from trainer.policy import (
     candidate_view,
     champion_view,
     evaluate_pairs,
+    hold_near,
     load_champion_policy,
 )
 from trainer.registry import BASE_MODEL_TAG, Registry
@@ -397,6 +398,7 @@ def _policy_stage(
         builders: dict[str, Callable[..., Any]] = {"dpo": dpo_trainer, "kto": kto_trainer, "orpo": orpo_trainer}
         build = builders[method]
         trainer = build(model, tokenizer, lora, examples.train, config, output_dir, progress)
+    hold_near(trainer.model, config)  # after construction: TRL adds its own reference copy there
     return trainer, tokenizer, trainer.train()
 
 

@@ -41,6 +41,7 @@ def inputs(candidate: Answers, canary_answer: str = "Paris.") -> GateInputs:
         champion_canaries=Answers([[1]], ["It is Paris."]),
         candidate_canaries=Answers([[1]], [canary_answer]),
         kl=0.01,
+        kl_base=0.05,
         champion_metrics=metrics,
         candidate_metrics=metrics,
     )
@@ -57,6 +58,15 @@ def test_format_gaming_and_a_broken_canary_fail() -> None:
     report = evaluate(inputs(listy, canary_answer="London."), None, TrainerSettings(_env_file=None), fast_config())  # type: ignore[call-arg]
     assert report.failed() == ["format", "canaries"]
     assert "broken: capital" in next(g.detail for g in report.gates if g.name == "canaries")
+
+
+def test_a_candidate_over_the_drift_budget_fails_the_kl_base_gate_alone() -> None:
+    """Each round's step may be small (kl) while the steps add up far from the base (kl_base)."""
+    settings = TrainerSettings(_env_file=None)  # type: ignore[call-arg]
+    drifted = replace(inputs(answers(SHORT, 4)), kl=0.2, kl_base=settings.gate_max_kl_base + 0.1)
+    assert evaluate(drifted, None, settings, fast_config()).failed() == ["kl_base"]
+    within = replace(drifted, kl_base=settings.gate_max_kl_base - 0.01)
+    assert evaluate(within, None, settings, fast_config()).failed() == []
 
 
 def pairs(chosen: str, rejected: str, agreeing: int, disagreeing: int) -> list[PreferencePair]:

@@ -63,6 +63,7 @@ def lenient(settings: TrainerSettings, **overrides: object) -> TrainerSettings:
         "gate_win_rate_min_upper": 0.0,
         "gate_accuracy_tolerance": 1.0,
         "gate_max_kl": 100.0,
+        "gate_max_kl_base": 100.0,
         "gate_max_length_ratio": 100.0,
         "gate_max_format_increase": 1.0,
     }
@@ -158,7 +159,7 @@ def test_dpo_round_passes_the_gates_and_a_drifting_candidate_is_blocked(
     assert result.candidate_metrics and result.champion_metrics and result.snapshot and result.reward
     assert result.candidate_metrics.pairs == result.snapshot.heldout_examples > 0
     assert result.candidate_metrics.accuracy == 1.0 and 0.0 <= result.reward.heldout_accuracy <= 1.0
-    names = ["win_rate", "heldout_accuracy", "kl", "verbosity", "format", "canaries"]
+    names = ["win_rate", "heldout_accuracy", "kl", "kl_base", "verbosity", "format", "canaries"]
     assert [g.name for g in result.gates.gates] == names
 
     registry = Registry(settings, factory)
