@@ -46,7 +46,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                                          tokens)
         await watcher.refresh()
         poller = asyncio.create_task(watcher.run(), name="champion-watcher")
-        tasks = [poller, asyncio.create_task(live.publish(watcher, settings.live_numbers_seconds), name="live-numbers")]
+        tasks = [poller, asyncio.create_task(watcher.unload_retired(), name="adapter-unloader"),
+                 asyncio.create_task(live.publish(watcher, settings.live_numbers_seconds), name="live-numbers")]
         if settings.canary_check_seconds > 0:
             judge = CanaryJudge(registry, settings.canary_rule)
             tasks.append(asyncio.create_task(live.judge(judge, watcher, settings.canary_check_seconds),

@@ -8,15 +8,24 @@ in flight finish on the version they began with.
 A canary is followed the same way, with its percent: a user in its share (``serving.canary``)
 is answered by it, everyone else by the champion. A canary that fails to load sends nobody to
 it (counted in ``flywheel_model_swap_failures_total``) and never holds up the champion.
+
+The engine holds a limited number of adapters, so old ones are unloaded: a request holds its
+routes (``hold``) until the end of its answer, and an adapter that is neither champion nor canary
+any more is unloaded (``unload_retired``) once no request holds it and a grace period has passed.
+One that becomes champion or canary again before that keeps its route and is not loaded twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import TracebackType
 
 from mlflow.entities.model_registry import ModelVersion
 
@@ -24,16 +33,62 @@ from registry.model_versions import CANARY, CHAMPION, adapter_artifact_path, dow
 from registry.promotion import Canary, Promotion
 from serving.canary import in_canary
 from serving.engine import EngineClient
-from serving.metrics import CANARY_PERCENT, CANARY_VERSION, LIVE_VERSION, SWAP_FAILURES, SWAPS
+from serving.metrics import (
+    ADAPTER_UNLOAD_FAILURES,
+    ADAPTER_UNLOADS,
+    ADAPTERS_LOADED,
+    CANARY_PERCENT,
+    CANARY_VERSION,
+    LIVE_VERSION,
+    SWAP_FAILURES,
+    SWAPS,
+)
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Route:
+    """A version as the engine serves it, and how many requests it is answering now.
+
+    Compared by identity: an adapter has one route from its load to its unload (a version that
+    comes back before its unload gets the same one), so its count covers every request on it.
+    """
+
     version: str
     engine_model: str
+    in_flight: int = 0
+    idle_since: float = field(default_factory=time.monotonic)  # when the count last fell to 0 (monotonic clock)
+
+
+class RouteHold:
+    """The routes answering one request, held from its start to the end of its answer.
+
+    A held route stays loaded in the engine after it stops being champion or canary. Every path
+    that ends an answer (done, failed, client gone) may call ``release``; only the first counts.
+    """
+
+    def __init__(self, routes: tuple[Route, ...], on_idle: Callable[[Route], None]) -> None:
+        self.routes = routes
+        self._held = set(routes)  # a pair answered twice by one route holds it once
+        self._on_idle = on_idle
+        for route in self._held:
+            route.in_flight += 1
+
+    def release(self) -> None:
+        held, self._held = self._held, set()
+        for route in held:
+            route.in_flight -= 1
+            if route.in_flight == 0:
+                route.idle_since = time.monotonic()
+                self._on_idle(route)
+
+    def __enter__(self) -> RouteHold:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -59,6 +114,9 @@ class ChampionWatcher:
         self._canary: CanaryRoute | None = None
         self._lock = asyncio.Lock()
         self._sides = random.Random()
+        self._adapters: dict[str, Route] = {}  # engine name -> route: adapters this gateway loaded, not unloaded yet
+        self._retired: dict[Route, float] = {}  # adapters neither champion nor canary -> unload not before (monotonic)
+        self._unload_wanted = asyncio.Event()  # a route retired, or a retired route's last request ended
 
     @property
     def current(self) -> Route | None:
@@ -92,6 +150,14 @@ class ChampionWatcher:
             return champion, champion
         return (champion, canary.route) if self._sides.random() < 0.5 else (canary.route, champion)
 
+    def hold(self, user: str | None, pairwise: bool) -> RouteHold:
+        """``routes_for``, held until the request's answer ends (release the hold): a held adapter stays loaded."""
+        return RouteHold(self.routes_for(user, pairwise), self._idle)
+
+    def _idle(self, route: Route) -> None:
+        if route in self._retired:
+            self._unload_wanted.set()
+
     async def refresh(self) -> Route | None:
         """Read the aliases; if one moved, load the new version into the engine, then switch."""
         async with self._lock:
@@ -112,6 +178,7 @@ class ChampionWatcher:
                     LIVE_VERSION.set(float(route.version))
                     log.info("champion is now version %s (was %s)", route.version, previous and previous.version)
             await self._refresh_canary()
+            self._retire_unrouted()
             if failed is not None:
                 raise failed
             return self._route
@@ -127,6 +194,61 @@ class ChampionWatcher:
             log.exception("could not load the %s version; every user gets the champion", CANARY)
         CANARY_VERSION.set(float(self._canary.route.version) if self._canary else 0)
         CANARY_PERCENT.set(self._canary.percent if self._canary else 0)
+
+    def _retire_unrouted(self) -> None:
+        """Mark loaded adapters that are neither champion nor canary for unloading; one routed to again is kept."""
+        routed = {self._route, self._canary.route if self._canary else None}
+        for route in self._adapters.values():
+            if route in routed:
+                if self._retired.pop(route, None) is not None:
+                    log.info("adapter %s (version %s) is routed to again: kept loaded", route.engine_model,
+                             route.version)
+            elif route not in self._retired:
+                self._retired[route] = time.monotonic() + self.settings.swap_unload_grace_seconds
+                self._unload_wanted.set()
+                log.info("adapter %s (version %s) is no longer routed to: unloaded after its last request and "
+                         "%g s", route.engine_model, route.version, self.settings.swap_unload_grace_seconds)
+
+    async def unload_retired(self) -> None:
+        """Unload adapters that are no longer routed to, forever: each once no request holds it and the grace
+        period has passed since it retired and since its last request ended.
+
+        Sleeps until the next one is due, or until a route retires or a retired route's last request
+        ends. A failed unload is logged, counted and tried again after ``swap_poll_seconds``; requests
+        never see it (the adapter only stays loaded longer).
+        """
+        while True:
+            self._unload_wanted.clear()  # before looking: a wish made while unloading is seen on the next turn
+            async with self._lock:  # a refresh cannot route to an adapter while it is being unloaded
+                wait = await self._unload_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._unload_wanted.wait(), wait)
+
+    async def _unload_due(self) -> float | None:
+        """Unload every retired adapter that is due; the seconds until the next falls due (None: none waits on time)."""
+        grace = self.settings.swap_unload_grace_seconds
+        waits = []
+        for route, not_before in list(self._retired.items()):
+            if route.in_flight:
+                continue  # the end of its last request wakes the unloader
+            due = max(not_before, route.idle_since + grace) - time.monotonic()
+            if due > 0:
+                waits.append(due)
+                continue
+            try:
+                await self.engine.unload_adapter(route.engine_model)
+            except Exception:
+                ADAPTER_UNLOAD_FAILURES.inc()
+                log.exception("could not unload adapter %s (version %s) from the engine; trying again in %g s",
+                              route.engine_model, route.version, self.settings.swap_poll_seconds)
+                self._retired[route] = time.monotonic() + self.settings.swap_poll_seconds
+                waits.append(self.settings.swap_poll_seconds)
+                continue
+            del self._retired[route], self._adapters[route.engine_model]
+            ADAPTER_UNLOADS.inc()
+            ADAPTERS_LOADED.set(len(self._adapters))
+            log.info("unloaded adapter %s (version %s) from the engine", route.engine_model, route.version)
+        return min(waits, default=None)
 
     async def _canary_route(self, canary: Canary | None) -> CanaryRoute | None:
         if canary is None or canary.percent <= 0 or self._route is None or canary.version == self._route.version:
@@ -167,5 +289,7 @@ class ChampionWatcher:
         dest = self.adapter_dir / f"v{version.version}"
         path = await asyncio.to_thread(download_adapter, self.registry.client, version, dest)
         name = self.settings.version_engine_model(str(version.version))
-        await self.engine.load_adapter(name, path)
-        return Route(str(version.version), name)
+        await self.engine.load_adapter(name, path)  # also puts back one unloaded behind this gateway's back
+        route = self._adapters.setdefault(name, Route(str(version.version), name))  # one coming back keeps its count
+        ADAPTERS_LOADED.set(len(self._adapters))
+        return route

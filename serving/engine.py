@@ -52,6 +52,13 @@ class EngineClient:
         if response.status_code != 200:
             raise EngineError(f"engine refused adapter {name}: {response.status_code} {response.text[:500]}")
 
+    async def unload_adapter(self, name: str) -> None:
+        """Unload an adapter; one the engine does not have (404: another gateway or an engine restart removed it)
+        is as good as unloaded. vLLM lets requests already running on it finish; new ones get a 404."""
+        response = await self.http.post("/v1/unload_lora_adapter", json={"lora_name": name}, timeout=10)
+        if response.status_code not in (200, 404):
+            raise EngineError(f"engine refused to unload adapter {name}: {response.status_code} {response.text[:500]}")
+
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             response = await self.http.post("/v1/chat/completions", json=body)

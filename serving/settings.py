@@ -31,6 +31,12 @@ class ServingSettings(CommonSettings):
     engine_startup_timeout: float = Field(default=600.0, description="Seconds the engine may take to start.")
     engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
     swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")
+    swap_unload_grace_seconds: float = Field(
+        default=5.0, ge=0, description="How long an adapter that is neither champion nor canary any more stays "
+                                       "loaded in the engine, counted from then and from the end of the last request "
+                                       "it answered; then the gateway unloads it. Gateways sharing one engine: keep "
+                                       "it above swap_poll_seconds, within which every gateway stops sending new "
+                                       "requests to it.")
     live_numbers_seconds: float = Field(
         default=30.0, gt=0, description="How often the gateway reads each version's live numbers (thumbs-up rate, "
                                         "the canary's picks, answer length) from the store into Prometheus.")

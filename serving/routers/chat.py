@@ -6,12 +6,14 @@ served, so an answer the broker did not take is reported as an error, not silent
 
 The watcher picks the version of each answer (``ChampionWatcher.routes_for``): a user in a
 canary's share gets the canary, and their pairs pit champion against canary. Each answer's
-completion event records the version that gave it.
+completion event records the version that gave it. A request holds its routes (``ChampionWatcher.hold``)
+until its answer ends, the last byte of a stream included, so an old adapter is never unloaded under it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from feedback.apps import Caller
 from feedback.events import CompletionEvent, answer_ids
@@ -110,33 +113,50 @@ async def create_chat_completion(
     if body.model != state.settings.public_model:
         raise HTTPException(404, f"model {body.model!r} does not exist; this gateway serves "
                                  f"{state.settings.public_model!r}")
-    champion = state.watcher.route
-    routes = state.watcher.routes_for(body.user, body.flywheel.pairwise)
-    exchange = _Exchange(body, caller, routes, champion, state.settings.public_model, state.tokens)
-    try:
-        if body.stream:
-            if exchange.one_call:
-                chunks = state.engine.chat_stream(body.engine_payload(routes[0].engine_model))
-            else:
-                chunks = merged([state.engine.chat_stream(body.engine_payload(r.engine_model, n=1)) for r in routes])
-            try:
-                first = await anext(chunks)  # engine errors become HTTP errors before any byte is sent
-            except StopAsyncIteration:
-                raise EngineError("engine closed the stream without an answer") from None
-            return StreamingResponse(_stream(state, exchange, first, chunks), media_type="text/event-stream")
+    with contextlib.ExitStack() as held:
+        routes = held.enter_context(state.watcher.hold(body.user, body.flywheel.pairwise)).routes
+        exchange = _Exchange(body, caller, routes, state.watcher.route, state.settings.public_model, state.tokens)
+        try:
+            if body.stream:
+                if exchange.one_call:
+                    chunks = state.engine.chat_stream(body.engine_payload(routes[0].engine_model))
+                else:
+                    chunks = merged([state.engine.chat_stream(body.engine_payload(r.engine_model, n=1))
+                                     for r in routes])
+                try:
+                    first = await anext(chunks)  # engine errors become HTTP errors before any byte is sent
+                except StopAsyncIteration:
+                    raise EngineError("engine closed the stream without an answer") from None
+                return _HeldStream(_stream(state, exchange, first, chunks), held.pop_all())
 
-        if exchange.one_call:
-            result = await state.engine.chat(body.engine_payload(routes[0].engine_model))
-        else:
-            result = joined(await asyncio.gather(
-                *(state.engine.chat(body.engine_payload(r.engine_model, n=1)) for r in routes)))
-    except EngineError:
-        _failed(exchange)
-        raise
-    answers = {c["index"]: (c["message"].get("content") or "", c.get("finish_reason")) for c in result["choices"]}
-    await state.record(exchange.events(answers, result.get("usage")))
-    _observe(exchange, stream=False)
-    return JSONResponse(exchange.label(result))  # already JSON-safe: skip FastAPI's re-encoding
+            if exchange.one_call:
+                result = await state.engine.chat(body.engine_payload(routes[0].engine_model))
+            else:
+                result = joined(await asyncio.gather(
+                    *(state.engine.chat(body.engine_payload(r.engine_model, n=1)) for r in routes)))
+        except EngineError:
+            _failed(exchange)
+            raise
+        answers = {c["index"]: (c["message"].get("content") or "", c.get("finish_reason")) for c in result["choices"]}
+        await state.record(exchange.events(answers, result.get("usage")))
+        _observe(exchange, stream=False)
+        return JSONResponse(exchange.label(result))  # already JSON-safe: skip FastAPI's re-encoding
+
+
+class _HeldStream(StreamingResponse):
+    """An event stream that holds its routes until its last byte is sent or its client is gone.
+
+    Released here, not in the body's generator: a generator never started (the client left before
+    the body began) never runs its ``finally``, and the route would stay held for ever.
+    """
+
+    def __init__(self, content: AsyncIterator[str], held: contextlib.ExitStack) -> None:
+        super().__init__(content, media_type="text/event-stream")
+        self.held = held
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self.held:
+            await super().__call__(scope, receive, send)
 
 
 async def _stream(
