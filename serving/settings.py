@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 
 from feedback.settings import CommonSettings
 from registry.canary_rule import CanaryRule
 from serving.feedback_tokens import load_or_create_secret
+
+EngineDtype = Literal["auto", "bfloat16", "float32"]
 
 
 class ServingSettings(CommonSettings):
@@ -28,6 +31,14 @@ class ServingSettings(CommonSettings):
         default=2048, description="Longest prompt plus answer, in tokens (vLLM --max-model-len)."
     )
     engine_kv_cache_gb: int = Field(default=2, description="vLLM CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    engine_dtype: EngineDtype = Field(
+        default="auto",
+        description=(
+            "Weights and activations of the embedded engine (vLLM --dtype). auto: bfloat16 where the CPU computes it "
+            "natively (AVX512-BF16 or AMX), else float32: on an AVX2-only CPU vLLM's bfloat16 is emulated and "
+            "served SmolLM2 at a tenth of float32's rate."
+        ),
+    )
     engine_startup_timeout: float = Field(default=600.0, description="Seconds the engine may take to start.")
     engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
     swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")

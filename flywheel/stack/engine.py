@@ -11,6 +11,26 @@ import httpx
 from flywheel.stack.supervise import ManagedProcess
 from serving.settings import ServingSettings
 
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""CPU flags (``/proc/cpuinfo``) under which vLLM's CPU kernels compute bfloat16 natively."""
+
+
+def engine_dtype(settings: ServingSettings, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The ``--dtype`` the engine runs: the setting, or for ``auto`` what this CPU computes natively.
+
+    Without AVX512-BF16 or AMX, vLLM's CPU build converts bfloat16 in software at every
+    operation: on an AVX2-only 2-core machine, a demo round's traffic crawled at about a tenth of
+    float32's rate. A CPU whose flags cannot be read gets float32, which is never emulated.
+    """
+    if settings.engine_dtype != "auto":
+        return settings.engine_dtype
+    try:
+        flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+                 for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return "float32"
+    return "bfloat16" if flags & NATIVE_BF16_FLAGS else "float32"
+
 
 def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path,
                  env: Mapping[str, str] | None = None) -> ManagedProcess:
@@ -25,7 +45,7 @@ def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path,
         "--served-model-name", settings.base_engine_model,
         "--host", "127.0.0.1",
         "--port", str(settings.engine_port),
-        "--dtype", "bfloat16",
+        "--dtype", engine_dtype(settings),
         "--max-model-len", str(settings.engine_max_model_len),
         "--enable-lora",
         "--max-lora-rank", str(settings.engine_max_lora_rank),

@@ -1,9 +1,12 @@
 """Adapter serving against base-model serving on the embedded CPU engine, with and without Flywheel's LoRA ops.
 
     python -m tests.bench.bench_engine_lora [--model DIR] [--requests 32] [--concurrency 8] [--rounds 2]
+    python -m tests.bench.bench_engine_lora --compare dtype
 
 Two engines in turn (never at once: each binds a core): one with vLLM's own CPU LoRA ops
-(``VLLM_PLUGINS`` names none of ours), one with ``flywheel.stack.vllm_cpu_lora``. On each,
+(``VLLM_PLUGINS`` names none of ours), one with ``flywheel.stack.vllm_cpu_lora``; with
+``--compare dtype``, both with Flywheel's ops, one in bfloat16 and one in float32 (what
+``engine_dtype=auto`` chooses between by the CPU's flags). On each,
 a LoRA adapter shaped as the trainer makes them (``TrainConfig``'s rank and target modules,
 random non-zero weights) is loaded, and rounds alternate the base model and the adapter.
 The figure is each engine's adapter/base ratio of generated tokens per second, measured
@@ -27,14 +30,18 @@ from rich.table import Table
 from feedback.settings import CommonSettings
 from flywheel.stack.engine import vllm_process
 from flywheel.stack.supervise import free_port
-from serving.settings import ServingSettings
+from serving.settings import EngineDtype, ServingSettings
 from trainer.base_model import ensure_base_model
 from trainer.config import TrainConfig
 from trainer.policy import lora_config
 
 console = Console()
 ADAPTER = "bench-adapter"
-SIDES = {"vLLM's CPU LoRA ops": {"VLLM_PLUGINS": "none"}, "Flywheel's (vllm_cpu_lora)": {}}
+SIDES: dict[str, dict[str, tuple[dict[str, str], EngineDtype]]] = {  # --compare: side -> (engine env, dtype)
+    "lora-ops": {"vLLM's CPU LoRA ops": ({"VLLM_PLUGINS": "none"}, "auto"),
+                 "Flywheel's (vllm_cpu_lora)": ({}, "auto")},
+    "dtype": {"bfloat16": ({}, "bfloat16"), "float32": ({}, "float32")},
+}
 
 
 def make_adapter(model: Path, out: Path) -> Path:
@@ -73,11 +80,11 @@ async def token_rate(url: str, model: str, requests: int, concurrency: int) -> f
         return tokens / (time.perf_counter() - started)
 
 
-def measure(model: Path, adapter: Path, workdir: Path, env: dict[str, str], args: argparse.Namespace
+def measure(model: Path, adapter: Path, workdir: Path, env: dict[str, str], dtype: EngineDtype, args: argparse.Namespace
             ) -> tuple[float, float]:
     """Median base and adapter tok/s on one engine, alternating rounds after a warm-up of each."""
     settings = ServingSettings(data_dir=workdir, base_model=model, engine_port=free_port(), engine_kv_cache_gb=1,
-                               engine_max_model_len=1024)
+                               engine_max_model_len=1024, engine_dtype=dtype)
     url = settings.resolved_engine_url
     base, adapted = [], []
     with vllm_process(settings, model, workdir / "engine.log", env=env):
@@ -97,20 +104,29 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--compare", choices=sorted(SIDES), default="lora-ops",
+                        help="lora-ops: vLLM's CPU LoRA ops against Flywheel's; dtype: bfloat16 against float32")
     args = parser.parse_args()
     model = args.model or ensure_base_model(CommonSettings())
     table = Table("engine", "base tok/s", "adapter tok/s", "adapter / base")
     ratios: list[float] = []
+    rates: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="bench-engine-lora-") as tmp:
         adapter = make_adapter(model, Path(tmp) / "adapter")
-        for side, env in SIDES.items():
+        for side, (env, dtype) in SIDES[args.compare].items():
             with console.status(f"{side}: starting an engine and measuring…"):
-                base, adapted = measure(model, adapter, Path(tmp) / f"engine-{len(ratios)}", env, args)
+                base, adapted = measure(model, adapter, Path(tmp) / f"engine-{len(ratios)}", env, dtype, args)
             ratios.append(adapted / base)
+            rates.append((base, adapted))
             table.add_row(side, f"{base:.1f}", f"{adapted:.1f}", f"{ratios[-1]:.2f}")
     console.print(table)
-    console.print(f"adapter serving, Flywheel's ops against vLLM's: x{ratios[1] / ratios[0]:.2f} "
-                  f"(r={TrainConfig().lora_r}, {args.concurrency} requests x 2 samples in flight, 48 tokens)")
+    shape = f"(r={TrainConfig().lora_r}, {args.concurrency} requests x 2 samples in flight, 48 tokens)"
+    if args.compare == "dtype":
+        (bf16_base, bf16_adapter), (fp32_base, fp32_adapter) = rates
+        console.print(f"float32 against bfloat16: base x{fp32_base / bf16_base:.2f}, adapter "
+                      f"x{fp32_adapter / bf16_adapter:.2f} {shape}")
+    else:
+        console.print(f"adapter serving, Flywheel's ops against vLLM's: x{ratios[1] / ratios[0]:.2f} {shape}")
 
 
 if __name__ == "__main__":
