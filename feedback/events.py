@@ -55,6 +55,13 @@ class ChatMessage(BaseModel):
     role: str
     content: str | list[Any] | None = None
 
+    @property
+    def text(self) -> str:
+        """What a reader of the conversation sees: the content, or the text parts of a multi-part content."""
+        if isinstance(self.content, list):
+            return "".join(p.get("text", "") for p in self.content if isinstance(p, dict) and p.get("type") == "text")
+        return self.content or ""
+
 
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -119,11 +126,28 @@ class PairwiseFeedback(_Event):
         return partition_key(self.pair_id)
 
 
-class ThumbsEvent(ThumbsFeedback, _Recorded):
+FeedbackSource = Literal["human", "ai", "constitution"]
+HUMAN: FeedbackSource = "human"
+CONSTITUTION_VERSION = "constitution"
+"""The ``model_version`` of the answers a constitutional revision stores: written, never served by any version."""
+
+
+class _Sourced(BaseModel):
+    """Who gave the feedback. Only the gateway's own apps' users are ``human``; the machine sources are produced
+    inside the deployment and put on Kafka directly (``feedback.ai``), never through the gateway, whose request
+    models (``ThumbsFeedback``, ``PairwiseFeedback``) forbid the field: no app can pass its votes off as a judge's.
+    """
+
+    source: FeedbackSource = Field(
+        default=HUMAN, description="human: an end user through an app; ai: an AI judge (flywheel label); "
+                                   "constitution: a model's revision of its own answer (flywheel constitution).")
+
+
+class ThumbsEvent(ThumbsFeedback, _Recorded, _Sourced):
     pass
 
 
-class PairwiseEvent(PairwiseFeedback, _Recorded):
+class PairwiseEvent(PairwiseFeedback, _Recorded, _Sourced):
     pass
 
 
@@ -134,7 +158,11 @@ EVENT_ADAPTER: TypeAdapter[CompletionEvent | ThumbsEvent | PairwiseEvent] = Type
 
 
 def encode(event: CompletionEvent | ThumbsEvent | PairwiseEvent) -> bytes:
-    return event.model_dump_json().encode()
+    """The record's value. A human vote leaves out its ``source`` (the default), so that during a rolling upgrade a
+    worker of the release before machine feedback, whose events forbid unknown fields, still reads every vote a new
+    gateway sends instead of skipping it as undecodable."""
+    human = not isinstance(event, CompletionEvent) and event.source == HUMAN
+    return event.model_dump_json(exclude={"source"} if human else None).encode()
 
 
 def decode(raw: bytes) -> CompletionEvent | ThumbsEvent | PairwiseEvent:

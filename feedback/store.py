@@ -181,6 +181,7 @@ def feedback_row(event: FeedbackEvent, weight: float) -> dict[str, Any]:
         "comment": event.comment,
         "correction": event.correction if isinstance(event, ThumbsEvent) else None,
         "weight": weight,
+        "source": event.source,
         "created_at": event.created_at,
     }
 
@@ -193,7 +194,7 @@ def as_utc(moment: datetime) -> datetime:
 def event_from_feedback(row: Feedback) -> FeedbackEvent:
     """The event an accepted feedback row was stored from (the inverse of ``feedback_row``)."""
     common: dict[str, Any] = {"event_id": row.event_id, "app_id": row.app_id, "user_id": row.user_id,
-                              "comment": row.comment, "created_at": as_utc(row.created_at)}
+                              "comment": row.comment, "source": row.source, "created_at": as_utc(row.created_at)}
     if row.type == "thumbs":
         return ThumbsEvent.model_validate(
             common | {"response_id": row.response_id, "rating": row.rating, "correction": row.correction}
@@ -249,10 +250,10 @@ def event_key(event: Event) -> EventKey:
     return event.app_id, event.event_id
 
 
-def _known_events(session: Session, event_ids: set[str]) -> set[EventKey]:
+def known_events(session: Session, event_ids: set[str]) -> set[EventKey]:
     """Events already stored in any table, or purged by ops, as (app, event id): a feedback event
     quarantined on its first delivery must stay a no-op even if it would be accepted now, and a
-    purged one must not come back with a re-delivery."""
+    purged one must not come back with a re-delivery. Machine feedback asks it too, to skip work done."""
     stored = [select(model.app_id, model.event_id).where(model.event_id.in_(event_ids))
               for model in (Completion, Feedback, Quarantine)]
     purged = select(AdminAction.app_id, AdminAction.target).where(
@@ -275,7 +276,7 @@ def store_batch(session: Session, batch: Iterable[Event], judge: Judge | BatchJu
     if hooks is not None:
         hooks.begin(session, batch)
     result = BatchResult()
-    seen = _known_events(session, {e.event_id for e in batch}) if batch else set()
+    seen = known_events(session, {e.event_id for e in batch}) if batch else set()
     completions = [e for e in batch if isinstance(e, CompletionEvent)]
     existing_apps = set(session.scalars(select(App.id).where(App.id.in_({e.app_id for e in completions}))))
     stored_responses = set(session.scalars(

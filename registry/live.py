@@ -8,10 +8,12 @@ The numbers ops judge a canary by, and the evidence the canary's decision rule r
 - **pairwise win rate** of one version against another, from accepted picks between their
   answers in the same pair (a canary's pairs pit it against the champion): wins over decisive
   picks, with a Wilson interval; ties and "both bad" are counted beside it, not in it;
-- **answers, mean answer length and mean latency** per version, from every recorded answer.
+- **answers, mean answer length and mean latency** per version, from every answer it served (not
+  the ones constitutional revisions write, ``CONSTITUTION_VERSION``).
 
-Only accepted feedback counts: quarantined events live in another table, and a rater condemned
-later has their accepted votes moved out, so the numbers follow the filters' verdicts. Votes are
+Only accepted feedback of end users counts: quarantined events live in another table, a rater
+condemned later has their accepted votes moved out, so the numbers follow the filters' verdicts,
+and machine feedback (an AI judge's verdicts, ``feedback.source``) is no user's opinion. Votes are
 counted, not weighted by the filters' reliability weights: a vote is one Bernoulli trial, which is
 what the intervals and the sequential test assume. Gateway-side error rates live in Prometheus only
 (``flywheel_chat_errors_total``): a failed request leaves no row in the store.
@@ -31,6 +33,7 @@ from sqlalchemy import Integer, case, func, select
 from sqlalchemy.orm import Session, aliased
 
 from feedback.db.models import Completion, Feedback
+from feedback.events import CONSTITUTION_VERSION, HUMAN
 from feedback.store import as_utc
 
 
@@ -88,12 +91,12 @@ def version_numbers(session: Session, since: datetime | None = None,
     answers = select(
         Completion.model_version, func.count(), func.avg(func.length(Completion.answer)),
         func.avg(Completion.latency_ms),
-    ).group_by(Completion.model_version)
+    ).where(Completion.model_version != CONSTITUTION_VERSION).group_by(Completion.model_version)
     thumbs = (
         select(Completion.model_version, func.count(),
                func.sum(case((Feedback.rating == "up", 1), else_=0)).cast(Integer))
         .join(Completion, Feedback.response_id == Completion.response_id)
-        .where(Feedback.type == "thumbs")
+        .where(Feedback.type == "thumbs", Feedback.source == HUMAN)
         .group_by(Completion.model_version)
     )
     if since is not None:
@@ -120,7 +123,7 @@ def head_to_head(session: Session, since: datetime | None = None,
         select(side_a.model_version, side_b.model_version, Feedback.choice, func.count())
         .join(side_a, (side_a.pair_id == Feedback.pair_id) & side_a.response_id.endswith("_a", autoescape=True))
         .join(side_b, (side_b.pair_id == Feedback.pair_id) & side_b.response_id.endswith("_b", autoescape=True))
-        .where(Feedback.type == "pairwise", side_a.model_version != side_b.model_version)
+        .where(Feedback.type == "pairwise", Feedback.source == HUMAN, side_a.model_version != side_b.model_version)
         .group_by(side_a.model_version, side_b.model_version, Feedback.choice)
     )
     if since is not None:

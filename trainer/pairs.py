@@ -10,6 +10,11 @@ Two kinds of feedback give a pair (chosen answer, rejected answer) for one promp
   weighted ratings; every up-rated answer is paired with every down-rated one, the most
   confident first, capped per prompt so one popular prompt cannot dominate a round.
 
+Machine votes on a pair (an AI judge's, or a constitutional revision's preference for the
+revision: ``feedback.source``) give it the same way, with their own ``Source``, so a snapshot
+counts them apart; but only where no end user voted on the pair (a tie or "both bad" included):
+people outrank every machine, and the two are never summed.
+
 KTO learns from single rated answers (``RatedAnswer``): every thumbs-rated answer with a
 non-zero net score, plus both halves of every pairwise pair, so no signal is dropped for
 want of a partner.
@@ -37,7 +42,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Completion, Feedback
 
-Source = Literal["pairwise", "thumbs"]
+Source = Literal["pairwise", "thumbs", "ai", "constitution"]
+"""Where an example comes from: end users' pairwise votes or thumbs, or a machine (see ``PAIR_DECIDERS``)."""
+
+PAIR_DECIDERS: tuple[tuple[str, Source], ...] = (
+    ("human", "pairwise"), ("ai", "ai"), ("constitution", "constitution"))
+"""Whose votes decide a pair, in order of precedence (a ``feedback.source``), and the source of its example."""
 
 
 class EventKey(NamedTuple):
@@ -137,7 +147,7 @@ def _accepted(kind: str, since: datetime | None) -> Select[Feedback]:
 
 def _pairwise_pairs(session: Session, since: datetime | None) -> list[PreferencePair]:
     votes: dict[str, list[Feedback]] = defaultdict(list)
-    for fb in session.scalars(_accepted("pairwise", since).where(Feedback.choice.in_(("a", "b")))):
+    for fb in session.scalars(_accepted("pairwise", since)):  # ties too: a person's tie silences every machine
         if fb.pair_id:
             votes[fb.pair_id].append(fb)
     if not votes:
@@ -152,7 +162,9 @@ def _pairwise_pairs(session: Session, since: datetime | None) -> list[Preference
         a, b = completions.get(f"resp_{roots[pair_id]}_a"), completions.get(f"resp_{roots[pair_id]}_b")
         if a is None or b is None or a.answer == b.answer:
             continue
-        net = sum(fb.weight if fb.choice == "a" else -fb.weight for fb in events)
+        decider, source = next((d, s) for d, s in PAIR_DECIDERS if any(fb.source == d for fb in events))
+        decisive = [fb for fb in events if fb.source == decider and fb.choice in ("a", "b")]
+        net = sum(fb.weight if fb.choice == "a" else -fb.weight for fb in decisive)
         if net == 0:
             continue
         chosen, rejected = (a, b) if net > 0 else (b, a)
@@ -164,8 +176,8 @@ def _pairwise_pairs(session: Session, since: datetime | None) -> list[Preference
                 rejected=rejected.answer,
                 chosen_response_id=chosen.response_id,
                 rejected_response_id=rejected.response_id,
-                source="pairwise",
-                event_ids=tuple(EventKey.of(fb) for fb in events),
+                source=source,
+                event_ids=tuple(EventKey.of(fb) for fb in decisive),
                 weight=abs(net),
             )
         )
@@ -256,7 +268,7 @@ def _rated_answers(thumbs: _Thumbs, pairwise: list[PreferencePair]) -> list[Rate
                     completion=text,
                     desirable=desirable,
                     response_id=response_id,
-                    source="pairwise",
+                    source=pair.source,
                     event_ids=pair.event_ids,
                     weight=pair.weight,
                 )

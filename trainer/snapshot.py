@@ -2,6 +2,8 @@
 
 A round freezes exactly the accepted events it will learn from (keys, a content hash of the
 examples built from them, counts by source and label, the time window) before any training,
+where human and machine feedback are counted apart (examples by ``trainer.pairs.Source``, events
+by ``feedback.source``),
 and logs it as an MLflow artifact, so every model version can be traced to its feedback.
 
 The suite then refuses a snapshot that should not train a model unattended:
@@ -10,7 +12,8 @@ The suite then refuses a snapshot that should not train a model unattended:
   ``[min_share, 1 - min_share]``: a position bias in pairwise votes or a flood of one rating,
   the usual footprint of a bot or a broken client;
 - ``unique_event_ids`` / ``unique_votes``: one event twice, or one user voting twice on the
-  same answer or pair (a replay the idempotency key did not catch);
+  same answer or pair (a replay the idempotency key did not catch); a voter is a user of one
+  source, so an end user whose id reads like a judge's is someone else;
 - ``no_quarantined``: an event that has since been quarantined (ops or a re-run filter
   flagged it after it was accepted).
 Events are keyed by ``(app_id, event_id)`` throughout (``EventKey``): an event id is unique
@@ -47,7 +50,8 @@ class SnapshotEvent:
 
     app_id: int
     event_id: str
-    source: str
+    kind: str  # thumbs | pairwise
+    source: str  # who gave it: human, ai, constitution
     label: str
     weight: float
     user_id: str
@@ -62,7 +66,8 @@ class Snapshot:
     content_hash: str
     algorithm: str
     event_ids: list[EventKey]  # serialised as [app_id, event_id] pairs
-    counts_by_source: dict[str, int]  # training + held-out examples by source
+    counts_by_source: dict[str, int]  # training + held-out examples by source: pairwise, thumbs, ai, constitution
+    events_by_source: dict[str, int]  # events by who gave them: human, ai, constitution
     counts_by_label: dict[str, int]  # events by label: a, b, up, down
     window_start: str | None
     window_end: str | None
@@ -110,7 +115,8 @@ def freeze(
             SnapshotEvent(
                 app_id=fb.app_id,
                 event_id=fb.event_id,
-                source=fb.type,
+                kind=fb.type,
+                source=fb.source,
                 label=str(fb.rating or fb.choice),
                 weight=fb.weight,
                 user_id=fb.user_id,
@@ -125,6 +131,7 @@ def freeze(
         algorithm=algorithm,
         event_ids=event_ids,
         counts_by_source=dict(Counter(x.source for x in everything)),
+        events_by_source=dict(Counter(e.source for e in events)),
         counts_by_label=dict(Counter(e.label for e in events)),
         window_start=times[0] if times else None,
         window_end=times[-1] if times else None,
@@ -169,7 +176,7 @@ def validate(
     frame = pd.DataFrame(
         {
             "event": [_key_text(EventKey(e.app_id, e.event_id)) for e in snapshot.events],
-            "vote": [f"{e.user_id}|{e.target}" for e in snapshot.events],
+            "vote": [f"{e.source}|{e.user_id}|{e.target}" for e in snapshot.events],
             "positive": [float(e.label in POSITIVE_LABELS) for e in snapshot.events],
         }
     )

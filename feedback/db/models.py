@@ -9,7 +9,7 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Intege
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from feedback.events import utcnow
+from feedback.events import HUMAN, utcnow
 
 JsonType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -73,6 +73,9 @@ class Feedback(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     correction: Mapped[str | None] = mapped_column(Text)
     weight: Mapped[float] = mapped_column(Float, default=1.0)
+    source: Mapped[str] = mapped_column(
+        String(16), default=HUMAN, server_default=HUMAN,
+        doc="human, or the machine that gave it (feedback.events.FeedbackSource): counted apart in every snapshot.")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -23,6 +23,17 @@ its rater's reliability weight. After each micro-batch, inside the batch's trans
 State is in memory and rebuilt from the database on start (``rebuild``): the stored votes
 (``feedback`` and ``quarantine``), the answers they name, and the sticky flags. A failed
 batch discards it (the worker rebuilds), so a rolled-back batch never lingers in memory.
+
+Machine feedback (``source`` other than human: an AI judge's verdicts, a constitutional
+revision's preference for the revision; ``feedback.ai``) passes the data's own
+checks only (contract, integrity, duplicates), against a history of its own (``machine``), and is
+accepted at its source's weight (``FilterSettings.machine_weight``). The other filters are about
+people and would misjudge a machine: a judge votes faster than anyone reads and hundreds of
+times a minute (timing, velocity), may say "a" more often than 95 % of the time on a skewed set of
+pairs (bots). And a machine must not sway what they learn about people either: its votes never
+enter the history the consensus, reliability and campaign searches read, it is never a rater
+they weigh, and their flags and weights move human votes only. An answer has no age limit for a
+machine: it labels stored history, and its verdict is not a stale replay.
 """
 
 from __future__ import annotations
@@ -38,7 +49,7 @@ from sqlalchemy.orm import Session
 
 from feedback.db.id_lists import id_chunks
 from feedback.db.models import AdminAction, BatchAlert, Completion, Feedback, FlaggedRater, Quarantine
-from feedback.events import EVENT_ADAPTER, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
+from feedback.events import EVENT_ADAPTER, HUMAN, CompletionEvent, Event, FeedbackEvent, PairwiseEvent, ThumbsEvent
 from feedback.filters.background import Search, Searches
 from feedback.filters.base import Answer, Filter, FilterState, Finding, Flag, HistoryFilter, Rater, Vote
 from feedback.filters.bots import BotFilter
@@ -101,6 +112,7 @@ class Pipeline:
         self._tails = None if lease is None else (Tail(Feedback.id), Tail(Quarantine.id), Tail(FlaggedRater.id))
         self._synced: set[Rater] = set()  # raters with votes other replicas stored, not yet reviewed for bots
         self.state = FilterState()
+        self.machine = FilterState()  # the votes of machine sources: a history of their own (see the module doc)
         self.reliability = ReliabilityFilter.from_settings(s, reward_scores=reward_scores)
         # With the filters off (an ablation), only the data's own checks remain: it decodes, names an
         # answer the caller's app was served, and is the rater's first vote on it.
@@ -111,6 +123,8 @@ class Pipeline:
             TimingFilter.from_settings(s),
             self.reliability,
         ]
+        self.machine_checks: list[Filter] = [ContractFilter.from_settings(s), IntegrityFilter(max_age_s=math.inf),
+                                             DuplicateFilter()]
         self.bots = BotFilter.from_settings(s)
         self.campaigns = CampaignFilter.from_settings(s)
         self.consensus = ConsensusFilter.from_settings(s, reward_scores=reward_scores)
@@ -118,7 +132,7 @@ class Pipeline:
         history: tuple[HistoryFilter, ...] = (self.bots, self.campaigns, self.consensus)
         self._flag_filter = {r: f.name for f in history for r in f.reasons}
         self._rows: list[BatchRow] = []
-        self._wanted: set[str] = set()
+        self._wanted: list[tuple[FilterState, set[str]]] = []
         self._touched: set[Rater] = set()
         self._search_due: set[Rater] = set()
         # The history-wide searches beside the stream, in the order a search inside the batch runs them: the
@@ -145,59 +159,87 @@ class Pipeline:
         """A pipeline whose state is what an uninterrupted run would hold after the stored events."""
         pipeline = cls(settings, reward_scores, lease)
         state = pipeline.state
-        stored = [(vote_of(event_from_feedback(row)), True) for row in session.scalars(select(Feedback))]
+        stored = [(event_from_feedback(row), True) for row in session.scalars(select(Feedback))]
         quarantined = session.execute(select(Quarantine.payload, Quarantine.reasons))
         # An unstorable event never reached the filters (and may be a completion): it is no vote of anyone's.
-        stored += [(vote_of(_decode_feedback(payload)), False) for payload, reasons in quarantined
+        stored += [(_decode_feedback(payload), False) for payload, reasons in quarantined
                    if UNSTORABLE not in reasons]
-        pipeline._load_answers(session, {v.target for v, _ in stored if v.kind == "thumbs"},
-                               {v.target for v, _ in stored if v.kind == "pairwise"})
+        pipeline._load_human_answers(session, [event for event, _ in stored])
         for flag in session.scalars(select(FlaggedRater)):
             state.flags[(flag.app_id, flag.user_id)][flag.reason] = flag.evidence
-        for vote, accepted in sorted(stored, key=lambda item: (item[0].created_at, item[0].event_id)):
-            state.record(vote, accepted)
+        pipeline._remember(stored)
         if pipeline.settings.enabled:
             pipeline.reliability.review(state)  # restores the weights
         # A search the previous run deferred died with it: the first search reviews every rater.
         pipeline._search_due = set(state.votes)
         return pipeline
 
-    def _load_answers(self, session: Session, responses: set[str], pairs: set[str]) -> None:
+    def _load_answers(self, session: Session, state: FilterState, responses: set[str], pairs: set[str]) -> None:
         for column, ids in ((Completion.response_id, responses), (Completion.pair_id, pairs)):
             for chunk in id_chunks(ids):
                 for row in session.scalars(select(Completion).where(column.in_(chunk))):
-                    self.state.add_answer(_answer(row, row.prompt_hash))
+                    state.add_answer(_answer(row, row.prompt_hash))
+
+    def _load_human_answers(self, session: Session, stored: Sequence[FeedbackEvent]) -> None:
+        """The answers stored human votes name, for the history filters (machine votes need theirs only when a new
+        one is judged: ``begin`` loads them)."""
+        human = [event for event in stored if event.source == HUMAN]
+        self._load_answers(session, self.state,
+                           {e.response_id for e in human if isinstance(e, ThumbsEvent)} - self.state.answers.keys(),
+                           {e.pair_id for e in human if isinstance(e, PairwiseEvent)} - self.state.pairs.keys())
+
+    def _remember(self, stored: Sequence[tuple[FeedbackEvent, bool]]) -> set[Rater]:
+        """Record stored votes (and whether they were accepted), oldest first, in their source's history; the human
+        raters among them."""
+        humans: set[Rater] = set()
+        for event, accepted in sorted(stored, key=lambda item: (item[0].created_at, item[0].event_id)):
+            vote = vote_of(event)
+            self._history_of(event).record(vote, accepted)
+            if event.source == HUMAN:
+                humans.add(vote.rater)
+        return humans
+
+    def _history_of(self, event: FeedbackEvent) -> FilterState:
+        return self.state if event.source == HUMAN else self.machine
+
+    def _holder(self, key: tuple[int, str]) -> FilterState | None:
+        """The history that recorded the event (app id, event id), if any."""
+        return next((state for state in (self.state, self.machine) if key in state.stored), None)
 
     # -- the BatchJudge protocol of feedback.store --------------------------------------------
 
     def begin(self, session: Session, batch: Sequence[Event]) -> None:
-        """Load, in two queries, the answers this batch's feedback names (one lookup per event would dominate)."""
+        """Load, in two queries per history, the answers this batch's feedback names (one lookup per event would
+        dominate): into the history of the votes that name them."""
         self._rows, self._touched = [], set()
         self._sync(session)
-        responses = {e.response_id for e in batch if isinstance(e, ThumbsEvent)} - self.state.answers.keys()
-        pairs = {e.pair_id for e in batch if isinstance(e, PairwiseEvent)} - self.state.pairs.keys()
-        self._wanted = responses | pairs
-        self._load_answers(session, responses, pairs)
+        self._wanted = []
+        for state in (self.state, self.machine):
+            named = [e for e in batch if not isinstance(e, CompletionEvent) and self._history_of(e) is state]
+            responses = {e.response_id for e in named if isinstance(e, ThumbsEvent)} - state.answers.keys()
+            pairs = {e.pair_id for e in named if isinstance(e, PairwiseEvent)} - state.pairs.keys()
+            self._wanted.append((state, responses | pairs))
+            self._load_answers(session, state, responses, pairs)
 
     def completion_stored(self, event: CompletionEvent) -> None:
-        if event.response_id in self._wanted or event.pair_id in self._wanted:
-            self.state.add_answer(_answer(event, prompt_hash(event.messages)))
+        for state, wanted in self._wanted:
+            if event.response_id in wanted or event.pair_id in wanted:
+                state.add_answer(_answer(event, prompt_hash(event.messages)))
 
     def __call__(self, session: Session, event: FeedbackEvent) -> Verdict:
         vote = vote_of(event)
+        if event.source != HUMAN:  # the data's own checks, on the machines' own history (see the module doc)
+            findings = [(f.name, finding) for f in self.machine_checks for finding in f.judge(self.machine, vote)]
+            self.machine.record(vote, accepted=not findings)
+            return _verdict(findings, self.settings.machine_weight(event.source))
         findings = [(f.name, finding) for f in self.filters for finding in f.judge(self.state, vote)]
         findings += [(self._flag_filter[reason], Finding(reason, evidence))
                      for reason, evidence in self.state.flags.get(vote.rater, {}).items()]
-        for name, finding in findings:
-            OBJECTIONS.labels(name, finding.reason).inc()
         self.state.record(vote, accepted=not findings)
         self._touched.add(vote.rater)
         unknown = any(f.reason in _UNKNOWN for _, f in findings)
         self._rows.append(BatchRow(vote.label, vote.rater[1], unknown, vote.created_at))
-        if not findings:
-            return Verdict(weight=self.state.weight(vote.rater))
-        reasons = list(dict.fromkeys(f.reason for _, f in findings))
-        return Verdict(reasons, {f.reason: f.evidence for _, f in findings})
+        return _verdict(findings, self.state.weight(vote.rater))
 
     def end(self, session: Session) -> None:
         self._record_alerts(session)
@@ -247,31 +289,31 @@ class Pipeline:
             return
         feedback, quarantine, flags = self._tails
         state = self.state
-        fresh: list[tuple[Vote, bool]] = []
+        fresh: list[tuple[FeedbackEvent, bool]] = []
         new_ids: set[int] = set()
         for row_id, app_id, event_id in feedback.read(session, (Feedback.app_id, Feedback.event_id)):
-            if (app_id, event_id) in state.stored:
-                state.accepted.add((app_id, event_id))  # ops released it (or this process stored it)
+            holder = self._holder((app_id, event_id))
+            if holder is not None:
+                holder.accepted.add((app_id, event_id))  # ops released it (or this process stored it)
             else:
                 new_ids.add(row_id)
         if new_ids:  # read whole only the rows of other processes, in one range (they are the newest)
             rows = session.scalars(select(Feedback).where(Feedback.id.between(min(new_ids), max(new_ids))))
-            fresh += [(vote_of(event_from_feedback(row)), True) for row in rows if row.id in new_ids]
+            fresh += [(event_from_feedback(row), True) for row in rows if row.id in new_ids]
         for _, app_id, event_id, payload, reasons in quarantine.read(
                 session, (Quarantine.app_id, Quarantine.event_id, Quarantine.payload, Quarantine.reasons)):
-            if (app_id, event_id) in state.stored:
-                state.accepted.discard((app_id, event_id))  # moved to quarantine by the searcher
+            holder = self._holder((app_id, event_id))
+            if holder is not None:
+                holder.accepted.discard((app_id, event_id))  # moved to quarantine by the searcher
             elif UNSTORABLE not in reasons:  # an unstorable event never reached the filters
-                fresh.append((vote_of(_decode_feedback(payload)), False))
+                fresh.append((_decode_feedback(payload), False))
         for rater, reason, evidence in read_flags(session, flags):
             state.flags[rater][reason] = evidence
-        self._load_answers(session, {v.target for v, _ in fresh if v.kind == "thumbs"} - state.answers.keys(),
-                           {v.target for v, _ in fresh if v.kind == "pairwise"} - state.pairs.keys())
-        for vote, accepted in sorted(fresh, key=lambda item: (item[0].created_at, item[0].event_id)):
-            state.record(vote, accepted)
-            self._synced.add(vote.rater)
+        self._load_human_answers(session, [event for event, _ in fresh])
+        self._synced |= self._remember(fresh)
         self._search_due |= self._synced
-        late = {v.rater for v, accepted in fresh if accepted and state.flags.get(v.rater)}
+        late = {(e.app_id, e.user_id) for e, accepted in fresh
+                if accepted and e.source == HUMAN and state.flags.get((e.app_id, e.user_id))}
         if late and self._searches():  # accepted by a replica that had not yet read the flag: move them now
             for rater in sorted(late):
                 for reason, evidence in state.flags[rater].items():
@@ -303,7 +345,8 @@ class Pipeline:
         """Move a flagged rater's accepted votes (except released ones) to quarantine."""
         app_id, user_id = rater
         rows = list(session.scalars(select(Feedback).where(
-            Feedback.app_id == app_id, Feedback.user_id == user_id, Feedback.event_id.not_in(_released(app_id))
+            Feedback.app_id == app_id, Feedback.user_id == user_id, Feedback.source == HUMAN,
+            Feedback.event_id.not_in(_released(app_id)),
         )))
         moved = [quarantine_row(event_from_feedback(row), Verdict([reason], {reason: {
             **evidence, "retroactive": True, "accepted_weight": row.weight}})) for row in rows]
@@ -355,8 +398,20 @@ class Pipeline:
             if abs(before.get(rater, 1.0) - weight) < 0.01:
                 continue
             session.execute(update(Feedback).where(
-                Feedback.app_id == rater[0], Feedback.user_id == rater[1], Feedback.event_id.not_in(_released(rater[0]))
+                Feedback.app_id == rater[0], Feedback.user_id == rater[1], Feedback.source == HUMAN,
+                Feedback.event_id.not_in(_released(rater[0])),
             ).values(weight=weight))
+
+
+def _verdict(findings: list[tuple[str, Finding]], weight: float) -> Verdict:
+    """Accepted at ``weight`` when nobody objected; otherwise every reason, once, with its evidence. Counts each
+    objection by filter and reason."""
+    for name, finding in findings:
+        OBJECTIONS.labels(name, finding.reason).inc()
+    if not findings:
+        return Verdict(weight=weight)
+    reasons = list(dict.fromkeys(f.reason for _, f in findings))
+    return Verdict(reasons, {f.reason: f.evidence for _, f in findings})
 
 
 def _released(app_id: int) -> Any:

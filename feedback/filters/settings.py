@@ -166,6 +166,17 @@ class FilterSettings(BaseSettings):
         "p-value, Benjamini-Hochberg adjusted over every rater with consensus_min_votes votes (those with fewer judged "
         "votes counting at a p-value of 1), is at most this.",
     )
+    # machine feedback (flywheel label, flywheel constitution): the data's own checks only, at a weight of its own
+    ai_weight: float = Field(
+        default=0.5, ge=0,
+        description="Training weight of an AI judge's verdict (flywheel label), where a human vote weighs its "
+        "rater's reliability (1.0 at the prior). 0: stored and counted, never trained on.",
+    )
+    constitution_weight: float = Field(
+        default=0.5, ge=0,
+        description="Training weight of the preference for a constitutional revision over the answer it revised "
+        "(flywheel constitution). 0: stored and counted, never trained on.",
+    )
     # when the history-wide searches run
     search_interval_s: float = Field(
         default=10, ge=0,
@@ -193,6 +204,10 @@ class FilterSettings(BaseSettings):
                 "Unset it, or set FLYWHEEL_SIMULATION=1 if this worker serves a simulation."
             )
         return self
+
+    def machine_weight(self, source: str) -> float:
+        """The training weight of an accepted vote of a machine ``source`` (see ``feedback.events.FeedbackSource``)."""
+        return {"ai": self.ai_weight, "constitution": self.constitution_weight}[source]
 
     def scaled(self, seconds: float) -> float:
         """A duration threshold at the configured ``time_scale`` (1.0: as set)."""

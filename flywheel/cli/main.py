@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.cli import apps, db, demo, feedback, models, scorer, services, simulate, train
+from flywheel.cli import apps, db, demo, feedback, machine, models, scorer, services, simulate, train
 
 app = typer.Typer(help="Flywheel: an online RLHF feedback loop.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -17,6 +17,7 @@ app.command("serve")(services.serve)
 app.command("worker")(services.worker)
 app.command("scorer")(scorer.scorer)
 app.command("train")(train.train)
+app.command("label")(machine.label)
 app.command("simulate")(simulate.simulate)
 app.command("demo")(demo.demo)
 app.command("eval")(demo.evaluate)
