@@ -1,4 +1,4 @@
-"""``flywheel label``: machine feedback from a model the engine serves, through Kafka."""
+"""``flywheel label`` and ``flywheel constitution``: machine feedback from a model the engine serves, through Kafka."""
 
 from __future__ import annotations
 
@@ -87,3 +87,42 @@ def label(
     tally = _run(settings, judge, pairs, lambda engine, pair: judge_pair(engine, judge, criteria, pair), concurrency,
                  f"judging {len(pairs)} pairs")
     _summary(tally, f"{judge} on {len(pairs)} pairs (rubric {criteria.digest})")
+
+
+def constitution(
+    principles: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False,
+        help="A YAML list of principles (name, critique, revision). Default: feedback/ai/principles.yaml.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="The model that critiques and revises: a name the engine serves. Default: the base model "
+             "(<FLYWHEEL_REGISTERED_MODEL>-base).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most answers revised this run.")] = 100,
+    max_tokens: Annotated[int, typer.Option(
+        min=1, help="Longest critique and revision, in tokens; a revision cut off there is not used.")] = 256,
+    concurrency: Annotated[int, CONCURRENCY] = 8,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Have the model critique stored answers against a principle and revise them: (revision, original) pairs.
+
+    Newest answers first, one per prompt, each once. The pairs are stored through Kafka and the worker with
+    source=constitution (FLYWHEEL_FILTER_CONSTITUTION_WEIGHT), for DPO, ORPO and the reward model. Revisions that
+    are empty, unchanged, cut off or failed are skipped.
+    """
+    from feedback.ai.constitution import DEFAULT_PRINCIPLES, answers_to_revise, load_principles, revise
+
+    setup_logging(verbose)
+    settings = ServingSettings()
+    model = model or settings.base_engine_model
+    try:
+        rules = load_principles(principles or DEFAULT_PRINCIPLES)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    with store_sessions()() as session:
+        originals = answers_to_revise(session, limit)
+    if not originals:
+        console.print("nothing to revise: every stored answer has its revision pair")
+        return
+    tally = _run(settings, model, originals,
+                 lambda engine, original: revise(engine, model, rules, original, max_tokens), concurrency,
+                 f"revising {len(originals)} answers")
+    _summary(tally, f"{model} on {len(originals)} answers ({', '.join(p.name for p in rules)})")

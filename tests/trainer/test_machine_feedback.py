@@ -1,5 +1,5 @@
-"""Machine feedback in training: AI verdicts counted apart from people's votes in the snapshot, and outranked by
-them.
+"""Machine feedback in training: AI verdicts and constitutional pairs counted apart from people's votes in the
+snapshot, people's votes outranking a judge's, and constitutional pairs training a DPO round.
 
 The verdicts are made by ``feedback.ai`` on the engine double and stored by the worker's own path
 (``store_batch`` with the filter pipeline), so the snapshot reads what a deployment would hold.
@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.ai.batch import Send, run
+from feedback.ai.constitution import answers_to_revise, load_principles, revise
 from feedback.ai.label import Rubric, judge_pair, pairs_to_label
 from feedback.db.session import transaction
 from feedback.events import Event
 from feedback.filters import FilterSettings, Pipeline
 from feedback.store import store_batch
 from tests.engine_double import EngineDouble, prefers
-from tests.trainer.conftest import Store
+from tests.trainer.conftest import Store, response_id
+from trainer.config import TrainConfig, TrainerSettings
 from trainer.pairs import load_examples, split_pairs
+from trainer.round import train_once
 from trainer.snapshot import freeze, quarantined_among, validate
 
 JUDGE = "judge"
@@ -74,3 +78,31 @@ def test_the_snapshot_counts_human_and_ai_feedback_apart(store: Store, factory: 
     assert {(e.kind, e.source) for e in frozen.events} == {("pairwise", "human"), ("pairwise", "ai")}
     checks = validate(frozen, quarantined_among(factory, frozen.event_ids), 8, 0.1)
     assert checks.passed, checks.failures()
+
+
+def test_constitutional_pairs_train_a_dpo_round(settings: TrainerSettings, store: Store,
+                                                factory: sessionmaker[Session]) -> None:
+    """(revision, original) pairs alone train the reward model and DPO on the tiny model, counted as constitution."""
+    for i in range(20):
+        store.completion(response_id(), f"Tell me about topic {i}.", "Sorry, unable to help.")
+
+    def reply(body: dict[str, Any]) -> tuple[str, str]:
+        turns = body["messages"]
+        if len(turns) == 3:
+            return "It does not help.", "stop"
+        return f"Certainly, happy to help! {turns[0]['content'].removeprefix('Tell me about ')}", "stop"
+
+    with factory() as session:
+        originals = answers_to_revise(session, 100)
+    with EngineDouble(reply).engine() as engine:
+        tally = run(originals, lambda o: revise(engine, JUDGE, load_principles(), o, 64), into_store(factory))
+    assert tally.statuses == {"revised": 20}
+
+    result = train_once(settings, TrainConfig(min_pairs=16, heldout_fraction=0.25, epochs=1, batch_size=4,
+                                              max_length=128, reward_max_steps=2, gates=False))
+
+    assert (result.status, result.algorithm) == ("trained", "dpo"), result.message
+    assert result.snapshot is not None and result.reward is not None
+    assert result.snapshot.counts_by_source == {"constitution": 20}
+    assert result.snapshot.events_by_source == {"constitution": 20}
+    assert 0 < result.snapshot.counts_by_label.get("a", 0) < 20  # the revision sits on either side
