@@ -36,7 +36,7 @@ class ServingSettings(CommonSettings):
         description=(
             "Weights and activations of the embedded engine (vLLM --dtype). auto: bfloat16 where the CPU computes it "
             "natively (AVX512-BF16 or AMX), else float32: on an AVX2-only CPU vLLM's bfloat16 is emulated and "
-            "served SmolLM2 at a tenth of float32's rate."
+            "served SmolLM2 at 0.27 of float32's rate (docs/benchmarks.md)."
         ),
     )
     engine_startup_timeout: float = Field(default=600.0, description="Seconds the engine may take to start.")
