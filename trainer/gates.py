@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from trainer.config import TrainConfig, TrainerSettings
-from trainer.pairs import PreferencePair
+from trainer.pairs import PreferencePair, Source
 from trainer.policy import (
     PairMetrics,
     ProgressFn,
@@ -251,6 +251,10 @@ def bootstrap_ci(wins: np.ndarray, resamples: int, seed: int) -> tuple[float, fl
     return float(low), float(high)
 
 
+USER_SOURCES: frozenset[Source] = frozenset({"pairwise", "thumbs"})
+"""Examples from end users' votes, as opposed to an AI judge's (``ai``) or self-revisions (``constitution``)."""
+
+
 @dataclass(frozen=True)
 class VoteEvidence:
     """How often the round's votes chose the answer with more of a property, among pairs that differ in it."""
@@ -261,9 +265,11 @@ class VoteEvidence:
 
     @classmethod
     def of(cls, pairs: Sequence[PreferencePair], measure: Callable[[str], float]) -> VoteEvidence:
+        """Only end users' own votes are evidence of what users asked for: a judge that likes long
+        answers, or revisions that run longer, must not unlock the gates against drift."""
         from scipy.stats import binomtest
 
-        differing = [(measure(p.chosen), measure(p.rejected)) for p in pairs]
+        differing = [(measure(p.chosen), measure(p.rejected)) for p in pairs if p.source in USER_SOURCES]
         differing = [(chosen, rejected) for chosen, rejected in differing if chosen != rejected]
         more = sum(chosen > rejected for chosen, rejected in differing)
         p_value = binomtest(more, len(differing), 0.5, alternative="greater").pvalue if differing else 1.0

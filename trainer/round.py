@@ -45,7 +45,7 @@ from trainer.base_model import ensure_base_model
 from trainer.config import ConfigError, TrainConfig, TrainerSettings
 from trainer.gates import GateReport, collect, load_canaries
 from trainer.gates import evaluate as evaluate_gates
-from trainer.pairs import FeedbackExamples, PreferencePair, Source, load_examples, split_pairs
+from trainer.pairs import FeedbackExamples, PreferencePair, load_examples, split_pairs
 from trainer.policy import (
     PairMetrics,
     ProgressFn,
@@ -402,11 +402,6 @@ def _policy_stage(
     return trainer, tokenizer, trainer.train()
 
 
-USER_SOURCES: frozenset[Source] = frozenset({"pairwise", "thumbs"})
-"""Examples from end users' own votes: only they may tell the verbosity and format gates what users asked for
-(a judge that likes long answers, or revisions that run longer, must not unlock them)."""
-
-
 def _judge_stage(
     policy: Any, tokenizer: Any, examples: Examples, reward: RewardStage, settings: TrainerSettings,
     config: TrainConfig, progress: ProgressFn | None,
@@ -421,9 +416,8 @@ def _judge_stage(
     if not config.gates:
         return Judgement(champion, candidate, None)
     prompts = list({x.prompt_hash: x.prompt for x in examples.heldout}.values())[: config.gate_prompts]
-    asked = [p for p in examples.pairs_train + examples.pairs_heldout if p.source in USER_SOURCES]
     inputs = collect(policy, tokenizer, prompts, load_canaries(config.canaries), champion, candidate, config,
-                     progress, asked)
+                     progress, examples.pairs_train + examples.pairs_heldout)
     accuracy = reward.evaluation.heldout_accuracy if reward.evaluation else None
     return Judgement(champion, candidate, evaluate_gates(inputs, reward.model, settings, config, accuracy))
 

@@ -116,6 +116,13 @@ def test_held_out_accuracy_fails_only_a_candidate_the_pairs_show_worse() -> None
     assert accuracy_gate(champion, one_fewer, strict).status == "failed"
 
 
+def test_only_end_users_votes_are_evidence_of_what_users_asked_for() -> None:
+    """An AI judge or constitutional revisions that favour longer answers do not unlock the verbosity gate."""
+    machine = [replace(p, source=source) for p in pairs(VERBOSE, SHORT, 14, 2) for source in ("ai", "constitution")]
+    assert VoteEvidence.of(machine, word_count).differing == 0
+    assert VoteEvidence.of(machine + pairs(VERBOSE, SHORT, 14, 2), word_count).differing == 16
+
+
 def test_vote_evidence_counts_only_pairs_that_differ() -> None:
     votes = pairs("1. a", "b", 5, 1) + pairs("plain", "also plain", 10, 0)
     evidence = VoteEvidence.of(votes, has_markup)
