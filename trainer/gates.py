@@ -66,6 +66,7 @@ from trainer.policy import (
     ProgressFn,
     base_view,
     candidate_view,
+    champion_is_base,
     champion_view,
     chat_ids,
     right_padded,
@@ -333,6 +334,7 @@ def collect(
         candidate = generate(policy, tokenizer, everything, config.gate_max_new_tokens, progress, "generate-candidate")
     n = len(prompts)
     heldout_candidate = Answers(candidate.ids[:n], candidate.texts[:n])
+    kl = mean_token_kl(policy, tokenizer, prompts, heldout_candidate)
     return GateInputs(
         prompts=prompts,
         champion=Answers(champion.ids[:n], champion.texts[:n]),
@@ -340,13 +342,20 @@ def collect(
         canaries=canaries,
         champion_canaries=Answers(champion.ids[n:], champion.texts[n:]),
         candidate_canaries=Answers(candidate.ids[n:], candidate.texts[n:]),
-        kl=mean_token_kl(policy, tokenizer, prompts, heldout_candidate),
-        kl_base=mean_token_kl(policy, tokenizer, prompts, heldout_candidate, reference=base_view),
+        kl=kl,
+        kl_base=kl if champion_is_base(policy) else mean_token_kl(policy, tokenizer, prompts, heldout_candidate,
+                                                                   reference=base_view),
         champion_metrics=champion_metrics,
         candidate_metrics=candidate_metrics,
         length_votes=VoteEvidence.of(pairs, word_count),
         markup_votes=VoteEvidence.of(pairs, has_markup),
     )
+
+
+def _drift(name: str, kl: float, limit: float, answers: int) -> Gate:
+    """A KL gate: mean per-token KL in nats on ``answers`` held-out answers, at most ``limit``."""
+    return Gate(name, "passed" if kl <= limit else "failed", kl, f"<= {limit:g} nats/token",
+                f"{kl:.4f} nats/token over {answers} answers")
 
 
 def _bounded(
@@ -449,20 +458,8 @@ def evaluate(
     gates = [
         win_rate,
         _accuracy(inputs, settings),
-        Gate(
-            "kl",
-            "passed" if inputs.kl <= settings.gate_max_kl else "failed",
-            inputs.kl,
-            f"<= {settings.gate_max_kl:g} nats/token",
-            f"{inputs.kl:.4f} nats/token over {len(inputs.prompts)} answers",
-        ),
-        Gate(
-            "kl_base",
-            "passed" if inputs.kl_base <= settings.gate_max_kl_base else "failed",
-            inputs.kl_base,
-            f"<= {settings.gate_max_kl_base:g} nats/token",
-            f"{inputs.kl_base:.4f} nats/token over {len(inputs.prompts)} answers",
-        ),
+        _drift("kl", inputs.kl, settings.gate_max_kl, len(inputs.prompts)),
+        _drift("kl_base", inputs.kl_base, settings.gate_max_kl_base, len(inputs.prompts)),
         _bounded("verbosity", ratio, settings.gate_max_length_ratio, f"<= {settings.gate_max_length_ratio:g}x",
                  f"{cand_len:.1f} vs {champ_len:.1f} tokens per answer", inputs.length_votes, "longer", alpha),
         _bounded("format", format_increase, settings.gate_max_format_increase,

@@ -287,12 +287,17 @@ def candidate_view(policy: Any) -> Iterator[Any]:
     yield policy
 
 
+def champion_is_base(policy: Any) -> bool:
+    """Whether the round started from the base model: then the champion and the base view are one model."""
+    return CHAMPION not in policy.peft_config
+
+
 @contextmanager
 def champion_view(policy: Any) -> Iterator[Any]:
     """The same model answering as the champion it continues: its frozen copy, or the base if that is the champion."""
     from trl.trainer.utils import use_adapter
 
-    with use_adapter(policy, adapter_name=CHAMPION if CHAMPION in policy.peft_config else None):
+    with use_adapter(policy, adapter_name=None if champion_is_base(policy) else CHAMPION):
         yield policy
 
 
