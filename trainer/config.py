@@ -119,7 +119,10 @@ class TrainerSettings(CommonSettings):
     train_min_new_feedback: int = Field(
         default=16,
         ge=0,
-        description="`flywheel train --every` skips a cycle when fewer new accepted events came since the last one.",
+        description=(
+            "`flywheel train --every` skips a cycle when fewer new accepted end users' events came since the last "
+            "one (AI labels and constitutional pairs do not count)."
+        ),
     )
 
     @property

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Feedback
 from feedback.db.session import make_engine
+from feedback.events import HUMAN
 from registry.model_versions import CHAMPION
 from trainer.config import ConfigError, TrainerSettings
 from trainer.pairs import EventKey
@@ -132,9 +133,14 @@ def champion_learnt_until(registry: Registry) -> datetime | None:
 
 
 def new_feedback_count(factory: sessionmaker[Session], registry: Registry) -> int:
-    """Accepted, usable events that no registered version's latest snapshot holds."""
+    """Accepted, usable end users' events that no registered version's latest snapshot holds.
+
+    Machine labels (``flywheel label``, ``flywheel constitution``) do not count: they restate
+    answers users already saw, made when ops ran a command, so the schedule waits for users to say
+    something new; ops who want a round on fresh labels run ``flywheel train``.
+    """
     with factory() as session:
-        usable = select(Feedback.app_id, Feedback.event_id).where(Feedback.weight > 0)
+        usable = select(Feedback.app_id, Feedback.event_id).where(Feedback.weight > 0, Feedback.source == HUMAN)
         current = {EventKey(app_id, event_id) for app_id, event_id in session.execute(usable)}
     seen = last_snapshot_event_ids(registry)
     return len(current - seen) if seen is not None else len(current)

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
+from tests.trainer.conftest import Store, response_id
 from trainer.config import ConfigError, TrainerSettings
-from trainer.schedule import LockBusy, parse_duration, training_lock
+from trainer.registry import Registry
+from trainer.schedule import LockBusy, new_feedback_count, parse_duration, training_lock
 
 
 def test_durations() -> None:
@@ -77,3 +80,16 @@ def test_postgres_advisory_lock_excludes_a_second_run_and_dies_with_its_holder(
     from tests.conftest import POSTGRES_URL
 
     check_lock(lock_settings(tmp_path, POSTGRES_URL), tmp_path)
+
+
+def test_only_end_users_feedback_counts_as_new(
+    settings: TrainerSettings, factory: sessionmaker[Session], store: Store
+) -> None:
+    """A batch of AI labels or constitutional pairs never starts a scheduled round by itself."""
+    registry = Registry(settings, factory)
+    store.thumbs(store.completion(response_id(), "q", "a"), "up")
+    store.thumbs(store.completion(response_id(), "q", "a"), "down", weight=0.0)  # quarantined
+    assert new_feedback_count(factory, registry) == 1
+    for source in ("ai", "constitution"):
+        store.feedback("pairwise", pair_id="pair_x", choice="a", source=source)
+    assert new_feedback_count(factory, registry) == 1
