@@ -8,6 +8,7 @@ test on SQLite and on PostgreSQL, each with a database of its own.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,25 @@ from flywheel.stack.supervise import free_port
 
 # The maintenance database of a local PostgreSQL with trust auth; each test gets a database beside it.
 POSTGRES_URL = os.environ.get("FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(autouse=True)
+def _no_root_handler_on_a_closed_stream() -> Iterator[None]:
+    """Drop root log handlers whose stream has closed, before and after every test.
+
+    A command run in-process by typer's CliRunner sets up logging on the runner's stderr, which
+    closes when the command returns; a worker or gateway thread of a later test logging through
+    that handler printed "--- Logging error --- I/O operation on closed file" into the run.
+    """
+    def drop() -> None:
+        root = logging.getLogger()
+        for handler in root.handlers[:]:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                root.removeHandler(handler)
+
+    drop()
+    yield
+    drop()
 
 
 @pytest.fixture(scope="session")
