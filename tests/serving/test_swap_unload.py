@@ -1,41 +1,32 @@
 """Old adapters leave the engine after their last request and a grace period (issue 12, swaps).
 
-The real gateway (chat router, admin routes, ``ChampionWatcher`` and its unloader) in front of a
-small HTTP double of vLLM's OpenAI server, on a port of its own: it records each adapter load and
-unload, can keep a model's answers open until the test lets them end, and can fail unloads. No
-vLLM runs. Version 1 is the base model; versions 2 and 3 are adapters registered as a training
-round registers them (the double never reads their files).
+The real gateway (chat router, admin routes, ``ChampionWatcher`` and its unloader) in front of
+``tests.serving.fake_engine``, a small HTTP double of vLLM's OpenAI server. No vLLM runs.
+Version 1 is the base model; versions 2 and 3 are adapters registered as a training round
+registers them (the double never reads their files).
 
 The store plays no part in a swap, so these tests run on SQLite only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from prometheus_client import REGISTRY
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from feedback.db.session import make_engine, session_factory, upgrade
 from flywheel.stack.supervise import free_port, wait_for
 from tests.bench.bench_swaps import register_adapter
 from tests.serving.conftest import Gateway, gateway_settings, running_gateway
+from tests.serving.fake_engine import FakeEngine, serving
 from trainer.config import TrainerSettings
 from trainer.registry import Registry
 
@@ -43,139 +34,6 @@ GRACE = 0.5  # swap_unload_grace_seconds
 POLL = 0.2  # swap_poll_seconds: also the wait before an unload is tried again
 SETTLE = 4 * GRACE  # long enough for any unload that is due to have happened
 CHAT = {"model": "flywheel", "messages": [{"role": "user", "content": "hi"}]}
-
-
-class FakeEngine:
-    """vLLM's OpenAI server as far as the gateway uses it: models, chat (streaming or not), LoRA load and unload.
-
-    ``calls`` records (what, model, monotonic time) for every load, unload, failed unload and answer sent
-    whole. A model whose answers are ``held`` starts them (a stream sends its first chunk) and ends them
-    when released.
-    A chat for a model it does not serve gets vLLM's 404.
-    """
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.loaded: set[str] = set()
-        self.calls: list[tuple[str, str, float]] = []
-        self.fail_unloads = 0
-        self.open: Counter[str] = Counter()  # chats started and not yet answered, per model
-        self._gates: dict[str, threading.Event] = {}
-        self._changed = threading.Condition()
-
-    def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/health", lambda _r: PlainTextResponse("")),
-            Route("/v1/models", self._models),
-            Route("/v1/load_lora_adapter", self._load, methods=["POST"]),
-            Route("/v1/unload_lora_adapter", self._unload, methods=["POST"]),
-            Route("/v1/chat/completions", self._chat, methods=["POST"]),
-        ])
-
-    def hold(self, model: str) -> None:
-        self._gates[model] = threading.Event()
-
-    def release(self, model: str) -> None:
-        self._gates.pop(model).set()
-
-    def release_all(self) -> None:
-        for model in list(self._gates):
-            self.release(model)
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float = 10) -> None:
-        with self._changed:
-            assert self._changed.wait_for(condition, timeout), f"not within {timeout} s; calls: {self.calls}"
-
-    def done(self, what: str, adapter: str) -> list[float]:
-        """When each ``what`` ("load", "unload", "unload failed", "answered") of ``adapter`` happened."""
-        return [at for kind, name, at in self.calls if (kind, name) == (what, adapter)]
-
-    def _record(self, what: str, adapter: str) -> None:
-        with self._changed:
-            self.calls.append((what, adapter, time.monotonic()))
-            self._changed.notify_all()
-
-    def _count(self, model: str, step: int) -> None:
-        with self._changed:
-            self.open[model] += step
-            self._changed.notify_all()
-        if step < 0:
-            self._record("answered", model)
-
-    async def _models(self, _request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": m} for m in (self.base, *sorted(self.loaded))]})
-
-    async def _load(self, request: Request) -> Response:
-        name = (await request.json())["lora_name"]
-        if name in self.loaded:
-            return JSONResponse({"error": {"message": f"{name} has already been loaded"}}, 400)
-        self.loaded.add(name)
-        self._record("load", name)
-        return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
-
-    async def _unload(self, request: Request) -> Response:
-        name = (await request.json())["lora_name"]
-        if self.fail_unloads:
-            self.fail_unloads -= 1
-            self._record("unload failed", name)
-            return JSONResponse({"error": {"message": "engine busy"}}, 500)
-        if name not in self.loaded:
-            return JSONResponse({"error": {"message": f"The lora adapter '{name}' cannot be found."}}, 404)
-        self.loaded.remove(name)
-        self._record("unload", name)
-        return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
-
-    async def _chat(self, request: Request) -> Response:
-        body = await request.json()
-        model = body["model"]
-        if model != self.base and model not in self.loaded:
-            return JSONResponse({"error": {"message": f"The model `{model}` does not exist."}}, 404)
-        gate = self._gates.get(model)
-        self._count(model, 1)
-
-        async def answered() -> None:
-            if gate is not None:
-                await asyncio.to_thread(gate.wait, 30)
-
-        if not body.get("stream"):
-            try:
-                await answered()
-            finally:
-                self._count(model, -1)
-            return JSONResponse({"id": "x", "object": "chat.completion", "model": model, "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": f"from {model}"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
-
-        def chunk(delta: dict[str, str], finish: str | None) -> str:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            return f"data: {json.dumps({'id': 'x', 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                yield chunk({"role": "assistant", "content": "from "}, None)
-                await answered()
-                yield chunk({"content": model}, "stop")
-                yield "data: [DONE]\n\n"
-            finally:
-                self._count(model, -1)
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-
-@contextmanager
-def serving(engine: FakeEngine, port: int) -> Iterator[None]:
-    """The double on 127.0.0.1:``port`` (uvicorn in a thread), until the block ends."""
-    server = uvicorn.Server(uvicorn.Config(engine.app(), host="127.0.0.1", port=port, log_config=None,
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, name="fake-engine", daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, "fake engine", interval=0.02)
-    try:
-        yield
-    finally:
-        engine.release_all()
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture
