@@ -311,6 +311,26 @@ class TrainConfig(BaseModel):
         default=48, ge=1,
         description="Greedy answer length for the gates, in tokens.",
     )
+    drift_check_steps: int = Field(
+        default=10, ge=0,
+        description=(
+            "Every this many optimizer steps the policy answers drift_check_prompts of its training prompts greedily "
+            "and its KL to the base is measured (the kl_base gate's computation); a check over the drift budget "
+            "stops training and puts back the weights of the last check within it. 0: no checks."
+        ),
+    )
+    drift_budget: float = Field(
+        default=0.5, gt=0.0, le=1.0,
+        description=(
+            "Share of the kl_base gate's limit (FLYWHEEL_GATE_MAX_KL_BASE) that training may spend. The rest is a "
+            "margin: the checks see a few training prompts' greedy answers, while users get sampled answers to "
+            "other prompts, on which the demo measured 1.1-1.2 times the gate's KL."
+        ),
+    )
+    drift_check_prompts: int = Field(
+        default=8, ge=1,
+        description="Training prompts each drift check answers (greedy, gate_max_new_tokens).",
+    )
     gate_bootstrap: int = Field(
         default=1000, ge=100,
         description="Bootstrap resamples of the win-rate gate's CI.",

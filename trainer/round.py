@@ -43,6 +43,7 @@ from feedback.db.session import make_engine, session_factory
 from registry.model_versions import ADAPTER_ARTIFACT_PATH, ADAPTER_TAG
 from trainer.base_model import ensure_base_model
 from trainer.config import ConfigError, TrainConfig, TrainerSettings
+from trainer.drift_budget import DriftChecks, keep_within_drift
 from trainer.gates import GateReport, collect, load_canaries
 from trainer.gates import evaluate as evaluate_gates
 from trainer.pairs import FeedbackExamples, PreferencePair, load_examples, split_pairs
@@ -93,6 +94,7 @@ class TrainResult:
     validation: SnapshotValidation | None = None
     reward: RewardEvaluation | None = None
     gates: GateReport | None = None
+    drift: DriftChecks | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -309,8 +311,9 @@ def _train_and_judge(
         with clock.stage("reward_model"):
             reward = _reward_stage(settings, config, examples, registry, run_id, workdir, progress)
         with clock.stage("policy"):
-            trainer, tokenizer, train_output = _policy_stage(base, config, registry, examples, reward, workdir,
-                                                             progress)
+            drift_limit = config.drift_budget * settings.gate_max_kl_base
+            trainer, tokenizer, train_output, drift = _policy_stage(base, config, registry, examples, reward, workdir,
+                                                                    progress, drift_limit)
         clock.seconds["per_step"] = clock.seconds["policy"] / max(train_output.global_step, 1)
         policy: Any = trainer.model  # a PeftModel: TRL applied the LoRA or we loaded the champion's
         with clock.stage("judge"):
@@ -336,6 +339,7 @@ def _train_and_judge(
             else {}
         ),
         **(judgement.gates.metrics() if judgement.gates else {}),
+        **(drift.metrics() if drift else {}),
         **{f"seconds_{k}": v for k, v in clock.seconds.items()},
     }
     _log_metrics(registry, run_id, metrics, trainer.state.log_history)
@@ -349,6 +353,7 @@ def _train_and_judge(
         candidate_metrics=judgement.candidate,
         reward=reward.evaluation,
         gates=judgement.gates,
+        drift=drift,
         seconds=clock.seconds,
     )
 
@@ -379,9 +384,10 @@ def _reward_stage(
 
 def _policy_stage(
     base: Path, config: TrainConfig, registry: Registry, examples: Examples, reward: RewardStage, workdir: Path,
-    progress: ProgressFn | None,
-) -> tuple[Any, Any, Any]:
-    """The champion's policy trained one round further; returns the TRL trainer, the tokenizer and its output."""
+    progress: ProgressFn | None, drift_limit: float,
+) -> tuple[Any, Any, Any, DriftChecks | None]:
+    """The champion's policy trained one round further, within the drift budget (``trainer.drift_budget``) when
+    checks are on; returns the TRL trainer, the tokenizer, its output and what the drift checks measured."""
     from trainer.dpo import dpo_trainer
     from trainer.kto import kto_trainer
     from trainer.online_rl import online_rl_trainer
@@ -399,7 +405,12 @@ def _policy_stage(
         build = builders[method]
         trainer = build(model, tokenizer, lora, examples.train, config, output_dir, progress)
     hold_near(trainer.model, config)  # after construction: TRL adds its own reference copy there
-    return trainer, tokenizer, trainer.train()
+    drift = None
+    if config.drift_check_steps:
+        prompts = list({x.prompt_hash: x.prompt for x in examples.train}.values())[: config.drift_check_prompts]
+        drift = keep_within_drift(trainer, tokenizer, prompts, drift_limit, config.drift_check_steps,
+                                  config.gate_max_new_tokens)
+    return trainer, tokenizer, trainer.train(), drift
 
 
 def _judge_stage(
@@ -512,6 +523,7 @@ def _register(settings: TrainerSettings, registry: Registry, result: TrainResult
     result.message = (
         f"version {version} ({result.algorithm.upper()} from v{result.parent_version}): held-out accuracy "
         f"{cand.accuracy:.3f} vs champion {champ.accuracy:.3f} on {cand.pairs} pairs; {verdict}"
+        + (f" ({result.drift.describe()})" if result.drift and result.drift.stopped_at is not None else "")
     )
     log.info(result.message)
     return result

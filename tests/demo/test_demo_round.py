@@ -54,8 +54,10 @@ def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytes
     model = build_tiny_model(tmp_path / "model")
     options = DemoOptions(rounds=1, scenario=scenario.name, taste="concise", seed=3, filters=True,
                           model=str(model), time_scale=0.01, eval_prompts=4, eval_samples=2)
+    # drift_check_steps=0: a random tiny model is past any drift budget after one step, and the budget would hand
+    # back the base model; the budget has its own tests (tests/trainer/test_trainer_drift_budget.py).
     config = TrainConfig(seed=3, max_steps=3, reward_max_steps=2, gate_prompts=4, gate_max_new_tokens=12,
-                         max_length=128)
+                         max_length=128, drift_check_steps=0)
     out = tmp_path / "run"
     report = DemoRun(options, scenario, out, Console(width=120), config).run()
 
