@@ -216,6 +216,9 @@ def _round(
         registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     registry.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    if result.status == "skipped":
+        log.info(result.message)
+        return result
     with clock.stage("register"):
         return _register(settings, registry, result)
 
@@ -314,6 +317,8 @@ def _train_and_judge(
             drift_limit = config.drift_budget * settings.gate_max_kl_base
             trainer, tokenizer, train_output, drift = _policy_stage(base, config, registry, examples, reward, workdir,
                                                                     progress, drift_limit)
+        if drift is not None and drift.stopped_at is not None and drift.kept_step == 0:
+            return _budget_spent(registry, run_id, parent, examples, drift, settings)
         clock.seconds["per_step"] = clock.seconds["policy"] / max(train_output.global_step, 1)
         policy: Any = trainer.model  # a PeftModel: TRL applied the LoRA or we loaded the champion's
         with clock.stage("judge"):
@@ -355,6 +360,24 @@ def _train_and_judge(
         gates=judgement.gates,
         drift=drift,
         seconds=clock.seconds,
+    )
+
+
+def _budget_spent(
+    registry: Registry, run_id: str, parent: str, examples: Examples, drift: DriftChecks, settings: TrainerSettings
+) -> TrainResult:
+    """The round's first drift check was already over the budget: the candidate would be its champion, unchanged.
+
+    Registering that copy would offer ops a "new" version that is the live one; the run is kept,
+    tagged, and the round says what would let the next one move.
+    """
+    registry.client.set_tag(run_id, "flywheel.outcome", "drift_budget_spent")
+    _log_metrics(registry, run_id, drift.metrics(), [])
+    return TrainResult(
+        status="skipped", algorithm=examples.method, run_id=run_id, parent_version=parent, drift=drift,
+        message=f"{drift.describe()}, the weights v{parent} began with: nothing new to register. The champion sits "
+        f"at the drift budget; a larger FLYWHEEL_GATE_MAX_KL_BASE ({settings.gate_max_kl_base:g}) or "
+        "TrainConfig.drift_budget lets it move further from the base model.",
     )
 
 

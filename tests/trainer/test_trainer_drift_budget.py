@@ -62,15 +62,18 @@ def test_within_the_budget_training_runs_to_its_end_and_is_checked_there(tiny_mo
     assert checks.describe() == "" and checks.metrics()["drift_stopped"] == 0.0
 
 
-def test_a_round_reports_where_its_budget_stopped_it(
+def test_a_round_whose_first_check_is_over_the_budget_registers_nothing(
     settings: TrainerSettings, factory: sessionmaker[Session], store: Store
 ) -> None:
+    """Its candidate would be the champion itself: the run is kept and tagged, no version is offered to ops."""
     seed_consistent_pairs(store, 24)
     result = train_once(lenient(settings, gate_max_kl_base=1e-12), fast_config(drift_check_steps=2,
                                                                                 reward_model=False))
-    assert result.status == "trained" and result.drift and result.drift.stopped_at == 2, result.message
-    assert "drift budget: KL to the base" in result.message and "kept the weights of step 0" in result.message
-    kl_base = next(g for g in result.gates.gates if g.name == "kl_base") if result.gates else None
-    assert kl_base and kl_base.value == 0.0  # the candidate is where the round began: the base model
-    metrics = Registry(settings, factory).client.get_run(str(result.run_id)).data.metrics
-    assert (metrics["drift_stopped"], metrics["drift_kept_step"], metrics["train_steps"]) == (1.0, 0.0, 2.0)
+    assert result.status == "skipped" and result.version is None, result.message
+    assert result.drift and (result.drift.stopped_at, result.drift.kept_step) == (2, 0)
+    assert "drift budget: KL to the base" in result.message and "nothing new to register" in result.message
+    registry = Registry(settings, factory)
+    assert [v.version for v in registry.list_versions()] == ["1"]
+    run = registry.client.get_run(str(result.run_id))
+    assert run.data.tags["flywheel.outcome"] == "drift_budget_spent" and run.info.status == "FINISHED"
+    assert (run.data.metrics["drift_stopped"], run.data.metrics["drift_kept_step"]) == (1.0, 0.0)
