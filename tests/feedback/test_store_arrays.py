@@ -20,7 +20,7 @@ from sqlalchemy import Table, select, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.db.models import AdminAction, Base, Completion, Feedback, Quarantine
+from feedback.db.models import AdminAction, Base, Completion, Feedback, Quarantine, RewardScore
 from feedback.events import ChatMessage
 from feedback.store import (
     PURGE_ACTION,
@@ -40,11 +40,12 @@ AWKWARD = ["", "NULL", "null", "a,b", "{x}", 'say "hi"', "back\\slash", " padded
            "ünïcödé", "emoji 🙂", "{\"k\": [1, 2]}", "'quoted'", "$1", "%s", "%(name)s"]
 
 
-def values_insert(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+def values_insert(session: Session, model: type[Base], rows: list[dict[str, Any]],
+                  key: tuple[str, ...] = ("app_id", "event_id")) -> set[tuple[Any, ...]]:
     """The former statement: one multi-row ``INSERT ... VALUES ... ON CONFLICT DO NOTHING RETURNING`` into the table."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     table = cast(Table, model.__table__)
-    statement = dialect.insert(table).on_conflict_do_nothing().returning(table.c.app_id, table.c.event_id)
+    statement = dialect.insert(table).on_conflict_do_nothing().returning(*[table.c[name] for name in key])
     return {tuple(row) for row in session.execute(statement, rows)}
 
 
@@ -129,6 +130,31 @@ def test_a_conflict_leaves_the_first_row_and_reports_only_the_new_ones(
     first, second, read = results[0]
     assert first == {(app_id, v.event_id) for v in votes[:3]} and second == {(app_id, v.event_id) for v in votes[3:]}
     assert [comment for _, comment, _ in read] == ["first 0", "first 1", "first 2", "second", "second", "second"]
+
+
+def test_the_scorers_rows_are_stored_as_before(
+    sessions: sessionmaker[Session], app_id: int, build: EventBuilder,
+) -> None:
+    """The trainer's scorer stores its scores through the same insert (key: the response id, ``scored_at`` given, or
+    left to its default per row)."""
+    answers = [completion_row(build.completion(app_id)) for _ in range(5)]
+    results = []
+    for insert in (insert_ignoring_conflicts, values_insert):
+        with sessions() as session:
+            insert(session, Completion, answers)
+            given = [{"response_id": a["response_id"], "score": n / 7 - 0.3, "run_id": "run", "model_accuracy": 0.7,
+                      "scored_at": datetime(2026, 12, 4, tzinfo=UTC)} for n, a in enumerate(answers[:3])]
+            first = insert(session, RewardScore, given, key=("response_id",))
+            left = [{k: v for k, v in row.items() if k != "scored_at"} for row in given[1:]] + \
+                [{"response_id": a["response_id"], "score": 1.5, "run_id": "run2", "model_accuracy": 0.5}
+                 for a in answers[3:]]
+            second = insert(session, RewardScore, left, key=("response_id",))
+            read = [(r.response_id, r.score, r.run_id, r.model_accuracy, r.scored_at is not None)
+                    for r in session.scalars(select(RewardScore).order_by(RewardScore.response_id))]
+            results.append((first, second, read))
+            session.rollback()
+    assert results[0] == results[1]
+    assert len(results[0][2]) == 5 and results[0][1] == {(a["response_id"],) for a in answers[3:]}
 
 
 def test_known_events_finds_what_the_in_lists_found(
