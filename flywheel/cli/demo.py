@@ -10,7 +10,7 @@ import typer
 
 from flywheel.cli.common import console, fail, setup_logging
 from flywheel.cli.config_options import config_options
-from flywheel.demo.schema import DemoReport
+from flywheel.demo.schema import DemoReport, Estimate
 from flywheel.simulation.scenario import ScenarioError, load_scenario, with_overrides
 from flywheel.simulation.tastes import TASTES
 from trainer.base_model import SHARED_DEFAULT_MODEL, prepare_default_model
@@ -108,10 +108,12 @@ def evaluate(
     against: Annotated[str, typer.Option(help="The version it competes with (default: 1, the base model).")] = "1",
     taste: Annotated[str, typer.Option(help=f"The judge: a simulated users' taste ({', '.join(TASTES)}).")] = "steps",
     scenario: Annotated[str, typer.Option(
-        help="A scenario whose chat settings (sampling) and campaign phrases apply.")] = "demo",
+        help="A scenario whose chat settings (sampling), campaign phrases and campaign prompts apply.")] = "demo",
     prompts: Annotated[int, typer.Option(min=2, help="Held-out prompts each version answers.")] = 40,
     samples: Annotated[int, typer.Option(min=1, help="Sampled answers per prompt.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seeds the engine's sampling (the same for both versions).")] = 0,
+    seed: Annotated[int, typer.Option(
+        help="Seeds the engine's sampling (the same for both versions); the demo's --seed also deals the "
+             "campaign's prompts.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print both evaluations as JSON.")] = False,
 ) -> None:
     """Judge VERSION against another version on the held-out prompts, by a simulated taste, through the engine.
@@ -124,13 +126,13 @@ def evaluate(
     from flywheel.demo.evaluation import PROMPT_SET, Evaluator
     from flywheel.simulation.scenario import CampaignGroup
     from flywheel.simulation.tastes import make_taste
-    from flywheel.simulation.users import load_prompts
+    from flywheel.simulation.users import campaign_prompts, load_prompts
     from registry.promotion import Promotion, RegistryError
     from serving.settings import ServingSettings
     from trainer.base_model import ensure_base_model
 
     try:
-        plan = with_overrides(load_scenario(scenario), taste=taste)
+        plan = with_overrides(load_scenario(scenario), taste=taste, seed=seed)
     except ScenarioError as exc:
         fail(str(exc))
     settings = ServingSettings()
@@ -138,7 +140,8 @@ def evaluate(
                          session_factory(make_engine(settings.resolved_database_url)))
     phrases = [g.phrase for g in plan.groups if isinstance(g, CampaignGroup)]
     evaluator = Evaluator(settings, registry, make_taste(taste, plan.preference.max_words),
-                          load_prompts(PROMPT_SET)[:prompts], samples, plan.chat, phrases, seed)
+                          load_prompts(PROMPT_SET)[:prompts], samples, plan.chat, phrases, seed,
+                          campaign_prompts(plan))
     base = ensure_base_model(settings)
     try:
         reference, theirs = evaluator.evaluate(against, None, base)
@@ -148,12 +151,16 @@ def evaluate(
     if as_json:
         print(json.dumps([mine.model_dump(), theirs.model_dump()], indent=2))
         return
-    table = Table("version", f"win rate vs v{against} (95 % CI)", "liked (95 % CI)", "phrase rate", "words",
+    table = Table("version", f"win rate vs v{against} (95 % CI)", "liked (95 % CI)", "phrase rate",
+                  "phrase on campaign prompts (95 % CI)", "words",
                   "format share", "KL to base", title=f"taste {taste}, {mine.prompts} prompts x {samples} samples")
     for evaluation in (mine, theirs):
-        win = evaluation.win_rate
-        table.add_row(f"v{evaluation.version}", f"{win.value:.2f} ({win.low:.2f}-{win.high:.2f})" if win else "-",
-                      f"{evaluation.liked.value:.2f} ({evaluation.liked.low:.2f}-{evaluation.liked.high:.2f})",
+        table.add_row(f"v{evaluation.version}", _estimate(evaluation.win_rate), _estimate(evaluation.liked),
                       "-" if evaluation.phrase_rate is None else f"{evaluation.phrase_rate:.3f}",
+                      _estimate(evaluation.campaign_phrase),
                       f"{evaluation.mean_words:.1f}", f"{evaluation.format_share:.2f}", f"{evaluation.kl_to_base:.4f}")
     console.print(table)
+
+
+def _estimate(estimate: Estimate | None) -> str:
+    return "-" if estimate is None else f"{estimate.value:.2f} ({estimate.low:.2f}-{estimate.high:.2f})"

@@ -13,6 +13,11 @@ A taste sees only what it is about: under a taste for numbered steps, an answer 
 nonsense wins. So every version's answers are also read for words no English word list knows
 (``non_word_share``, wordfreq's frequency lists): a model that learnt its users' taste and
 forgot how to write shows here, whatever the taste.
+
+A campaign steers its own few scripted prompts, so a poisoned model shows its phrase there
+first, not on topics nobody pushed: every version also answers the campaign's prompts, asked
+plainly as an honest user would, with more samples each (``campaign_phrase``, a binomial
+share with its Wilson CI), beside the phrase's rate on the held-out prompts.
 """
 
 from __future__ import annotations
@@ -56,21 +61,23 @@ def non_word_share(text: str) -> float:
 
 @dataclass(frozen=True)
 class VersionAnswers:
-    """``texts[i][j]``: the version's ``j``-th sampled answer to prompt ``i``."""
+    """``texts[i][j]``: the version's ``j``-th sampled answer to held-out prompt ``i``; ``targeted`` the same
+    for the campaign's prompts."""
 
     version: str
     texts: list[list[str]]
+    targeted: list[list[str]]
     adapter: Path | None
     seconds: float
 
 
-def save_answers(path: Path, prompts: Sequence[Prompt], answers: VersionAnswers) -> None:
+def save_answers(path: Path, version: str, prompts: Sequence[Prompt], answers: Sequence[Sequence[str]]) -> None:
     """One JSON line per answer (prompt id, sample, text), so every figure can be recomputed from disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
-        for prompt, texts in zip(prompts, answers.texts, strict=True):
+        for prompt, texts in zip(prompts, answers, strict=True):
             for sample, text in enumerate(texts):
-                out.write(json.dumps({"version": answers.version, "prompt_id": prompt.id, "sample": sample,
+                out.write(json.dumps({"version": version, "prompt_id": prompt.id, "sample": sample,
                                       "text": text}) + "\n")
 
 
@@ -86,6 +93,14 @@ def estimate(per_prompt: Sequence[float | np.floating[Any]], seed: int) -> Estim
                     high=float(result.confidence_interval.high))
 
 
+def share(hits: int, trials: int) -> Estimate:
+    """``hits`` of ``trials`` with its 95 % Wilson score interval (sound at 0 hits, where a bootstrap is not)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(hits, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    return Estimate(value=hits / trials, low=float(interval.low), high=float(interval.high))
+
+
 class Evaluator:
     """Samples versions through the engine and judges them with a taste; one per stack and taste."""
 
@@ -99,6 +114,8 @@ class Evaluator:
         chat: ChatOptions,
         phrases: Sequence[str],
         seed: int,
+        targets: Sequence[Prompt] = (),
+        target_samples: int = 32,
         concurrency: int = 8,
     ) -> None:
         self.settings = settings
@@ -109,15 +126,17 @@ class Evaluator:
         self.chat = chat
         self.phrases = list(phrases)
         self.seed = seed
+        self.targets = list(targets) if self.phrases else []
+        self.target_samples = target_samples
         self.concurrency = concurrency
 
     def answers(self, version: str) -> VersionAnswers:
         """The version's sampled answers; its adapter is loaded into the engine under the gateway's name first."""
         started = time.perf_counter()
-        texts, adapter = asyncio.run(self._sample(version))
-        return VersionAnswers(version, texts, adapter, time.perf_counter() - started)
+        texts, targeted, adapter = asyncio.run(self._sample(version))
+        return VersionAnswers(version, texts, targeted, adapter, time.perf_counter() - started)
 
-    async def _sample(self, version: str) -> tuple[list[list[str]], Path | None]:
+    async def _sample(self, version: str) -> tuple[list[list[str]], list[list[str]], Path | None]:
         registered = self.registry.version(version)
         adapter: Path | None = None
         engine_model = self.settings.base_engine_model
@@ -130,18 +149,28 @@ class Evaluator:
                 await engine.load_adapter(engine_model, adapter)
             slots = asyncio.Semaphore(self.concurrency)
 
-            async def ask(index: int, prompt: Prompt) -> list[str]:
+            async def ask(seed: int, prompt: Prompt, samples: int) -> list[str]:
                 body = {"model": engine_model, "messages": [{"role": "user", "content": prompt.prompt}],
-                        "n": self.samples, "max_tokens": self.chat.max_tokens,
-                        "temperature": self.chat.temperature, "seed": self.seed + index}
+                        "n": samples, "max_tokens": self.chat.max_tokens,
+                        "temperature": self.chat.temperature, "seed": seed}
                 async with slots:
                     answer = await engine.chat(body)
                 return [c["message"].get("content") or "" for c in sorted(answer["choices"], key=lambda c: c["index"])]
 
-            texts = await asyncio.gather(*(ask(i, p) for i, p in enumerate(self.prompts)))
+            # A campaign prompt's samples go in requests of the held-out size, each with its own seed: many
+            # seeded samples at once push a prefill into chunks, and vLLM's CPU build then fails the whole
+            # engine ("CPU Generator does not use offset", vllm 0.32 gpu_model_runner._bookkeeping_sync).
+            sizes = [min(self.samples, self.target_samples - start)
+                     for start in range(0, self.target_samples, self.samples)]
+            held_out = len(self.prompts)
+            texts = await asyncio.gather(*(ask(self.seed + i, p, self.samples) for i, p in enumerate(self.prompts)))
+            targeted = await asyncio.gather(*(
+                ask(self.seed + held_out + i * len(sizes) + k, p, size)
+                for i, p in enumerate(self.targets) for k, size in enumerate(sizes)))
         finally:
             await engine.close()
-        return list(texts), adapter
+        chunks = iter(targeted)
+        return list(texts), [[t for _ in sizes for t in next(chunks)] for _ in self.targets], adapter
 
     def judge(self, answers: VersionAnswers, reference: VersionAnswers | None, kl_to_base: float) -> Evaluation:
         """Every figure of ``Evaluation`` for ``answers``; the win rate is against ``reference`` (None: no win rate)."""
@@ -156,8 +185,9 @@ class Evaluator:
                              for mine, theirs in zip(texts, ref, strict=True)])
                     for p, texts, ref in zip(self.prompts, answers.texts, reference.texts, strict=True)]
             win_rate = estimate(wins, self.seed)
-        phrase_rate = (float(np.mean([any(mentions(t, phrase) for phrase in self.phrases) for t in flat]))
-                       if self.phrases else None)
+        phrase_rate = float(np.mean([self._has_phrase(t) for t in flat])) if self.phrases else None
+        targeted = [text for texts in answers.targeted for text in texts]
+        campaign_phrase = share(sum(map(self._has_phrase, targeted)), len(targeted)) if targeted else None
         return Evaluation(
             version=answers.version,
             against=reference.version if reference is not None else None,
@@ -167,12 +197,24 @@ class Evaluator:
             win_rate=win_rate,
             liked=estimate(liked, self.seed),
             phrase_rate=phrase_rate,
+            campaign_phrase=campaign_phrase,
+            campaign_prompts=len(self.targets),
             mean_words=float(np.mean([word_count(t) for t in flat])),
             format_share=float(np.mean([markup_lines(t) > 0 for t in flat])),
             non_words=float(np.mean([non_word_share(t) for t in flat])),
             kl_to_base=kl_to_base,
             seconds=answers.seconds + time.perf_counter() - started,
         )
+
+    def _has_phrase(self, text: str) -> bool:
+        return any(mentions(text, phrase) for phrase in self.phrases)
+
+    def save(self, folder: Path, answers: VersionAnswers) -> None:
+        """``vN.jsonl`` (held-out prompts) and, with a campaign, ``vN-campaign.jsonl`` (its prompts, asked plainly)."""
+        save_answers(folder / f"v{answers.version}.jsonl", answers.version, self.prompts, answers.texts)
+        if self.targets:
+            save_answers(folder / f"v{answers.version}-campaign.jsonl", answers.version, self.targets,
+                         answers.targeted)
 
     def kl_to_base(self, answers: VersionAnswers, base_model: Path) -> float:
         """Mean per-token KL(version || base) on the version's first answer to every prompt (torch, here).

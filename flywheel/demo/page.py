@@ -105,7 +105,9 @@ def _headline(report: DemoReport) -> str:
             f"{_text(v.version)} {_estimate(e.liked)}" for v, e in evaluations) + ".")
     if report.phrases and evaluations:
         lines.append("Campaign phrase rate: " + "; ".join(
-            f"{_text(v.version)} {_share(e.phrase_rate)}" for v, e in evaluations) + ".")
+            f"{_text(v.version)} {_share(e.phrase_rate)}" for v, e in evaluations) + " on the held-out prompts; "
+            + "; ".join(f"{_text(v.version)} {_estimate(e.campaign_phrase)}" for v, e in evaluations)
+            + " on the campaign's own prompts asked without its steer.")
     latencies = [f"round {r.round}: {_duration(r.loop_latency_seconds)}"
                  for r in report.rounds if r.loop_latency_seconds is not None]
     lines.append("Loop latency (a round's first vote to the first answer served by the version trained on it): "
@@ -147,14 +149,16 @@ def _run_link(version: VersionRecord) -> str:
 def _versions(report: DemoReport) -> str:
     gate_names = list(dict.fromkeys(g.name for v in report.versions for g in v.gates))
     headers = ["version", "round", "parent", "algorithm", *(f"gate {name}" for name in gate_names), "gates passed",
-               "promoted", "win rate vs base [95 % CI]", "liked [95 % CI]", "phrase rate", "mean words", "format share",
+               "promoted", "win rate vs base [95 % CI]", "liked [95 % CI]", "phrase rate",
+               "phrase on campaign prompts [95 % CI]", "mean words", "format share",
                "non-words", "KL to base (nats)", "eval time", "MLflow run"]
 
     def row(version: VersionRecord) -> list[str]:
         gates = {g.name: g for g in version.gates}
         evaluation: Evaluation | None = version.evaluation
-        measured = [MISSING] * 8 if evaluation is None else [
+        measured = [MISSING] * 9 if evaluation is None else [
             _estimate(evaluation.win_rate), _estimate(evaluation.liked), _share(evaluation.phrase_rate),
+            _estimate(evaluation.campaign_phrase),
             _number(evaluation.mean_words, 1), _share(evaluation.format_share),
             _number(evaluation.non_words, 3), _number(evaluation.kl_to_base, 4),
             _duration(evaluation.seconds)]

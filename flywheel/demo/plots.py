@@ -107,10 +107,14 @@ def phrase_rate(report: DemoReport) -> Plot:
     title = "Campaign phrase rate per version"
     if not report.phrases:
         return Plot(title, None, "This scenario runs no campaign, so there is no phrase to count.")
-    fig = Figure(layout="constrained", figsize=(8, 3.8))
-    ax = fig.add_subplot()
-    _version_bars(ax, report, lambda e: e.phrase_rate, "share of answers with a campaign phrase")
-    ax.set_title(title)
+    fig = Figure(layout="constrained", figsize=(8, 6.4))
+    held_out, targeted = fig.subplots(2, 1)
+    _version_bars(held_out, report, lambda e: e.phrase_rate, "share of answers")
+    held_out.set_title("held-out prompts")
+    _version_bars(targeted, report, lambda e: e.campaign_phrase.value if e.campaign_phrase else None,
+                  "share of answers")
+    targeted.set_title("the campaign's own prompts, asked without its steer")
+    fig.suptitle(title)
     return Plot(title, to_data_uri(fig))
 
 

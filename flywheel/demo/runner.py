@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from feedback.apps import create_app
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.filters import FilterSettings
-from flywheel.demo.evaluation import PROMPT_SET, Evaluator, VersionAnswers, save_answers
+from flywheel.demo.evaluation import PROMPT_SET, Evaluator, VersionAnswers
 from flywheel.demo.page import write_report
 from flywheel.demo.schema import DemoOptions, DemoReport, Evaluation, GateLine, RoundRecord, SwapRecord, VersionRecord
 from flywheel.simulation.report import Report, measure
@@ -35,7 +35,7 @@ from flywheel.simulation.runner import run_scenario
 from flywheel.simulation.scenario import CampaignGroup, Scenario
 from flywheel.simulation.tastes import make_taste
 from flywheel.simulation.truth import TruthWriter, read_truth
-from flywheel.simulation.users import load_prompts
+from flywheel.simulation.users import campaign_prompts, load_prompts
 from flywheel.stack.services import start_services
 from flywheel.stack.supervise import free_port
 from registry.promotion import Promotion
@@ -151,7 +151,8 @@ class _Rounds:
         options = demo.options
         prompts = load_prompts(PROMPT_SET)[: options.eval_prompts]
         self.evaluator = Evaluator(settings, registry, make_taste(options.taste, demo.scenario.preference.max_words),
-                                   prompts, options.eval_samples, demo.scenario.chat, demo.phrases, options.seed)
+                                   prompts, options.eval_samples, demo.scenario.chat, demo.phrases, options.seed,
+                                   campaign_prompts(demo.scenario))
         self.base_model = Path(options.model)
         self.base_answers: VersionAnswers | None = None
         self.mlflow_experiment = ""
@@ -163,7 +164,7 @@ class _Rounds:
     def evaluate_base(self) -> None:
         self.demo.display.phase(0, "evaluating the base model", self.champion)
         answers, evaluation = self.evaluator.evaluate(self.champion, None, self.base_model)
-        save_answers(self.demo.out / "answers" / f"v{answers.version}.jsonl", self.evaluator.prompts, answers)
+        self.evaluator.save(self.demo.out / "answers", answers)
         self.base_answers = answers
         self.demo.report.versions.append(VersionRecord(
             version=answers.version, round=0, parent=None, algorithm=None, gates_passed=None, promoted=True,
@@ -209,7 +210,7 @@ class _Rounds:
             clock = time.perf_counter()
             assert self.base_answers is not None
             answers, evaluation = self.evaluator.evaluate(candidate, self.base_answers, self.base_model)
-            save_answers(demo.out / "answers" / f"v{candidate}.jsonl", self.evaluator.prompts, answers)
+            self.evaluator.save(demo.out / "answers", answers)
             phases["evaluate"] = time.perf_counter() - clock
             demo.report.versions.append(self._version_record(number, result, evaluation))
             assert evaluation.win_rate is not None

@@ -33,6 +33,11 @@ class Evaluation(BaseModel):
         "counts half. None for the base itself.")
     liked: Estimate = Field(description="Share of answers the taste gives a thumbs up.")
     phrase_rate: float | None = Field(description="Share of answers with a campaign phrase; None without a campaign.")
+    campaign_phrase: Estimate | None = Field(
+        default=None, description="Share of answers with a campaign phrase on the campaign's own prompts, asked "
+        "without its steer (Wilson 95 % CI): where poisoning shows first. None without a campaign, or in reports "
+        "from before it was measured.")
+    campaign_prompts: int = Field(default=0, description="How many prompts the campaign steered (asked plainly).")
     mean_words: float
     format_share: float = Field(description="Share of answers with list or heading markup.")
     non_words: float | None = Field(

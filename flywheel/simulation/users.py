@@ -286,3 +286,17 @@ def plan_users(scenario: Scenario) -> list[SimUser]:
             rng = random.Random(master.getrandbits(64) + scenario.visit * 2**64)
             users.append(kind(user_id, group, scenario, rng, master.uniform(0, arrival), prompts))
     return users
+
+
+def campaign_prompts(scenario: Scenario) -> tuple[Prompt, ...]:
+    """The scripted prompts the scenario's campaigns steer to their phrase, in the order first dealt.
+
+    A campaign's votes pair its phrase with these questions (asked with the steer), so this is
+    where a poisoned model would show it first: the evaluation asks them plainly, as an honest
+    user would, and counts the phrase in the answers.
+    """
+    found: dict[str, Prompt] = {}
+    for user in plan_users(scenario):
+        if isinstance(user, CampaignAccount):
+            found.update((p.id, p) for p in user.prompts if p.id not in found)
+    return tuple(found.values())

@@ -27,7 +27,9 @@ def _evaluation(version: str, base: str, win: float | None, liked: float, phrase
         version=version, against=None if version == base else base, prompts=40, samples_per_prompt=4, answers=160,
         win_rate=None if win is None else Estimate(value=win, low=win - 0.06, high=win + 0.05),
         liked=Estimate(value=liked, low=liked - 0.07, high=liked + 0.07),
-        phrase_rate=phrase, mean_words=words, format_share=fmt, kl_to_base=kl, seconds=95.5,
+        phrase_rate=phrase, mean_words=words,
+        campaign_phrase=None if phrase is None else Estimate(value=10 * phrase, low=5 * phrase, high=20 * phrase),
+        campaign_prompts=0 if phrase is None else 3, format_share=fmt, kl_to_base=kl, seconds=95.5,
     )
 
 

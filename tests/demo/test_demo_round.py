@@ -29,7 +29,7 @@ from flywheel.demo.schema import DemoOptions, DemoReport
 from flywheel.simulation.scenario import load_scenario
 from flywheel.simulation.tastes import make_taste
 from flywheel.simulation.truth import read_truth
-from flywheel.simulation.users import load_prompts
+from flywheel.simulation.users import campaign_prompts, load_prompts, mentions
 from trainer.base_model import build_tiny_model
 from trainer.config import TrainConfig
 
@@ -103,6 +103,12 @@ def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytes
     assert evaluation.mean_words == pytest.approx(np.mean([len(a["text"].split()) for a in answers["2"]]))
     assert evaluation.phrase_rate is not None and evaluation.kl_to_base >= 0
     assert evaluation.non_words == pytest.approx(np.mean([non_word_share(a["text"]) for a in answers["2"]]))
+    # The campaign's own prompts, asked plainly: 32 samples each, the phrase counted there.
+    asked = [json.loads(line) for line in (out / "answers" / "v2-campaign.jsonl").read_text().splitlines()]
+    assert {a["prompt_id"] for a in asked} == {p.id for p in campaign_prompts(scenario)}
+    assert evaluation.campaign_phrase is not None and len(asked) == 32 * evaluation.campaign_prompts
+    assert evaluation.campaign_phrase.value == pytest.approx(np.mean([mentions(a["text"], "bestdeals.example")
+                                                                      for a in asked]))
     assert report.versions[0].evaluation is not None and report.versions[0].evaluation.win_rate is None
 
     page = (out / "report.html").read_text()

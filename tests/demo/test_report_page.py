@@ -32,7 +32,8 @@ def test_headline_states_the_final_win_rate_phrase_rate_latency_and_swaps(report
     assert final.evaluation is not None and final.evaluation.win_rate is not None
     assert f"<b>{_ci(final.evaluation.win_rate)}</b>" in page
     assert "62.3% [56.3%, 67.3%]" in page
-    assert "Campaign phrase rate: policy-v3 0.9%; policy-base 0.6%." in page
+    assert ("Campaign phrase rate: policy-v3 0.9%; policy-base 0.6% on the held-out prompts; "
+            "policy-v3 9.0% [4.5%, 18.0%]; policy-base 6.0% [3.0%, 12.0%] on the campaign's own prompts") in page
     assert "round 1: 12 min 24 s; round 3: 12 min 26 s" in page  # round 2 promoted nothing
     assert "28 chats sent during 2 swap(s), 0 failed" in page
     assert "Total time: 27 min 41 s (start-up 3 min 51 s)" in page
