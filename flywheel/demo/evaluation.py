@@ -157,20 +157,13 @@ class Evaluator:
                     answer = await engine.chat(body)
                 return [c["message"].get("content") or "" for c in sorted(answer["choices"], key=lambda c: c["index"])]
 
-            # A campaign prompt's samples go in requests of the held-out size, each with its own seed: many
-            # seeded samples at once push a prefill into chunks, and vLLM's CPU build then fails the whole
-            # engine ("CPU Generator does not use offset", vllm 0.32 gpu_model_runner._bookkeeping_sync).
-            sizes = [min(self.samples, self.target_samples - start)
-                     for start in range(0, self.target_samples, self.samples)]
             held_out = len(self.prompts)
-            texts = await asyncio.gather(*(ask(self.seed + i, p, self.samples) for i, p in enumerate(self.prompts)))
-            targeted = await asyncio.gather(*(
-                ask(self.seed + held_out + i * len(sizes) + k, p, size)
-                for i, p in enumerate(self.targets) for k, size in enumerate(sizes)))
+            texts = await asyncio.gather(
+                *(ask(self.seed + i, p, self.samples) for i, p in enumerate(self.prompts)),
+                *(ask(self.seed + held_out + i, p, self.target_samples) for i, p in enumerate(self.targets)))
         finally:
             await engine.close()
-        chunks = iter(targeted)
-        return list(texts), [[t for _ in sizes for t in next(chunks)] for _ in self.targets], adapter
+        return list(texts[:held_out]), list(texts[held_out:]), adapter
 
     def judge(self, answers: VersionAnswers, reference: VersionAnswers | None, kl_to_base: float) -> Evaluation:
         """Every figure of ``Evaluation`` for ``answers``; the win rate is against ``reference`` (None: no win rate)."""

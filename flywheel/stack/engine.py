@@ -48,6 +48,12 @@ def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path,
         "--port", str(settings.engine_port),
         "--dtype", engine_dtype(settings),
         "--max-model-len", str(settings.engine_max_model_len),
+        # Whole prefills only: vLLM 0.32's CPU build fails the whole engine when a request carrying a
+        # `seed` (which the gateway passes on) has its prefill split into chunks, as happens whenever
+        # the prompts in flight exceed one step's budget (tests/e2e/test_engine_seeds.py). A step then
+        # holds at least one whole prompt of the longest kind.
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens", str(max(2048, settings.engine_max_model_len)),
         "--enable-lora",
         "--max-lora-rank", str(settings.engine_max_lora_rank),
         "--max-loras", str(settings.engine_max_loras),
