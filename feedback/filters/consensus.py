@@ -10,7 +10,7 @@ Nobody tells the filter the preference, and nothing in it is chosen to match one
 words, bigrams, token shapes and line starts of the answer, its size, and how much it speaks
 to the prompt) plus, once the trainer has published scores, the current reward model's score
 (``reward_scores``). One logistic model (scikit-learn, L2) learns a score ``w . x`` from the
-accepted votes of the unflagged raters: a thumb is ``up`` with probability
+accepted votes of the unflagged raters, each vote weighing its rater's trust: a thumb is ``up`` with probability
 ``sigmoid(b_thumbs + w . x)``, a pair picks A with ``sigmoid(b_pairs + w . (x_A - x_B))`` (a
 Bradley-Terry model; ``b_pairs`` is a side bias). Ties and both-bad say nothing.
 
@@ -21,12 +21,14 @@ it learnt from far better than new ones. On these out-of-fold predictions a *cal
 learns how trusted raters vote at each prediction (``Calibration``: a sigmoid of the prediction
 with a lapse rate of at least ``min_base_rate``, the slips people make however clear the case):
 so a vote gets the chance ``q`` that an honest rater goes against the model there, and the
-model's errors count as what they are, honest disagreement. Who is trusted is estimated with it
-(``_trust``: a two-group mixture over raters, honest or inverting a share of their votes). A
-vote is *judged* where trusted raters take the model's side at least ``min_confidence`` of the
-time: where the model is confident only in name (say, a thumbs model that has learnt the share
-of ups and little else) nothing is judged, and a rater with fewer than ``min_votes`` judged
-votes gets no verdict.
+model's errors count as what they are, honest disagreement. Who is trusted is estimated together
+with the model (``_estimate``, learning from crowds: the model fitted on votes weighed by trust,
+the trust from a two-group mixture over raters, honest or inverting a share of their votes, on
+the model's out-of-fold predictions, in turn until it settles), so a bloc that inverts its votes
+does not teach the model its inversion. A vote is *judged* where trusted raters take the model's
+side at least ``min_confidence`` of the time: where the model is confident only in name (say, a
+thumbs model that has learnt the share of ups and little else) nothing is judged, and a rater
+with fewer than ``min_votes`` judged votes gets no verdict.
 
 **The test.** A rater's judged disagreements are tested against those chances: the
 likelihood-ratio test (``tail``) against a rater who also inverts ``min_rate`` of their votes,
@@ -177,7 +179,8 @@ class ConsensusFilter:
     reward_scores: RewardScores | None = None
     folds: int = 5
     l2_grid: tuple[float, ...] = (3.0, 1.0, 0.3, 0.1)
-    calibration_rounds: int = 30  # EM steps of the calibration's mixture at most (it stops when settled)
+    calibration_rounds: int = 30  # EM steps of the trust's mixture at most (it stops when settled)
+    trust_rounds: int = 4  # fits of the model and its trust in turn at most (``_estimate``; stops when settled)
     compress: bool = True  # False: fit the design as built, the reference tests and benchmarks compare with
     blas_threads: int | None = 1  # None: the BLAS library's default
     name: str = "consensus"
@@ -258,14 +261,16 @@ class ConsensusFilter:
                     column[n, 0] = (score - judge.median) / scale
         return sp.csr_matrix(column)
 
-    def _fit(self, votes: Votes, rows: np.ndarray, l2: float, start: np.ndarray | None = None) -> np.ndarray:
+    def _fit(self, votes: Votes, rows: np.ndarray, l2: float, start: np.ndarray | None,
+             weight: np.ndarray) -> np.ndarray:
         """The coefficients (columns of the design as built) of the logistic model on ``rows`` (a boolean mask) with
-        L2 penalty ``l2``, warm-started from ``start`` (coefficients of an earlier fit; columns added since at 0)."""
+        L2 penalty ``l2``, each vote weighing its rater's trust (``weight``, per vote), warm-started from ``start``
+        (coefficients of an earlier fit; columns added since at 0)."""
         model = LogisticRegression(C=1 / l2, fit_intercept=False, solver="newton-cg", tol=1e-4,
                                    warm_start=start is not None)
         if start is not None:
             model.coef_ = (votes.merge.T @ np.pad(start, (0, votes.merge.shape[0] - len(start))))[None, :]
-        return np.asarray(votes.merge @ model.fit(votes.x[rows], votes.y[rows]).coef_[0])
+        return np.asarray(votes.merge @ model.fit(votes.x[rows], votes.y[rows], sample_weight=weight[rows]).coef_[0])
 
     @staticmethod
     def _probability(votes: Votes, coef: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -276,31 +281,54 @@ class ConsensusFilter:
         """Enough votes of both directions to fit a model on."""
         return bool(rows.sum() >= self.min_population // 2 and 0 < votes.y[rows].sum() < rows.sum())
 
-    def _cross_validate(self, votes: Votes) -> tuple[float, np.ndarray]:
-        """The penalty of ``l2_grid`` with the best out-of-fold log-loss, and every vote's P(positive) under the model
-        fitted at that penalty without the vote's fold of raters (NaN where no such model could be fitted).
+    def _grid(self, votes: Votes) -> tuple[float, ...]:
+        """The penalties to cross-validate: all of ``l2_grid`` when the votes grew by half since a penalty was last
+        chosen (it moves slowly with the amount of data), else only the chosen one."""
+        return self.l2_grid if self._chosen is None or len(votes.y) >= 1.5 * self._chosen[1] else (self._chosen[0],)
 
-        The penalty is chosen again only when the votes grew by half since it was last chosen (it moves slowly
-        with the amount of data); in between, only the chosen one is fitted.
-        """
-        grid = self.l2_grid if self._chosen is None or len(votes.y) >= 1.5 * self._chosen[1] else (self._chosen[0],)
+    def _cross_validate(self, votes: Votes, grid: tuple[float, ...], weight: np.ndarray) -> tuple[float, np.ndarray]:
+        """The penalty of ``grid`` with the best out-of-fold log-loss (votes weighing ``weight``), and every vote's
+        P(positive) under the model fitted at that penalty without the vote's fold of raters (NaN where no such
+        model could be fitted)."""
         fold = np.array([fold_of(r, self.folds) for r in votes.raters])[votes.owner]
         p = np.full((len(grid), len(votes.y)), np.nan)
         for f in range(self.folds):
             held = fold == f
             if not held.any() or not self._learnable(votes, ~held):
                 continue
-            coef = self._coef.get(f"fold {f}")  # the last search's fit of this fold
+            coef = self._coef.get(f"fold {f}")  # the last fit of this fold
             for g, l2 in enumerate(grid):  # strongest penalty first: each fit warm-starts the next
-                coef = self._coef[f"fold {f}"] = self._fit(votes, ~held, l2, coef)
+                coef = self._coef[f"fold {f}"] = self._fit(votes, ~held, l2, coef, weight)
                 p[g, held] = self._probability(votes, coef, held)
-        predicted = ~np.isnan(p[0])
+        predicted = ~np.isnan(p[0]) & (weight > 0)
         if not predicted.any():
             return grid[0], p[0]
-        best = int(np.argmin([log_loss(votes.y[predicted], row[predicted], labels=[0, 1]) for row in p]))
-        if len(grid) > 1:
-            self._chosen = grid[best], len(votes.y)
+        best = int(np.argmin([log_loss(votes.y[predicted], row[predicted], sample_weight=weight[predicted],
+                                       labels=[0, 1]) for row in p]))
         return grid[best], p[best]
+
+    def _estimate(self, votes: Votes) -> tuple[float, np.ndarray, np.ndarray]:
+        """The consensus model and whom it learns from, estimated together: the penalty, every vote's out-of-fold
+        prediction and each rater's trust (their probability of being honest).
+
+        Learning from crowds (Raykar et al., JMLR 2010), with raters who never share an item: the model is fitted
+        with each vote weighing its rater's trust, and the trust is re-estimated from the new model's out-of-fold
+        predictions (``_trust``), until the trust settles (``trust_rounds`` fits at most). Fitted on every vote
+        alike, a bloc that inverts its votes teaches the model its inversion: a quarter of the votes, eight
+        accounts inverting 80 % of theirs, left a model that ranked honest votes at an AUC of 0.80 but so
+        flat that no vote could be judged, and nobody was tested (docs/filters.md, "The sabotage bloc"); weighed
+        by trust, the model is the honest raters' again.
+        """
+        grid = self._grid(votes)
+        trust = np.ones(len(votes.raters))
+        for _ in range(self.trust_rounds):
+            l2, p = self._cross_validate(votes, grid, trust[votes.owner])
+            earlier, trust = trust, self._trust(votes, p, trust)
+            if float(np.abs(trust - earlier).max()) < 0.05:
+                break
+        if len(grid) > 1:
+            self._chosen = l2, len(votes.y)
+        return l2, p, trust
 
     def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]:
         """Test ``raters`` with ``min_votes`` or more votes against a model fitted without them."""
@@ -329,10 +357,11 @@ class ConsensusFilter:
         everyone = np.ones(len(votes.y), dtype=bool)
         if not self._learnable(votes, everyone):
             return []
-        l2, p_oof = self._cross_validate(votes)
+        l2, p_oof, weight = self._estimate(votes)
+        trusted = weight[votes.owner]
         # the model fitted on everyone: the warm start of each leave-one-out fit (and of the next search's)
-        full = self._coef["full"] = self._fit(votes, everyone, l2, self._coef.get("full"))
-        trust = self._trust(votes, p_oof)
+        full = self._coef["full"] = self._fit(votes, everyone, l2, self._coef.get("full"), trusted)
+        trust = Trust.of(votes, p_oof, weight, self.min_base_rate)
         calibration = trust.calibration()
         tests = self._tests(votes, p_oof, calibration)
         judged_oof = np.bincount(votes.owner, weights=self._judged(votes, p_oof, calibration),
@@ -348,7 +377,7 @@ class ConsensusFilter:
                 continue
             mine = ~others
             p = np.full(len(votes.y), np.nan)
-            p[mine] = self._probability(votes, self._fit(votes, others, l2, full), mine)
+            p[mine] = self._probability(votes, self._fit(votes, others, l2, full, trusted), mine)
             exact[me] = self._tests(votes, p, trust.calibration(without=me)).get(me, Test(0, 0, 0.0, 1.0))
         testable = int((np.bincount(votes.owner, minlength=len(votes.raters)) >= self.min_votes).sum())
         adjusted = self._adjusted(tests | exact, testable)
@@ -386,42 +415,41 @@ class ConsensusFilter:
                                   tail(against[mine], q[mine], self.min_rate))
         return tests
 
-    def _trust(self, votes: Votes, p: np.ndarray) -> Trust:
-        """Which raters the calibration learns from: how often trusted raters disagree with the model is what every
-        rater is judged against.
+    def _trust(self, votes: Votes, p: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """Each rater's probability of being honest given the model's out-of-fold predictions ``p``, by EM from
+        ``start``: a two-group mixture over raters, who either vote as the model says (``p``, its own probability,
+        with slips of at least ``min_base_rate``) or invert a share ``poison`` (``min_rate`` to 1/2: attackers,
+        coin flippers) of their votes on top of that.
 
-        Who is trusted is estimated with the calibration, as a two-group mixture over raters (EM): a rater either
-        votes as the calibration says (honest: slips and the model's own errors) or inverts a share ``poison``
-        (``min_rate`` to 1/2: attackers, coin flippers) of their votes on top of that. Each rater's posterior
-        probability of being in the first group weighs their votes in the calibration's next fit. Attackers and
-        coin flippers would otherwise make disagreement look normal; and leaving out the raters who disagree
-        most, as the former pooled rate did (the three quarters who agree most), leaves out the honest raters who
-        slipped too: with ten-odd judged votes each, that put the rate at about half the honest one and condemned
-        honest raters (docs/filters.md, "Honest raters flagged under a taste with many ties"). The consensus is only
-        a consensus with an honest majority, so the first group's share is kept at 1/2 or more.
+        Why the model's own probability and not the calibration's (which the test uses): the model is fitted on the
+        trusted votes, so it is the honest raters' likelihood; a calibration fitted to everyone's votes learns
+        that the model is worthless wherever a bloc inverts it, and from there nobody can be told from anybody
+        (everyone trusted, nothing judged: a fixed point of the EM). Why a mixture rather than dropping the
+        raters who disagree most, as the former pooled rate did: leaving out a quarter leaves out the honest raters
+        who slipped too, which set the rate at about half the honest one and condemned honest raters
+        (docs/filters.md, "Honest raters flagged under a taste with many ties"). The consensus is only a consensus
+        with an honest majority, so the first group's share is kept at 1/2 or more.
         """
         known = ~np.isnan(p)
-        owner, pair, pk, y = votes.owner[known], votes.pair[known], p[known], votes.y[known]
+        owner, pk, y = votes.owner[known], p[known], votes.y[known]
         raters = len(votes.raters)
+        q = np.maximum(np.minimum(pk, 1 - pk), self.min_base_rate)
+        against = (pk >= 0.5) != (y >= 0.5)
+        honest = np.bincount(owner, log_likelihood(against, q, 0.0), minlength=raters)
         voted = np.bincount(owner, minlength=raters) > 0
-        trust = Trust(pk, pair, y, owner, np.ones(raters), self.min_base_rate)
-        share = 1 - 1 / (raters + 1)
+        weight, most = start, 1 - 1 / (raters + 1)
+        share = min(max(float(weight[voted].mean()) if voted.any() else 1.0, 0.5), most)
         for _ in range(self.calibration_rounds):
-            calibration = trust.calibration()
-            q, against = calibration.chance_against(pk, pair), calibration.goes_against(pk, pair, y)
-            doubt = 1 - trust.weight[owner]
+            doubt = 1 - weight[owner]
             poison = 0.5 if not doubt.any() else float(minimize_scalar(
-                lambda x, q=q, against=against, doubt=doubt: -float(doubt @ log_likelihood(against, q, x)),
-                bounds=(self.min_rate, 0.5), method="bounded").x)
-            honest = np.bincount(owner, log_likelihood(against, q, 0.0), minlength=raters)
+                lambda x, doubt=doubt: -float(doubt @ log_likelihood(against, q, x)), bounds=(self.min_rate, 0.5),
+                method="bounded").x)
             inverting = np.bincount(owner, log_likelihood(against, q, poison), minlength=raters)
-            weight = expit(math.log(share / (1 - share)) + honest - inverting)
-            share = min(max(float(weight[voted].mean()), 0.5), 1 - 1 / (raters + 1))
-            settled = float(np.abs(weight - trust.weight).max()) < 1e-3
-            trust = dataclasses.replace(trust, weight=weight)
-            if settled:
+            earlier, weight = weight, expit(math.log(share / (1 - share)) + honest - inverting)
+            share = min(max(float(weight[voted].mean()), 0.5), most)
+            if float(np.abs(weight - earlier).max()) < 1e-3:
                 break
-        return trust
+        return weight
 
     def _adjusted(self, tests: dict[int, Test], raters: int) -> dict[int, float]:
         """Benjamini-Hochberg adjusted p-values of the raters with ``min_votes`` judged votes, among ``raters``
@@ -523,6 +551,12 @@ class Trust:
     owner: np.ndarray
     weight: np.ndarray  # per rater
     floor: float
+
+    @classmethod
+    def of(cls, votes: Votes, p: np.ndarray, weight: np.ndarray, floor: float) -> Trust:
+        """The votes with an out-of-fold prediction ``p``, each rater weighing ``weight``."""
+        known = ~np.isnan(p)
+        return cls(p[known], votes.pair[known], votes.y[known], votes.owner[known], weight, floor)
 
     def calibration(self, without: int | None = None) -> Calibration:
         """The calibration on the trusted votes; ``without`` a rater's own votes for the exact test of that rater:

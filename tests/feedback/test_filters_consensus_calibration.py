@@ -21,7 +21,7 @@ import pytest
 from scipy.stats import binom
 
 from feedback.filters import Pipeline
-from feedback.filters.consensus import Calibration, ConsensusFilter, Test, Votes, tail
+from feedback.filters.consensus import Calibration, ConsensusFilter, Test, Trust, Votes, tail
 from tests.bench.synthetic_history import History, Population, build_history
 from tests.feedback.filtering import filter_settings
 
@@ -56,14 +56,15 @@ def test_no_honest_rater_is_condemned_and_the_attackers_are(history: History) ->
         assert evidence["p_value"] <= evidence["adjusted_p_value"]
 
 
-def _out_of_fold(history: History, consensus: ConsensusFilter) -> tuple[Votes, np.ndarray, np.ndarray]:
-    """The modelled votes, their out-of-fold predictions and which are honest raters' (with a prediction)."""
+def _out_of_fold(history: History, consensus: ConsensusFilter) -> tuple[Votes, np.ndarray, np.ndarray, Trust]:
+    """The modelled votes, their out-of-fold predictions, which are honest raters' (with a prediction), and whom
+    the model learnt from."""
     snapshot = consensus.prepare(history.state, set(history.state.votes))
     assert snapshot is not None
     votes = consensus._votes(snapshot)
-    _, p = consensus._cross_validate(votes)
+    _, p, weight = consensus._estimate(votes)
     honest = np.isin(votes.owner, [n for n, r in enumerate(votes.raters) if history.kinds[r] == "honest"])
-    return votes, p, honest & ~np.isnan(p)
+    return votes, p, honest & ~np.isnan(p), Trust.of(votes, p, weight, consensus.min_base_rate)
 
 
 def _former_pooled_rate(votes: Votes, p: np.ndarray, without: str) -> float:
@@ -84,8 +85,8 @@ def test_the_calibrated_rate_is_the_honest_rate_where_the_former_pooled_rate_was
     not so many that attackers hide among them; the former rule's pooled rate was below the honest raters' rate on
     the votes it judged."""
     consensus = Pipeline(filter_settings()).consensus
-    votes, p, honest = _out_of_fold(history, consensus)
-    calibration = consensus._trust(votes, p).calibration()
+    votes, p, honest, trust = _out_of_fold(history, consensus)
+    calibration = trust.calibration()
     judged = consensus._judged(votes, p, calibration) & honest
     expected = calibration.chance_against(p[judged], votes.pair[judged]).sum()
     observed = calibration.goes_against(p[judged], votes.pair[judged], votes.y[judged]).sum()
