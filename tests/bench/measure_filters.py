@@ -12,7 +12,8 @@ figures must be those of one worker (issue 10). Each scenario's report names the
 the partitions and events each handled. The worker's time thresholds are
 scaled by the same ``S`` as the users' waits (``FilterSettings.time_scale``); every other
 ``FLYWHEEL_FILTER_*`` setting comes from the environment as in production. Prints the report
-table per scenario and one summary line each (recall, honest false positives, target met).
+table per scenario and one summary line each (recall, honest false positives, target met), also
+appended to ``OUT/summary.txt`` as each scenario ends.
 ``--taste`` runs every scenario once per taste named (``all``: every taste of the simulator),
 overriding the scenario's own; without it each scenario keeps the taste its file names.
 ``--set validation`` takes the scenarios and tastes of the validation set instead (files in
@@ -81,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", dest="scenario_set", default="development", choices=SCENARIO_SETS,
                         help="Which set's scenarios and tastes (default: development).")
-    parser.add_argument("--scenario", default="all", help="all, or a scenario of the set.")
+    parser.add_argument("--scenario", default="all", help="all, or comma-separated scenarios of the set.")
     parser.add_argument("--taste", default=None,
                         help="all, or comma-separated tastes of the set; default: each scenario's own.")
     parser.add_argument("--model", type=Path, default=None,
@@ -95,9 +96,9 @@ def main() -> None:
                         help="Worker processes in one consumer group per scenario (default 1).")
     args = parser.parse_args()
     scenarios, known = shipped_scenarios(args.scenario_set), TASTE_SETS[args.scenario_set]
-    if args.scenario not in ("all", *scenarios):
-        parser.error(f"no scenario {args.scenario!r} in the {args.scenario_set} set: {', '.join(scenarios)}")
-    names = scenarios if args.scenario == "all" else [args.scenario]
+    names = scenarios if args.scenario == "all" else args.scenario.split(",")
+    if missing := [n for n in names if n not in scenarios]:
+        parser.error(f"no scenario {', '.join(missing)} in the {args.scenario_set} set: {', '.join(scenarios)}")
     tastes: list[str | None] = [None] if args.taste is None else list(known) if args.taste == "all" \
         else args.taste.split(",")
     unknown = [t for t in tastes if t is not None and t not in known]
@@ -119,6 +120,8 @@ def main() -> None:
                 print_report(report)
                 console.print(workers)
                 lines.append(summary_line(f"{label} ({args.replicas} worker replica(s))", report))
+                with (args.out / "summary.txt").open("a") as kept:  # each line as it comes: a long run may stop
+                    kept.write(lines[-1] + "\n")
     for line in lines:
         console.print(line)
 
