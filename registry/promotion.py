@@ -35,10 +35,20 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.db.models import AliasMove
+from feedback.db.models import AdminAction, AliasMove
 from feedback.store import as_utc
 from registry.live import HeadToHead, VersionLive, head_to_head, version_numbers
-from registry.model_versions import CANARY, CHALLENGER, CHAMPION, LOAD_ERROR_TAG
+from registry.model_versions import (
+    ADAPTER_TAG,
+    CANARY,
+    CHALLENGER,
+    CHAMPION,
+    LOAD_ERROR_TAG,
+    MODEL_ARTIFACT_PATH,
+    MODEL_SOURCE_TAG,
+    MODEL_TAG,
+    NO_ADAPTER,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,8 @@ CANARY_STOP = "canary_stop"
 """The action of a move that ends a canary: ``to_version`` names the version it ended, ``percent`` is 0."""
 CANARY_ROLLBACK = "canary_rollback"
 """A canary ended because its users' feedback showed it worse than the champion (the move's ``evidence`` says how)."""
+REGISTER_FULL_MODEL = "model_register"
+"""The ``admin_actions`` action of a full-model version registered by ops; ``target`` is ``<model>:v<N>``."""
 
 
 class RegistryError(RuntimeError):
@@ -137,6 +149,38 @@ class Promotion:
                 self.client.delete_model_version_tag(self.name, str(version.version), LOAD_ERROR_TAG)
         except MlflowException:
             log.exception("could not record the load error of version %s in the registry", version.version)
+
+    def register_full_model(self, experiment_id: str, model_dir: Path, actor: str, reason: str | None = None) -> str:
+        """Register an HF model folder as a new full-model version (moves no alias); returns its version.
+
+        The folder is copied into a run of ``experiment_id`` (artifact ``model``), so the version
+        stays servable after the folder changes or goes, and every gateway can download it. The
+        registration is audited in ``admin_actions`` like quarantine reviews: ops bring such versions
+        in by hand, unlike trained ones, whose run says where they came from.
+        """
+        if not (model_dir / "config.json").is_file():
+            raise RegistryError(f"{model_dir} is not an HF model folder: it has no config.json")
+        if self.alias_version(CHAMPION) is None:
+            raise self._no_champion()
+        run_id = self.client.create_run(experiment_id, run_name=f"full-model-{model_dir.name}").info.run_id
+        try:
+            self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id)
+        source = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_PATH}"
+        tags = {ADAPTER_TAG: NO_ADAPTER, MODEL_TAG: MODEL_ARTIFACT_PATH, MODEL_SOURCE_TAG: str(model_dir)}
+        version = str(self.client.create_model_version(self.name, source, run_id=run_id, tags=tags).version)
+        try:
+            with self.factory() as session:
+                session.add(AdminAction(actor=actor, action=REGISTER_FULL_MODEL, target=f"{self.name}:v{version}",
+                                        detail={"source": str(model_dir), "run_id": run_id, "reason": reason}))
+                session.commit()
+        except BaseException:  # unaudited, it would not exist: take the version back
+            self.client.delete_model_version(self.name, version)
+            raise
+        return version
 
     def alias_version(self, alias: str) -> ModelVersion | None:
         try:

@@ -19,6 +19,7 @@ from serving import live
 from serving.champion import ChampionWatcher
 from serving.deps import GatewayState, storable_body
 from serving.engine import EngineClient
+from serving.engines import EngineLauncher
 from serving.errors import install_error_handlers
 from serving.feedback_tokens import FeedbackTokens
 from serving.metrics import REQUESTS
@@ -28,7 +29,8 @@ from serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServingSettings | None = None) -> FastAPI:
+def create_app(settings: ServingSettings | None = None, launcher: EngineLauncher | None = None) -> FastAPI:
+    """The gateway; ``launcher`` starts engines for full-model versions (None: such versions fail to load)."""
     settings = settings or ServingSettings()
 
     @asynccontextmanager
@@ -40,7 +42,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         relay = Relay(outbox, producer).start()  # also delivers what a previous run left in the file
         sessions = session_factory(db)
         registry = Promotion(settings.resolved_mlflow_uri, settings.registered_model, sessions)
-        watcher = ChampionWatcher(settings, engine, registry)
+        watcher = ChampionWatcher(settings, engine, registry, launcher)
         tokens = FeedbackTokens(settings.feedback_token_key(), settings.feedback_token_ttl_s)
         app.state.gateway = GatewayState(settings, sessions, engine, producer, outbox, relay, registry, watcher,
                                          tokens)
@@ -60,6 +62,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await watcher.close()  # the engines it launched
             await engine.close()
             await asyncio.to_thread(relay.stop)
             outbox.close()

@@ -13,6 +13,13 @@ The engine holds a limited number of adapters, so old ones are unloaded: a reque
 routes (``hold``) until the end of its answer, and an adapter that is neither champion nor canary
 any more is unloaded (``unload_retired``) once no request holds it and a grace period has passed.
 One that becomes champion or canary again before that keeps its route and is not loaded twice.
+
+A version that is a full model, not an adapter, is swapped blue/green: it needs an engine of its
+own, which an ``EngineLauncher`` starts in the background (a vLLM start takes about a minute, and
+neither the poll nor an admin call waits for it). The route flips only once that engine passes its
+health check; until then, and for good if it fails, the live version keeps serving. The old engine,
+once nothing routes to it, is stopped like an old adapter is unloaded: after its last request and
+the grace period. Adapters load into the engine that serves their base (tag ``base_version``).
 """
 
 from __future__ import annotations
@@ -29,16 +36,29 @@ from types import TracebackType
 
 from mlflow.entities.model_registry import ModelVersion
 
-from registry.model_versions import CANARY, CHAMPION, adapter_artifact_path, download_adapter
+from registry.model_versions import (
+    CANARY,
+    CHAMPION,
+    adapter_artifact_path,
+    base_version,
+    download_adapter,
+    download_model,
+    model_artifact_path,
+)
 from registry.promotion import Canary, Promotion
 from serving.canary import in_canary
 from serving.engine import EngineClient
+from serving.engines import Engine, EngineLauncher, EngineLaunchError, EngineSpec
 from serving.metrics import (
     ADAPTER_UNLOAD_FAILURES,
     ADAPTER_UNLOADS,
     ADAPTERS_LOADED,
     CANARY_PERCENT,
     CANARY_VERSION,
+    ENGINE_LAUNCH_FAILURES,
+    ENGINE_LAUNCHES,
+    ENGINE_STOPS,
+    ENGINES_LAUNCHED,
     LIVE_VERSION,
     SWAP_FAILURES,
     SWAPS,
@@ -46,6 +66,9 @@ from serving.metrics import (
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
+
+HEALTH_POLL_S = 0.5
+"""How often a launched engine's health check is tried until it passes."""
 
 
 @dataclass(eq=False)
@@ -58,6 +81,7 @@ class Route:
 
     version: str
     engine_model: str
+    engine: Engine  # the engine serving ``engine_model``: the deployment's, or one launched for a full model
     in_flight: int = 0
     idle_since: float = field(default_factory=time.monotonic)  # when the count last fell to 0 (monotonic clock)
 
@@ -104,12 +128,34 @@ class NoChampion(RuntimeError):
     """The registry has no champion yet: nothing can answer."""
 
 
+class EngineNotReady(RuntimeError):
+    """A version's engine is starting (or waits to be launched again after a failure): not a failure, not yet."""
+
+
+@dataclass
+class _LaunchFailure:
+    """A launch that failed: raised once where the version is loaded (counted, logged, recorded on the version)."""
+
+    error: Exception
+    retry_at: float  # monotonic: no new launch before
+    reported: bool = False
+
+
 class ChampionWatcher:
-    def __init__(self, settings: ServingSettings, engine: EngineClient, registry: Promotion) -> None:
+    def __init__(self, settings: ServingSettings, engine: EngineClient, registry: Promotion,
+                 launcher: EngineLauncher | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        self.base_engine = Engine("base", engine)  # the deployment's: never stopped here
+        self.launcher = launcher
         self.registry = registry
         self.adapter_dir = settings.data_dir / "adapters"
+        self.model_dir = settings.data_dir / "models"
+        self._engines: dict[str, Route] = {}  # full-model version -> its route on the engine launched for it
+        self._launches: dict[str, asyncio.Task[None]] = {}  # full-model version -> its engine starting
+        self._launch_failures: dict[str, _LaunchFailure] = {}
+        self._retired_engines: dict[Engine, float] = {}  # launched engines nothing routes to -> stop not before
+        self._wake = asyncio.Event()  # a launch ended: read the aliases again now, not at the next poll
         self._route: Route | None = None
         self._canary: CanaryRoute | None = None
         self._lock = asyncio.Lock()
@@ -155,7 +201,7 @@ class ChampionWatcher:
         return RouteHold(self.routes_for(user, pairwise), self._idle)
 
     def _idle(self, route: Route) -> None:
-        if route in self._retired:
+        if route in self._retired or route.engine in self._retired_engines:
             self._unload_wanted.set()
 
     async def refresh(self) -> Route | None:
@@ -170,6 +216,9 @@ class ChampionWatcher:
             if self._route is None or self._route.version != str(version.version):
                 try:
                     route = await self._load(version)
+                except EngineNotReady as exc:
+                    log.debug("champion version %s is not served yet (%s); still serving %s", version.version, exc,
+                              self._route and self._route.version)
                 except Exception as exc:  # the canary is still followed; the caller sees the champion's failure
                     failed = exc
                 else:
@@ -188,6 +237,9 @@ class ChampionWatcher:
         try:
             canary = await asyncio.to_thread(self.registry.canary)
             self._canary = await self._canary_route(canary)
+        except EngineNotReady as exc:
+            self._canary = None
+            log.debug("the canary is not served yet (%s); every user gets the champion", exc)
         except Exception:
             SWAP_FAILURES.inc()
             self._canary = None
@@ -208,6 +260,16 @@ class ChampionWatcher:
                 self._unload_wanted.set()
                 log.info("adapter %s (version %s) is no longer routed to: unloaded after its last request and "
                          "%g s", route.engine_model, route.version, self.settings.swap_unload_grace_seconds)
+        in_use = {route.engine for route in routed if route is not None}
+        for route in self._engines.values():
+            if route.engine in in_use:
+                if self._retired_engines.pop(route.engine, None) is not None:
+                    log.info("the engine of version %s is routed to again: kept running", route.version)
+            elif route.engine not in self._retired_engines:
+                self._retired_engines[route.engine] = time.monotonic() + self.settings.swap_unload_grace_seconds
+                self._unload_wanted.set()
+                log.info("the engine of version %s is no longer routed to: stopped after its last request and %g s",
+                         route.version, self.settings.swap_unload_grace_seconds)
 
     async def unload_retired(self) -> None:
         """Unload adapters that are no longer routed to, forever: each once no request holds it and the grace
@@ -229,8 +291,8 @@ class ChampionWatcher:
         grace = self.settings.swap_unload_grace_seconds
         waits = []
         for route, not_before in list(self._retired.items()):
-            if route.in_flight:
-                continue  # the end of its last request wakes the unloader
+            if route.in_flight or route.engine in self._retired_engines:
+                continue  # the end of its last request wakes the unloader; an engine's stop takes its adapters
             due = max(not_before, route.idle_since + grace) - time.monotonic()
             if due > 0:
                 waits.append(due)
@@ -248,7 +310,55 @@ class ChampionWatcher:
             ADAPTER_UNLOADS.inc()
             ADAPTERS_LOADED.set(len(self._adapters))
             log.info("unloaded adapter %s (version %s) from the engine", route.engine_model, route.version)
+        for engine, not_before in list(self._retired_engines.items()):
+            routes = self._routes_on(engine)
+            if any(route.in_flight for route in routes):
+                continue
+            due = max(not_before, max((r.idle_since for r in routes), default=0.0) + grace) - time.monotonic()
+            if due > 0:
+                waits.append(due)
+                continue
+            await self._stop_engine(engine)
         return min(waits, default=None)
+
+    def _routes_on(self, engine: Engine) -> list[Route]:
+        """The full model's own route and the adapters loaded into ``engine``."""
+        return [route for route in (*self._engines.values(), *self._adapters.values()) if route.engine is engine]
+
+    async def _stop_engine(self, engine: Engine) -> None:
+        """Stop a launched engine nothing routes to or holds any more; its adapters go with it."""
+        versions = sorted({route.version for route in self._routes_on(engine)})
+        del self._retired_engines[engine]
+        self._engines = {key: route for key, route in self._engines.items() if route.engine is not engine}
+        for name, route in list(self._adapters.items()):
+            if route.engine is engine:
+                del self._adapters[name]
+                self._retired.pop(route, None)
+        ADAPTERS_LOADED.set(len(self._adapters))
+        ENGINES_LAUNCHED.set(len(self._engines))
+        await self._shut(engine)
+        ENGINE_STOPS.inc()
+        log.info("stopped the engine %s (versions %s) after its last request", engine.name, ", ".join(versions))
+
+    async def _shut(self, engine: Engine) -> None:
+        try:
+            if engine.launched is not None:
+                await engine.launched.stop()
+        except Exception:
+            log.exception("could not stop the engine %s cleanly", engine.name)
+        finally:
+            await engine.client.close()
+
+    async def close(self) -> None:
+        """Stop every engine this gateway launched, and the launches under way (the gateway is stopping)."""
+        for task in list(self._launches.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for route in list(self._engines.values()):
+            await self._shut(route.engine)
+        self._engines.clear()
+        ENGINES_LAUNCHED.set(0)
 
     async def _canary_route(self, canary: Canary | None) -> CanaryRoute | None:
         if canary is None or canary.percent <= 0 or self._route is None or canary.version == self._route.version:
@@ -264,17 +374,21 @@ class ChampionWatcher:
     async def run(self) -> None:
         """Poll forever; a failed swap keeps the current route and is retried on the next poll."""
         while True:
+            self._wake.clear()  # before reading: a launch ending meanwhile wakes the next wait at once
             try:
                 await self.refresh()
             except Exception:
                 SWAP_FAILURES.inc()
                 log.exception("could not switch to the new champion; still serving %s", self._route)
-            await asyncio.sleep(self.settings.swap_poll_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.swap_poll_seconds)
 
     async def _load(self, version: ModelVersion) -> Route:
         """Load a version into the engine; a failure is also recorded on the version in the registry."""
         try:
             route = await self._load_into_engine(version)
+        except EngineNotReady:
+            raise
         except Exception as exc:
             where = f"gateway {self.settings.host}:{self.settings.port}"
             message = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {where}: {type(exc).__name__}: {exc}"
@@ -284,12 +398,108 @@ class ChampionWatcher:
         return route
 
     async def _load_into_engine(self, version: ModelVersion) -> Route:
+        if model_artifact_path(version) is not None:
+            return self._full_model_route(version)
         if adapter_artifact_path(version) is None:
-            return Route(str(version.version), self.settings.base_engine_model)
+            return Route(str(version.version), self.settings.base_engine_model, self.base_engine)
+        engine = await self._engine_for_base(version)
         dest = self.adapter_dir / f"v{version.version}"
         path = await asyncio.to_thread(download_adapter, self.registry.client, version, dest)
         name = self.settings.version_engine_model(str(version.version))
-        await self.engine.load_adapter(name, path)  # also puts back one unloaded behind this gateway's back
-        route = self._adapters.setdefault(name, Route(str(version.version), name))  # one coming back keeps its count
-        ADAPTERS_LOADED.set(len(self._adapters))
+        await engine.client.load_adapter(name, path)  # also puts back one unloaded behind this gateway's back
+        route = self._adapters.setdefault(name, Route(str(version.version), name, engine))  # one coming back keeps
+        ADAPTERS_LOADED.set(len(self._adapters))  # its count; one whose engine stopped left with it
         return route
+
+    async def _engine_for_base(self, version: ModelVersion) -> Engine:
+        """The engine an adapter loads into: the one serving its base (tag ``base_version``), started if need be."""
+        base = base_version(version)
+        if base is None:
+            return self.base_engine
+        base_model = await asyncio.to_thread(self.registry.version, base)
+        if model_artifact_path(base_model) is None:  # a base-model version: the deployment's engine serves it
+            return self.base_engine
+        return self._full_model_route(base_model).engine
+
+    def _full_model_route(self, version: ModelVersion) -> Route:
+        """The route to a full-model version's own engine; EngineNotReady while it starts, which this begins.
+
+        A failed launch is raised once (the caller counts, logs and records it on the version), then
+        EngineNotReady until ``engine_launch_retry_seconds`` have passed and a new launch begins.
+        """
+        key = str(version.version)
+        route = self._engines.get(key)
+        if route is not None:
+            return route
+        failure = self._launch_failures.get(key)
+        if failure is not None:
+            if not failure.reported:
+                failure.reported = True
+                raise failure.error
+            if time.monotonic() < failure.retry_at:
+                raise EngineNotReady(f"the engine for version {key} failed to start ({failure.error}); next try in "
+                                     f"{failure.retry_at - time.monotonic():.0f} s")
+            del self._launch_failures[key]
+        if key not in self._launches:
+            self._launches[key] = asyncio.create_task(self._launch(version), name=f"engine-launch-v{key}")
+        raise EngineNotReady(f"the engine for version {key} is starting")
+
+    async def _launch(self, version: ModelVersion) -> None:
+        """Start an engine for a full-model version and wait for its health check; then wake the watcher."""
+        key = str(version.version)
+        try:
+            route = await self._start_engine(version)
+        except Exception as exc:
+            ENGINE_LAUNCH_FAILURES.inc()
+            log.error("the engine for version %s did not start: %s; the live version keeps serving, next try in "
+                      "%g s", key, exc, self.settings.engine_launch_retry_seconds)
+            retry_at = time.monotonic() + self.settings.engine_launch_retry_seconds
+            self._launch_failures[key] = _LaunchFailure(exc, retry_at)
+        else:
+            async with self._lock:  # not while a refresh or the unloader reads the engines
+                self._engines[key] = route
+            ENGINE_LAUNCHES.inc()
+            ENGINES_LAUNCHED.set(len(self._engines))
+            log.info("the engine for version %s passed its health check: routed to from the next read", key)
+        finally:
+            self._launches.pop(key, None)
+            self._wake.set()
+
+    async def _start_engine(self, version: ModelVersion) -> Route:
+        if self.launcher is None:
+            raise EngineLaunchError(f"version {version.version} is a full model, and this gateway launches no "
+                                    "engines (FLYWHEEL_ENGINE_LAUNCHER=none)")
+        key = str(version.version)
+        model_dir = await asyncio.to_thread(download_model, self.registry.client, version, self.model_dir / f"v{key}")
+        spec = EngineSpec(key, model_dir, self.settings.version_engine_model(key))
+        log.info("starting an engine for version %s (full model in %s)", key, model_dir)
+        launched = await self.launcher.launch(spec)
+        engine = Engine(spec.served_name, EngineClient(launched.url, self.settings.engine_timeout), launched)
+        try:
+            await self._health_check(engine, spec)
+        except BaseException:
+            await self._shut(engine)
+            raise
+        return Route(key, spec.served_name, engine)
+
+    async def _health_check(self, engine: Engine, spec: EngineSpec) -> None:
+        """Wait until the engine answers its health check and serves ``spec``'s name (not some other server on
+        its port); fail if it exits first or takes longer than ``engine_startup_timeout``."""
+        deadline = time.monotonic() + self.settings.engine_startup_timeout
+        while not await _serves(engine.client, spec.served_name):
+            why = engine.launched.exited() if engine.launched is not None else None
+            if why is not None:
+                raise EngineLaunchError(f"the engine for version {spec.version} exited during start-up: {why}")
+            if time.monotonic() >= deadline:
+                raise EngineLaunchError(f"the engine for version {spec.version} did not pass its health check "
+                                        f"within {self.settings.engine_startup_timeout:g} s")
+            await asyncio.sleep(HEALTH_POLL_S)
+
+
+async def _serves(client: EngineClient, name: str) -> bool:
+    if not await client.healthy():
+        return False
+    try:
+        return name in await client.served_models()
+    except Exception:  # up but not answering yet
+        return False

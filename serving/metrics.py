@@ -44,3 +44,13 @@ CANARY_PICKS = Gauge("flywheel_canary_pairwise_votes",
                      ["outcome"])
 CANARY_DECISIONS = Counter("flywheel_canary_decisions_total",
                            "Automatic canary decisions applied (rollback, promote, stop).", ["action"])
+ENGINES_LAUNCHED = Gauge("flywheel_engines_launched",
+                         "Engines this gateway launched for full-model versions and has not stopped (the deployment's "
+                         "own engine is not counted).")
+ENGINE_LAUNCHES = Counter("flywheel_engine_launches_total",
+                          "Engines launched for full-model versions that passed their health check.")
+ENGINE_LAUNCH_FAILURES = Counter("flywheel_engine_launch_failures_total",
+                                 "Engines for full-model versions that failed to start or to pass their health check "
+                                 "in time; the live version kept serving.")
+ENGINE_STOPS = Counter("flywheel_engine_stops_total",
+                       "Launched engines stopped after their last request and the grace period.")

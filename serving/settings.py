@@ -12,6 +12,7 @@ from registry.canary_rule import CanaryRule
 from serving.feedback_tokens import load_or_create_secret
 
 EngineDtype = Literal["auto", "bfloat16", "float32"]
+EngineLauncherKind = Literal["vllm", "none"]
 
 
 class ServingSettings(CommonSettings):
@@ -39,7 +40,18 @@ class ServingSettings(CommonSettings):
             "served SmolLM2 at 0.27 of float32's rate (docs/benchmarks.md)."
         ),
     )
-    engine_startup_timeout: float = Field(default=600.0, description="Seconds the engine may take to start.")
+    engine_startup_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds the engine may take to start; also how long the gateway waits for "
+                                         "the health check of an engine it launched for a full-model version.")
+    engine_launcher: EngineLauncherKind = Field(
+        default="vllm", description="How the gateway gets an engine for a version that is a full model (swapped "
+                                    "blue/green): vllm starts a vLLM process on the gateway's machine, on a free "
+                                    "port, as the embedded stack starts its engine; none launches nothing (such a "
+                                    "version fails to load, counted and shown, and the live version keeps serving).")
+    engine_launch_retry_seconds: float = Field(
+        default=300.0, ge=0, description="After an engine for a full-model version failed to start or to pass its "
+                                         "health check, how long the gateway waits before launching it again (a "
+                                         "start takes about a minute of both cores on the embedded stack).")
     engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
     swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")
     swap_unload_grace_seconds: float = Field(

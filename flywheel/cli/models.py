@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -21,6 +22,7 @@ app = typer.Typer(help="Model versions and the champion alias.", no_args_is_help
 
 ACTOR = typer.Option(None, help="Who is acting, for the audit trail. Default: cli:<login>.")
 REASON = typer.Option(None, help="Why, for the audit trail.")
+MODEL_DIR = typer.Argument(..., help="An HF model folder (config.json, weights, tokenizer).")
 
 
 def _registry() -> Promotion:
@@ -62,6 +64,26 @@ def _share(proportion: Proportion) -> str:
 
 def _metric(metrics: dict[str, float], name: str) -> str:
     return f"{metrics[name]:.3f}" if name in metrics else ""
+
+
+@app.command()
+def register(model_dir: Path = MODEL_DIR, actor: str | None = ACTOR, reason: str | None = REASON) -> None:
+    """Register MODEL_DIR as a new version that is a full model, not a LoRA adapter (audited; moves no alias).
+
+    Promoted or made canary, it is swapped blue/green: the gateway starts an engine of its own for
+    it, routes to it once its health check passes, and stops the old one after its last request.
+    """
+    from trainer.config import TrainerSettings
+    from trainer.registry import Registry
+
+    registry = _registry()
+    experiment = Registry(TrainerSettings(), registry.factory).experiment_id()  # where trained versions' runs live
+    try:
+        version = registry.register_full_model(experiment, model_dir.resolve(), actor or default_actor(), reason)
+    except RegistryError as exc:
+        fail(str(exc))
+    console.print(f"version [bold]{version}[/] registered: the full model from {model_dir} "
+                  f"(`flywheel models promote {version}` or `canary {version}` to serve it)")
 
 
 @app.command()

@@ -34,6 +34,7 @@ def serve(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     On first start it migrates the store and registers the base model as version 1, champion.
     """
     from feedback.db.session import make_engine, session_factory, upgrade
+    from flywheel.stack.engine import VllmLauncher
     from serving.app import create_app
     from trainer.config import TrainerSettings
     from trainer.registry import Registry
@@ -42,7 +43,8 @@ def serve(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     settings = ServingSettings()
     upgrade(settings.resolved_database_url)
     Registry(TrainerSettings(), session_factory(make_engine(settings.resolved_database_url))).ensure_bootstrap()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+    launcher = VllmLauncher(settings) if settings.engine_launcher == "vllm" else None  # for full-model versions
+    uvicorn.run(create_app(settings, launcher), host=settings.host, port=settings.port, log_config=None,
                 access_log=verbose)
 
 

@@ -1,14 +1,20 @@
-"""The embedded stack's vLLM engine: its OpenAI server with runtime LoRA loading, as a managed child."""
+"""The embedded stack's vLLM engine: its OpenAI server with runtime LoRA loading, as a managed child.
+
+The same start serves ``VllmLauncher``, the gateway's way to get a second engine on this machine for a
+version that is a full model (swapped blue/green, ``serving.champion``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 
-from flywheel.stack.supervise import ManagedProcess
+from flywheel.stack.supervise import ManagedProcess, free_port
+from serving.engines import EngineSpec, LaunchedEngine
 from serving.settings import ServingSettings
 
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -34,18 +40,21 @@ def engine_dtype(settings: ServingSettings, cpuinfo: Path = Path("/proc/cpuinfo"
 
 
 def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path,
-                 env: Mapping[str, str] | None = None) -> ManagedProcess:
+                 env: Mapping[str, str] | None = None, port: int | None = None,
+                 served_name: str | None = None) -> ManagedProcess:
     """vLLM's OpenAI server with runtime LoRA loading on (each version is loaded under its own name).
 
     ``env`` adds to the engine's environment (a benchmark sets ``VLLM_PLUGINS`` to compare without
-    Flywheel's CPU LoRA ops, ``flywheel.stack.vllm_cpu_lora``).
+    Flywheel's CPU LoRA ops, ``flywheel.stack.vllm_cpu_lora``). ``port`` and ``served_name`` default to
+    the deployment's engine (``engine_port``, the base model's name); a launched engine has its own.
     """
+    port = port or settings.engine_port
     argv = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir),
-        "--served-model-name", settings.base_engine_model,
+        "--served-model-name", served_name or settings.base_engine_model,
         "--host", "127.0.0.1",
-        "--port", str(settings.engine_port),
+        "--port", str(port),
         "--dtype", engine_dtype(settings),
         "--max-model-len", str(settings.engine_max_model_len),
         # Whole prefills only: vLLM 0.32's CPU build fails the whole engine when a request carrying a
@@ -66,8 +75,52 @@ def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path,
         "VLLM_NO_USAGE_STATS": "1",
         **(env or {}),
     }
-    url = f"http://127.0.0.1:{settings.engine_port}/health"
+    url = f"http://127.0.0.1:{port}/health"
     return ManagedProcess(
         "engine (vllm)", argv, log_path, ready=lambda: httpx.get(url, timeout=2).status_code == 200,
         env=engine_env, startup_timeout=settings.engine_startup_timeout,
     )
+
+
+class LaunchedVllm:
+    """A vLLM process the gateway started for a full-model version (``serving.engines.LaunchedEngine``)."""
+
+    def __init__(self, process: ManagedProcess, url: str) -> None:
+        self.process = process
+        self._url = url
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def exited(self) -> str | None:
+        if self.process.alive:
+            return None
+        return f"{self.process.name} exited; its log ends:\n{self.process.log_tail(10)}"
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.process.stop)
+
+
+class VllmLauncher:
+    """Starts a vLLM engine on this machine, as ``flywheel up`` starts its own, for each full-model version.
+
+    The engine gets a free port, the version's name and the same flags and environment as the
+    deployment's (runtime LoRA, so adapters trained on that version load into it); its log is
+    ``logs/engine-v<N>.log`` in the data dir. The gateway health-checks it, so ``launch`` returns once
+    the process is started. Each engine reserves its own KV cache (``FLYWHEEL_ENGINE_KV_CACHE_GB``):
+    during a swap two engines hold one each, and on 2 cores they share one (slower until the old stops).
+    """
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+
+    async def launch(self, spec: EngineSpec) -> LaunchedEngine:
+        port = free_port()
+        process = vllm_process(self.settings, spec.model_dir,
+                               self.settings.data_dir / "logs" / f"engine-v{spec.version}.log",
+                               port=port, served_name=spec.served_name)
+        # Started on the event loop's thread, not a worker thread: the child is killed when the thread that
+        # started it ends (PR_SET_PDEATHSIG, flywheel.stack.supervise), and this one lives as long as the gateway.
+        process.start()
+        return LaunchedVllm(process, f"http://127.0.0.1:{port}")

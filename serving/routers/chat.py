@@ -60,7 +60,10 @@ class _Exchange:
 
     @property
     def one_call(self) -> bool:
-        """Whether one engine call answers it all (a pair from one engine model is one ``n=2`` call)."""
+        """Whether one engine call answers it all (a pair from one engine model is one ``n=2`` call).
+
+        Engine model names are unique across engines (``<registered model>-v<N>``, and the base), so one
+        name means one engine too."""
         return len({route.engine_model for route in self.routes}) == 1
 
     @property
@@ -119,9 +122,9 @@ async def create_chat_completion(
         try:
             if body.stream:
                 if exchange.one_call:
-                    chunks = state.engine.chat_stream(body.engine_payload(routes[0].engine_model))
+                    chunks = routes[0].engine.client.chat_stream(body.engine_payload(routes[0].engine_model))
                 else:
-                    chunks = merged([state.engine.chat_stream(body.engine_payload(r.engine_model, n=1))
+                    chunks = merged([r.engine.client.chat_stream(body.engine_payload(r.engine_model, n=1))
                                      for r in routes])
                 try:
                     first = await anext(chunks)  # engine errors become HTTP errors before any byte is sent
@@ -130,10 +133,10 @@ async def create_chat_completion(
                 return _HeldStream(_stream(state, exchange, first, chunks), held.pop_all())
 
             if exchange.one_call:
-                result = await state.engine.chat(body.engine_payload(routes[0].engine_model))
+                result = await routes[0].engine.client.chat(body.engine_payload(routes[0].engine_model))
             else:
                 result = joined(await asyncio.gather(
-                    *(state.engine.chat(body.engine_payload(r.engine_model, n=1)) for r in routes)))
+                    *(r.engine.client.chat(body.engine_payload(r.engine_model, n=1)) for r in routes)))
         except EngineError:
             _failed(exchange)
             raise

@@ -22,8 +22,8 @@ class Alive(BaseModel):
 
 class Readiness(BaseModel):
     status: Literal["ready", "not ready"]
-    checks: dict[str, bool] = Field(description="engine answers, broker takes a write, registry champion loaded, "
-                                                "outbox has room.")
+    checks: dict[str, bool] = Field(description="the champion's engine answers, broker takes a write, registry "
+                                                "champion loaded, outbox has room.")
     model_version: str | None = Field(description="The version answering now.")
     outbox_depth: int = Field(description="Acknowledged events waiting in the outbox for the broker.")
 
@@ -39,8 +39,9 @@ async def healthz() -> Alive:
 async def readyz(state: StateDep) -> JSONResponse:
     """Ready when the engine answers, a write to the broker is acknowledged, a champion is loaded and the outbox
     has room (a full one refuses events)."""
-    engine_ok, broker_ok = await asyncio.gather(state.engine.healthy(), state.producer.probe())
     route = state.watcher.current
+    engine = route.engine.client if route is not None else state.engine  # the champion's: maybe a launched one
+    engine_ok, broker_ok = await asyncio.gather(engine.healthy(), state.producer.probe())
     depth = state.outbox.depth
     checks = {"engine": engine_ok, "broker": broker_ok, "registry": route is not None,
               "outbox": depth < state.outbox.max_pending}

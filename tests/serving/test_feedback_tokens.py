@@ -12,6 +12,8 @@ import pytest
 from feedback.apps import Caller
 from flywheel.stack.supervise import wait_for
 from serving.champion import Route
+from serving.engine import EngineClient
+from serving.engines import Engine
 from serving.feedback_tokens import FeedbackTokens
 from serving.protocol import ChatCompletionRequest
 from serving.routers.chat import _Exchange
@@ -37,7 +39,8 @@ def thumbs(response_id: str = RESPONSE) -> dict[str, Any]:
 
 def test_every_answer_carries_a_token_for_its_one_vote() -> None:
     issuer = FeedbackTokens(b"k" * 32, ttl_s=60)
-    caller, route = Caller(7, "app", is_admin=False), Route(version="1", engine_model="base")
+    caller, route = Caller(7, "app", is_admin=False), Route(
+        version="1", engine_model="base", engine=Engine("base", EngineClient("http://127.0.0.1:9", 1)))
     messages = [{"role": "user", "content": "hi"}]
     single = _Exchange(ChatCompletionRequest(model="flywheel", messages=messages), caller, (route,), route, "flywheel",
                        issuer)
