@@ -23,6 +23,7 @@ from feedback.db.session import make_engine, session_factory, transaction
 from feedback.worker import Worker
 from flywheel.stack.supervise import free_port
 from serving.app import create_app
+from serving.engines import EngineLauncher
 from serving.settings import ServingSettings
 from tests.feedback.filtering import filter_settings
 
@@ -62,15 +63,16 @@ def gateway_settings(db_url: str, broker: str, data_dir: Path, mlflow_uri: str, 
     return ServingSettings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
 
 
-def running_gateway(settings: ServingSettings) -> Iterator[Gateway]:
-    """The gateway app with three apps (app, other, ops: admin), served in-process by TestClient."""
+def running_gateway(settings: ServingSettings, launcher: EngineLauncher | None = None) -> Iterator[Gateway]:
+    """The gateway app with three apps (app, other, ops: admin), served in-process by TestClient; ``launcher``
+    starts engines for full-model versions."""
     engine = make_engine(settings.resolved_database_url)
     with transaction(session_factory(engine)) as session:
         made = {name: create_api_app(session, name, admin=name == "ops") for name in ("app", "other", "ops")}
         keys = {name: key for name, (_, key) in made.items()}
         app_ids = {name: app.id for name, (app, _) in made.items()}
     engine.dispose()
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings, launcher), raise_server_exceptions=False) as client:
         yield Gateway(client, settings, keys, app_ids)
 
 

@@ -1,8 +1,10 @@
 """A small HTTP double of vLLM's OpenAI server, on a port of its own, for tests of what the gateway does around it.
 
-It serves what the gateway uses (models, chat streaming or not, LoRA load and unload), records each
-adapter load and unload, can keep a model's answers open until the test lets them end, and can fail
-unloads. No model runs: tests that use it are about swaps, routing and feedback, not about answers.
+It serves what the gateway uses (health, models, chat streaming or not, LoRA load and unload), records
+each adapter load and unload, can keep a model's answers open until the test lets them end, can fail
+unloads, and can fail its health check (an engine still starting). No model runs: tests that use it
+are about swaps, routing and feedback, not about answers. ``FakeLauncher`` starts one per full-model
+version, as the gateway's engine launcher.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Literal
 
 import uvicorn
@@ -22,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from flywheel.stack.supervise import wait_for
+from flywheel.stack.supervise import free_port, wait_for
+from serving.engines import EngineSpec, LaunchedEngine
 
 Say = Callable[[str, dict[str, Any]], str]
 """(engine model, request body) -> the answer's text."""
@@ -44,13 +47,15 @@ class FakeEngine:
         self.loaded: set[str] = set()
         self.calls: list[tuple[str, str, float]] = []
         self.fail_unloads = 0
+        self.healthy = threading.Event()  # cleared: /health answers 503, as an engine still starting
+        self.healthy.set()
         self.open: Counter[str] = Counter()  # chats started and not yet answered, per model
         self._gates: dict[str, threading.Event] = {}
         self._changed = threading.Condition()
 
     def app(self) -> Starlette:
         return Starlette(routes=[
-            Route("/health", lambda _r: PlainTextResponse("")),
+            Route("/health", lambda _r: PlainTextResponse("", 200 if self.healthy.is_set() else 503)),
             Route("/v1/models", self._models),
             Route("/v1/load_lora_adapter", self._load, methods=["POST"]),
             Route("/v1/unload_lora_adapter", self._unload, methods=["POST"]),
@@ -170,3 +175,60 @@ def serving(engine: FakeEngine, port: int) -> Iterator[None]:
             yield
         finally:
             engine.release_all()
+
+
+class FakeLauncher:
+    """An ``EngineLauncher`` double: each launch serves a new ``FakeEngine`` under the spec's name on a port of its own.
+
+    ``fail`` makes launches raise it; ``start_unhealthy`` starts engines failing their health check until the
+    test sets their ``healthy``. Each engine records ``("stopped", its name)`` when the gateway stops it.
+    """
+
+    def __init__(self) -> None:
+        self.launched: list[tuple[EngineSpec, FakeEngine]] = []
+        self.fail: Exception | None = None
+        self.start_unhealthy = False
+        self._servers = ExitStack()
+
+    def engines(self, version: str) -> list[FakeEngine]:
+        """The engines launched for ``version``, oldest first."""
+        return [engine for spec, engine in self.launched if spec.version == version]
+
+    def wait_launched(self, version: str, count: int = 1) -> FakeEngine:
+        """The ``count``-th engine launched for ``version``, once it is."""
+        wait_for(lambda: len(self.engines(version)) >= count, 10, f"launch {count} of version {version}", 0.02)
+        return self.engines(version)[count - 1]
+
+    async def launch(self, spec: EngineSpec) -> LaunchedEngine:
+        if self.fail is not None:
+            raise self.fail
+        engine, port = FakeEngine(spec.served_name), free_port()
+        if self.start_unhealthy:
+            engine.healthy.clear()
+        server = ExitStack()
+        await asyncio.to_thread(server.enter_context, serving(engine, port))
+        self._servers.callback(server.close)
+        self.launched.append((spec, engine))
+        return _FakeLaunched(engine, server, f"http://127.0.0.1:{port}")
+
+    def close(self) -> None:
+        """Stop what the gateway left running (it stops its engines when it stops)."""
+        self._servers.close()
+
+
+class _FakeLaunched:
+    def __init__(self, engine: FakeEngine, server: ExitStack, url: str) -> None:
+        self.engine = engine
+        self.server = server
+        self._url = url
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def exited(self) -> str | None:
+        return None
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.server.close)
+        self.engine._record("stopped", self.engine.base)

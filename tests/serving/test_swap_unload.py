@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from prometheus_client import REGISTRY
 
 from feedback.db.session import make_engine, session_factory, upgrade
 from flywheel.stack.supervise import free_port, wait_for
+from serving.engines import EngineLauncher
 from tests.bench.bench_swaps import register_adapter
 from tests.serving.conftest import Gateway, gateway_settings, running_gateway
 from tests.serving.fake_engine import FakeEngine, serving
@@ -46,7 +48,8 @@ def db_url(tmp_path: Path) -> str:
 @dataclass
 class Swaps:
     gateway: Gateway
-    engine: FakeEngine
+    engine: FakeEngine  # the deployment's engine: the base model and adapters trained on it
+    registry: Registry
 
     def adapter(self, version: str) -> str:
         return self.gateway.settings.version_engine_model(version)
@@ -69,34 +72,47 @@ class Swaps:
         assert lines[-1] == "[DONE]", lines
         return str(json.loads(lines[0])["flywheel"]["model_version"])
 
-    def held_chat(self, pool: ThreadPoolExecutor, version: str, stream: bool = False) -> Future[str]:
-        """A chat answered by ``version``'s adapter, kept open by the engine until the test releases it."""
+    def held_chat(self, pool: ThreadPoolExecutor, version: str, stream: bool = False,
+                  engine: FakeEngine | None = None) -> Future[str]:
+        """A chat answered by ``version``'s adapter (or full model), kept open by its engine (default: the base
+        model's) until the test releases it."""
+        engine = engine or self.engine
         adapter = self.adapter(version)
-        self.engine.hold(adapter)
+        engine.hold(adapter)
         pending = pool.submit(self.chat, stream)
-        self.engine.wait_until(lambda: self.engine.open[adapter] == 1)
+        engine.wait_until(lambda: engine.open[adapter] == 1)
         return pending
 
 
-@pytest.fixture
-def swaps(db_url: str, broker: str, tmp_path: Path, mlflow_uri: str) -> Iterator[Swaps]:
+@contextmanager
+def swap_gateway(db_url: str, broker: str, data_dir: Path, mlflow_uri: str, launcher: EngineLauncher | None = None,
+                 **overrides: Any) -> Iterator[Swaps]:
+    """The gateway in front of a ``FakeEngine`` serving the base model (version 1, champion); ``launcher`` starts
+    engines for full-model versions."""
     port = free_port()
-    settings = gateway_settings(db_url, broker, tmp_path / "data", mlflow_uri, engine_url=f"http://127.0.0.1:{port}",
-                                swap_unload_grace_seconds=GRACE, swap_poll_seconds=POLL, canary_check_seconds=0)
+    settings = gateway_settings(db_url, broker, data_dir, mlflow_uri, engine_url=f"http://127.0.0.1:{port}",
+                                swap_unload_grace_seconds=GRACE, swap_poll_seconds=POLL, canary_check_seconds=0,
+                                **overrides)
     trainer_settings = TrainerSettings(_env_file=None, data_dir=settings.data_dir,  # type: ignore[call-arg]
                                        database_url=db_url, mlflow_tracking_uri=mlflow_uri,
                                        registered_model=settings.registered_model,
                                        mlflow_experiment=f"swaps-{uuid.uuid4().hex[:8]}")
     registry = Registry(trainer_settings, session_factory(make_engine(db_url)))
     assert registry.ensure_bootstrap() == "1"  # the base model, champion
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    assert [register_adapter(registry, adapter) for _ in range(2)] == ["2", "3"]
     engine = FakeEngine(settings.base_engine_model)
     with serving(engine, port):
-        for gateway in running_gateway(settings):
-            yield Swaps(gateway, engine)
+        for gateway in running_gateway(settings, launcher):
+            yield Swaps(gateway, engine, registry)
+
+
+@pytest.fixture
+def swaps(db_url: str, broker: str, tmp_path: Path, mlflow_uri: str) -> Iterator[Swaps]:
+    with swap_gateway(db_url, broker, tmp_path / "data", mlflow_uri) as swaps:
+        adapter = tmp_path / "adapter"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text("{}")
+        assert [register_adapter(swaps.registry, adapter) for _ in range(2)] == ["2", "3"]
+        yield swaps
 
 
 def metric(name: str) -> float:
