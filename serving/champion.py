@@ -55,6 +55,7 @@ from serving.metrics import (
     ADAPTERS_LOADED,
     CANARY_PERCENT,
     CANARY_VERSION,
+    ENGINE_EXITS,
     ENGINE_LAUNCH_FAILURES,
     ENGINE_LAUNCHES,
     ENGINE_STOPS,
@@ -213,7 +214,8 @@ class ChampionWatcher:
                     log.warning("the registry has no %s version of %r yet", CHAMPION, self.settings.registered_model)
                 return self._route
             failed: Exception | None = None
-            if self._route is None or self._route.version != str(version.version):
+            await self._forget_exited_engines()
+            if self._route is None or self._route.version != str(version.version) or _exited(self._route):
                 try:
                     route = await self._load(version)
                 except EngineNotReady as exc:
@@ -321,14 +323,19 @@ class ChampionWatcher:
             await self._stop_engine(engine)
         return min(waits, default=None)
 
-    def _routes_on(self, engine: Engine) -> list[Route]:
-        """The full model's own route and the adapters loaded into ``engine``."""
-        return [route for route in (*self._engines.values(), *self._adapters.values()) if route.engine is engine]
+    async def _forget_exited_engines(self) -> None:
+        """Forget launched engines that exited on their own: one still routed to is launched again (its route
+        stays until the new engine passes its health check; requests on it fail meanwhile, as they would)."""
+        for route in [route for route in self._engines.values() if _exited(route)]:
+            why = route.engine.launched.exited() if route.engine.launched is not None else None
+            ENGINE_EXITS.inc()
+            log.error("the engine of version %s exited: %s; launched again while it is routed to", route.version, why)
+            self._forget(route.engine)
+            await self._shut(route.engine)
 
-    async def _stop_engine(self, engine: Engine) -> None:
-        """Stop a launched engine nothing routes to or holds any more; its adapters go with it."""
-        versions = sorted({route.version for route in self._routes_on(engine)})
-        del self._retired_engines[engine]
+    def _forget(self, engine: Engine) -> None:
+        """Drop a launched engine, and the adapters loaded into it, from what this gateway routes to and stops."""
+        self._retired_engines.pop(engine, None)
         self._engines = {key: route for key, route in self._engines.items() if route.engine is not engine}
         for name, route in list(self._adapters.items()):
             if route.engine is engine:
@@ -336,6 +343,15 @@ class ChampionWatcher:
                 self._retired.pop(route, None)
         ADAPTERS_LOADED.set(len(self._adapters))
         ENGINES_LAUNCHED.set(len(self._engines))
+
+    def _routes_on(self, engine: Engine) -> list[Route]:
+        """The full model's own route and the adapters loaded into ``engine``."""
+        return [route for route in (*self._engines.values(), *self._adapters.values()) if route.engine is engine]
+
+    async def _stop_engine(self, engine: Engine) -> None:
+        """Stop a launched engine nothing routes to or holds any more; its adapters go with it."""
+        versions = sorted({route.version for route in self._routes_on(engine)})
+        self._forget(engine)
         await self._shut(engine)
         ENGINE_STOPS.inc()
         log.info("stopped the engine %s (versions %s) after its last request", engine.name, ", ".join(versions))
@@ -364,7 +380,7 @@ class ChampionWatcher:
         if canary is None or canary.percent <= 0 or self._route is None or canary.version == self._route.version:
             return None
         current = self._canary
-        if current is not None and current.route.version == canary.version:
+        if current is not None and current.route.version == canary.version and not _exited(current.route):
             route = current.route
         else:
             route = await self._load(await asyncio.to_thread(self.registry.version, canary.version))
@@ -494,6 +510,11 @@ class ChampionWatcher:
                 raise EngineLaunchError(f"the engine for version {spec.version} did not pass its health check "
                                         f"within {self.settings.engine_startup_timeout:g} s")
             await asyncio.sleep(HEALTH_POLL_S)
+
+
+def _exited(route: Route) -> bool:
+    """Whether the route's engine is one the gateway launched that has exited."""
+    return route.engine.launched is not None and route.engine.launched.exited() is not None
 
 
 async def _serves(client: EngineClient, name: str) -> bool:

@@ -54,3 +54,5 @@ ENGINE_LAUNCH_FAILURES = Counter("flywheel_engine_launch_failures_total",
                                  "in time; the live version kept serving.")
 ENGINE_STOPS = Counter("flywheel_engine_stops_total",
                        "Launched engines stopped after their last request and the grace period.")
+ENGINE_EXITS = Counter("flywheel_engine_exits_total",
+                       "Launched engines that exited on their own; one still routed to is launched again.")

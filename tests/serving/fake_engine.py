@@ -49,6 +49,7 @@ class FakeEngine:
         self.fail_unloads = 0
         self.healthy = threading.Event()  # cleared: /health answers 503, as an engine still starting
         self.healthy.set()
+        self.killed = threading.Event()  # set: a launched engine reports that it exited (FakeLauncher)
         self.open: Counter[str] = Counter()  # chats started and not yet answered, per model
         self._gates: dict[str, threading.Event] = {}
         self._changed = threading.Condition()
@@ -227,7 +228,7 @@ class _FakeLaunched:
         return self._url
 
     def exited(self) -> str | None:
-        return None
+        return "killed" if self.engine.killed.is_set() else None
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.server.close)

@@ -129,6 +129,22 @@ def test_a_full_model_canary_gets_its_share_once_healthy_and_its_engine_stops_wi
     swaps.move("canary/stop")
     assert swaps.chat(user="someone") == "1"
     e2.wait_until(lambda: bool(e2.done("stopped", v2)))
+    assert e2.done("stopped", v2)[0] >= e2.done("answered", v2)[-1] + GRACE
+
+
+def test_a_launched_engine_that_exits_is_launched_again(swaps: Swaps, launcher: FakeLauncher) -> None:
+    v2, exits = swaps.adapter("2"), metric("flywheel_engine_exits_total")
+    swaps.move("2/promote")
+    first = launcher.wait_launched("2")
+    settles("flywheel_live_model_version", 2)
+    assert swaps.chat() == "2"
+    first.killed.set()  # its process is gone
+    second = launcher.wait_launched("2", 2)
+    settles("flywheel_engine_exits_total", exits + 1)
+    wait_for(lambda: swaps.chat() == "2" and bool(second.done("answered", v2)), 5, "the new engine answering",
+             interval=0.05)
+    time.sleep(STARTING)
+    assert len(launcher.launched) == 2 and swaps.chat(stream=True) == "2"
 
 
 @pytest.mark.parametrize("failure", ["launch", "health check"])
