@@ -147,7 +147,7 @@ def test_a_launched_engine_that_exits_is_launched_again(swaps: Swaps, launcher: 
     assert len(launcher.launched) == 2 and swaps.chat(stream=True) == "2"
 
 
-@pytest.mark.parametrize("failure", ["launch", "health check"])
+@pytest.mark.parametrize("failure", ["launch", "health check", "exit"])
 def test_a_failed_launch_leaves_the_champion_serving_and_is_counted(
         swaps: Swaps, launcher: FakeLauncher, failure: str, monkeypatch: pytest.MonkeyPatch) -> None:
     failed = metric("flywheel_engine_launch_failures_total")
@@ -157,17 +157,20 @@ def test_a_failed_launch_leaves_the_champion_serving_and_is_counted(
     else:
         launcher.start_unhealthy = True  # for good: never passes within STARTUP
     swaps.move("2/promote")
+    if failure == "exit":
+        launcher.wait_launched("2").killed.set()  # its process died while starting
     assert swaps.chat() == "1" and swaps.chat(stream=True) == "1"
     settles("flywheel_engine_launch_failures_total", failed + 1)
     settles("flywheel_model_swap_failures_total", swap_failures + 1)  # the champion's swap failed
     wait_for(lambda: LOAD_ERROR_TAG in swaps.registry.version("2").tags, 5, "the load error recorded", interval=0.05)
     error = swaps.registry.version("2").tags[LOAD_ERROR_TAG]
-    assert ("no room for a second engine" if failure == "launch" else "did not pass its health check") in error
+    assert {"launch": "no room for a second engine", "health check": "did not pass its health check",
+            "exit": "exited during start-up: killed"}[failure] in error
     time.sleep(STARTING)  # polls go on; no new launch within engine_launch_retry_seconds, nothing counted twice
     assert metric("flywheel_engine_launch_failures_total") == failed + 1
     assert metric("flywheel_model_swap_failures_total") == swap_failures + 1
     assert swaps.chat() == "1" and metric("flywheel_live_model_version") == 1
-    if failure == "health check":  # the engine that failed its check is not left running
+    if failure != "launch":  # the engine that failed its check is not left running
         (engine,) = launcher.engines("2")
         assert engine.done("stopped", swaps.adapter("2")) and engine.calls[0][0] == "stopped"
     for name, value in (("DATABASE_URL", swaps.gateway.settings.resolved_database_url),
