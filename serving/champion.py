@@ -279,19 +279,27 @@ class ChampionWatcher:
 
         Sleeps until the next one is due, or until a route retires or a retired route's last request
         ends. A failed unload is logged, counted and tried again after ``swap_poll_seconds``; requests
-        never see it (the adapter only stays loaded longer).
+        never see it (the adapter only stays loaded longer). Launched engines nothing routes to go the
+        same way, stopped after the lock is let go: a process's stop may take seconds, and refreshes
+        (an admin call among them) need not wait for it.
         """
         while True:
             self._unload_wanted.clear()  # before looking: a wish made while unloading is seen on the next turn
             async with self._lock:  # a refresh cannot route to an adapter while it is being unloaded
-                wait = await self._unload_due()
+                wait, stopping = await self._unload_due()
+            for engine, versions in stopping:
+                await self._shut(engine)
+                ENGINE_STOPS.inc()
+                log.info("stopped the engine %s (versions %s) after its last request", engine.name, versions)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._unload_wanted.wait(), wait)
 
-    async def _unload_due(self) -> float | None:
-        """Unload every retired adapter that is due; the seconds until the next falls due (None: none waits on time)."""
+    async def _unload_due(self) -> tuple[float | None, list[tuple[Engine, str]]]:
+        """Unload every retired adapter that is due; the seconds until the next falls due (None: none waits on time),
+        and the retired engines that are due, forgotten here, for the caller to stop (with their versions)."""
         grace = self.settings.swap_unload_grace_seconds
         waits = []
+        stopping: list[tuple[Engine, str]] = []
         for route, not_before in list(self._retired.items()):
             if route.in_flight or route.engine in self._retired_engines:
                 continue  # the end of its last request wakes the unloader; an engine's stop takes its adapters
@@ -320,8 +328,9 @@ class ChampionWatcher:
             if due > 0:
                 waits.append(due)
                 continue
-            await self._stop_engine(engine)
-        return min(waits, default=None)
+            stopping.append((engine, ", ".join(sorted({route.version for route in routes}))))
+            self._forget(engine)  # its adapters go with it
+        return min(waits, default=None), stopping
 
     async def _forget_exited_engines(self) -> None:
         """Forget launched engines that exited on their own: one still routed to is launched again (its route
@@ -347,14 +356,6 @@ class ChampionWatcher:
     def _routes_on(self, engine: Engine) -> list[Route]:
         """The full model's own route and the adapters loaded into ``engine``."""
         return [route for route in (*self._engines.values(), *self._adapters.values()) if route.engine is engine]
-
-    async def _stop_engine(self, engine: Engine) -> None:
-        """Stop a launched engine nothing routes to or holds any more; its adapters go with it."""
-        versions = sorted({route.version for route in self._routes_on(engine)})
-        self._forget(engine)
-        await self._shut(engine)
-        ENGINE_STOPS.inc()
-        log.info("stopped the engine %s (versions %s) after its last request", engine.name, ", ".join(versions))
 
     async def _shut(self, engine: Engine) -> None:
         try:
