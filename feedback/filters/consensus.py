@@ -307,9 +307,9 @@ class ConsensusFilter:
                                        labels=[0, 1]) for row in p]))
         return grid[best], p[best]
 
-    def _estimate(self, votes: Votes) -> tuple[float, np.ndarray, np.ndarray]:
+    def _estimate(self, votes: Votes) -> tuple[float, np.ndarray, Trust]:
         """The consensus model and whom it learns from, estimated together: the penalty, every vote's out-of-fold
-        prediction and each rater's trust (their probability of being honest).
+        prediction, and those votes with each rater's trust (their probability of being honest).
 
         Learning from crowds (Raykar et al., JMLR 2010), with raters who never share an item: the model is fitted
         with each vote weighing its rater's trust, and the trust is re-estimated from the new model's out-of-fold
@@ -320,15 +320,16 @@ class ConsensusFilter:
         by trust, the model is the honest raters' again.
         """
         grid = self._grid(votes)
-        trust = np.ones(len(votes.raters))
+        weight = np.ones(len(votes.raters))
         for _ in range(self.trust_rounds):
-            l2, p = self._cross_validate(votes, grid, trust[votes.owner])
-            earlier, trust = trust, self._trust(votes, p, trust)
-            if float(np.abs(trust - earlier).max()) < 0.05:
+            l2, p = self._cross_validate(votes, grid, weight[votes.owner])
+            trust = Trust.of(votes, p, weight, self.min_base_rate)  # its weights: the EM's start
+            earlier, weight = weight, self._trust(trust)
+            if float(np.abs(weight - earlier).max()) < 0.05:
                 break
         if len(grid) > 1:
             self._chosen = l2, len(votes.y)
-        return l2, p, trust
+        return l2, p, dataclasses.replace(trust, weight=weight)
 
     def review(self, state: FilterState, raters: set[Rater]) -> list[Flag]:
         """Test ``raters`` with ``min_votes`` or more votes against a model fitted without them."""
@@ -357,11 +358,10 @@ class ConsensusFilter:
         everyone = np.ones(len(votes.y), dtype=bool)
         if not self._learnable(votes, everyone):
             return []
-        l2, p_oof, weight = self._estimate(votes)
-        trusted = weight[votes.owner]
+        l2, p_oof, trust = self._estimate(votes)
+        trusted = trust.weight[votes.owner]
         # the model fitted on everyone: the warm start of each leave-one-out fit (and of the next search's)
         full = self._coef["full"] = self._fit(votes, everyone, l2, self._coef.get("full"), trusted)
-        trust = Trust.of(votes, p_oof, weight, self.min_base_rate)
         calibration = trust.calibration()
         tests = self._tests(votes, p_oof, calibration)
         judged_oof = np.bincount(votes.owner, weights=self._judged(votes, p_oof, calibration),
@@ -415,11 +415,11 @@ class ConsensusFilter:
                                   tail(against[mine], q[mine], self.min_rate))
         return tests
 
-    def _trust(self, votes: Votes, p: np.ndarray, start: np.ndarray) -> np.ndarray:
-        """Each rater's probability of being honest given the model's out-of-fold predictions ``p``, by EM from
-        ``start``: a two-group mixture over raters, who either vote as the model says (``p``, its own probability,
-        with slips of at least ``min_base_rate``) or invert a share ``poison`` (``min_rate`` to 1/2: attackers,
-        coin flippers) of their votes on top of that.
+    def _trust(self, trust: Trust) -> np.ndarray:
+        """Each rater's probability of being honest given the model's out-of-fold predictions (``trust.p``), by EM
+        from ``trust.weight``: a two-group mixture over raters, who either vote as the model says (its own
+        probability, with slips of at least ``min_base_rate``) or invert a share ``poison`` (``min_rate`` to 1/2:
+        attackers, coin flippers) of their votes on top of that.
 
         Why the model's own probability and not the calibration's (which the test uses): the model is fitted on the
         trusted votes, so it is the honest raters' likelihood; a calibration fitted to everyone's votes learns
@@ -430,14 +430,13 @@ class ConsensusFilter:
         (docs/filters.md, "Honest raters flagged under a taste with many ties"). The consensus is only a consensus
         with an honest majority, so the first group's share is kept at 1/2 or more.
         """
-        known = ~np.isnan(p)
-        owner, pk, y = votes.owner[known], p[known], votes.y[known]
-        raters = len(votes.raters)
+        owner, pk, y = trust.owner, trust.p, trust.y
+        raters = len(trust.weight)
         q = np.maximum(np.minimum(pk, 1 - pk), self.min_base_rate)
         against = (pk >= 0.5) != (y >= 0.5)
         honest = np.bincount(owner, log_likelihood(against, q, 0.0), minlength=raters)
         voted = np.bincount(owner, minlength=raters) > 0
-        weight, most = start, 1 - 1 / (raters + 1)
+        weight, most = trust.weight, 1 - 1 / (raters + 1)
         share = min(max(float(weight[voted].mean()) if voted.any() else 1.0, 0.5), most)
         for _ in range(self.calibration_rounds):
             doubt = 1 - weight[owner]

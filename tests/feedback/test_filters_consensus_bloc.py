@@ -48,6 +48,6 @@ def test_the_model_learns_from_the_honest_raters(histories: list[History]) -> No
     assert snapshot is not None
     votes = consensus._votes(snapshot)
     _, _, trust = consensus._estimate(votes)
-    honest = sorted(t for r, t in zip(votes.raters, trust, strict=True) if history.kinds[r] == "honest")
-    attackers = [t for r, t in zip(votes.raters, trust, strict=True) if history.kinds[r] == "attacker"]
+    honest = sorted(t for r, t in zip(votes.raters, trust.weight, strict=True) if history.kinds[r] == "honest")
+    attackers = [t for r, t in zip(votes.raters, trust.weight, strict=True) if history.kinds[r] == "attacker"]
     assert max(attackers) < 0.1 and honest[2] > 0.5

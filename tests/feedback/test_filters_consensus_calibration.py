@@ -62,9 +62,9 @@ def _out_of_fold(history: History, consensus: ConsensusFilter) -> tuple[Votes, n
     snapshot = consensus.prepare(history.state, set(history.state.votes))
     assert snapshot is not None
     votes = consensus._votes(snapshot)
-    _, p, weight = consensus._estimate(votes)
+    _, p, trust = consensus._estimate(votes)
     honest = np.isin(votes.owner, [n for n, r in enumerate(votes.raters) if history.kinds[r] == "honest"])
-    return votes, p, honest & ~np.isnan(p), Trust.of(votes, p, weight, consensus.min_base_rate)
+    return votes, p, honest & ~np.isnan(p), trust
 
 
 def _former_pooled_rate(votes: Votes, p: np.ndarray, without: str) -> float:
