@@ -14,6 +14,11 @@ routes (``hold``) until the end of its answer, and an adapter that is neither ch
 any more is unloaded (``unload_retired``) once no request holds it and a grace period has passed.
 One that becomes champion or canary again before that keeps its route and is not loaded twice.
 
+The ``challenger`` (the trainer's candidate that passed every gate, the likely next promotion or
+canary) is loaded ahead, routed to by nobody, so the move that routes to it waits for no load: in
+vLLM a first load takes seconds, most of a move's delay otherwise. It is kept loaded like the routed
+versions, and retired like them once the alias moves on.
+
 A version that is a full model, not an adapter, is swapped blue/green: it needs an engine of its
 own, which an ``EngineLauncher`` starts in the background (a vLLM start takes about a minute, and
 neither the poll nor an admin call waits for it). The route flips only once that engine passes its
@@ -38,6 +43,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from registry.model_versions import (
     CANARY,
+    CHALLENGER,
     CHAMPION,
     adapter_artifact_path,
     base_version,
@@ -50,6 +56,7 @@ from serving.canary import in_canary
 from serving.engine import EngineClient
 from serving.engines import Engine, EngineLauncher, EngineLaunchError, EngineSpec
 from serving.metrics import (
+    ADAPTER_PRELOAD_FAILURES,
     ADAPTER_UNLOAD_FAILURES,
     ADAPTER_UNLOADS,
     ADAPTERS_LOADED,
@@ -159,6 +166,8 @@ class ChampionWatcher:
         self._wake = asyncio.Event()  # a launch ended: read the aliases again now, not at the next poll
         self._route: Route | None = None
         self._canary: CanaryRoute | None = None
+        self._ahead: Route | None = None  # the challenger's adapter, loaded before any alias routes to it
+        self._ahead_failed: str | None = None  # the challenger version whose load failed: not tried every poll
         self._lock = asyncio.Lock()
         self._sides = random.Random()
         self._adapters: dict[str, Route] = {}  # engine name -> route: adapters this gateway loaded, not unloaded yet
@@ -229,6 +238,7 @@ class ChampionWatcher:
                     LIVE_VERSION.set(float(route.version))
                     log.info("champion is now version %s (was %s)", route.version, previous and previous.version)
             await self._refresh_canary()
+            await self._load_challenger_ahead()
             self._retire_unrouted()
             if failed is not None:
                 raise failed
@@ -249,9 +259,47 @@ class ChampionWatcher:
         CANARY_VERSION.set(float(self._canary.route.version) if self._canary else 0)
         CANARY_PERCENT.set(self._canary.percent if self._canary else 0)
 
+    async def _load_challenger_ahead(self) -> None:
+        """Load the challenger's adapter if it is not loaded, so a move to it does not wait for the load.
+
+        Only an adapter on an engine that is running: a full model (or an adapter of one whose engine is
+        not up) would need an engine started on speculation, two cores' worth for a move that may never
+        come. A failed load is counted, logged and recorded on the version (``models list`` shows it before
+        anyone moves to it), and not tried again while the alias stays on that version; the move itself
+        tries again and fails as it would have.
+        """
+        version = None
+        if self.settings.swap_preload_challenger:
+            version = await asyncio.to_thread(self.registry.alias_version, CHALLENGER)
+        if version is None or adapter_artifact_path(version) is None or model_artifact_path(version) is not None:
+            self._ahead = None
+            return
+        key = str(version.version)
+        ahead = self._ahead
+        if ahead is not None and ahead.version == key and self._adapters.get(ahead.engine_model) is ahead:
+            return  # loaded on an earlier poll and still there
+        self._ahead = None
+        routed = {route.version for route in (self._route, self._canary.route if self._canary else None) if route}
+        if key in routed or key == self._ahead_failed:
+            return
+        base = await self._full_model_base(version)
+        launched = self._engines.get(str(base.version)) if base is not None else None
+        if base is not None and (launched is None or _exited(launched)):
+            return
+        try:
+            self._ahead = await self._load(version, launched.engine if launched is not None else self.base_engine)
+        except Exception as exc:
+            self._ahead_failed = key
+            ADAPTER_PRELOAD_FAILURES.inc()
+            log.warning("could not load the %s version %s ahead of a move (%s: %s); the live versions are not "
+                        "affected, a move to it will try again", CHALLENGER, key, type(exc).__name__, exc)
+        else:
+            self._ahead_failed = None
+
     def _retire_unrouted(self) -> None:
-        """Mark loaded adapters that are neither champion nor canary for unloading; one routed to again is kept."""
-        routed = {self._route, self._canary.route if self._canary else None}
+        """Mark loaded adapters that are neither champion, canary nor challenger for unloading; one routed to (or
+        loaded ahead) again is kept."""
+        routed = {self._route, self._canary.route if self._canary else None, self._ahead}
         for route in self._adapters.values():
             if route in routed:
                 if self._retired.pop(route, None) is not None:
@@ -400,10 +448,11 @@ class ChampionWatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.swap_poll_seconds)
 
-    async def _load(self, version: ModelVersion) -> Route:
-        """Load a version into the engine; a failure is also recorded on the version in the registry."""
+    async def _load(self, version: ModelVersion, engine: Engine | None = None) -> Route:
+        """Load a version into the engine (an adapter into ``engine`` if given, else the one serving its base); a
+        failure is also recorded on the version in the registry."""
         try:
-            route = await self._load_into_engine(version)
+            route = await self._load_into_engine(version, engine)
         except EngineNotReady:
             raise
         except Exception as exc:
@@ -414,12 +463,12 @@ class ChampionWatcher:
         await asyncio.to_thread(self.registry.mark_load_error, version, None)
         return route
 
-    async def _load_into_engine(self, version: ModelVersion) -> Route:
+    async def _load_into_engine(self, version: ModelVersion, engine: Engine | None) -> Route:
         if model_artifact_path(version) is not None:
             return self._full_model_route(version)
         if adapter_artifact_path(version) is None:
             return Route(str(version.version), self.settings.base_engine_model, self.base_engine)
-        engine = await self._engine_for_base(version)
+        engine = engine or await self._engine_for_base(version)
         dest = self.adapter_dir / f"v{version.version}"
         path = await asyncio.to_thread(download_adapter, self.registry.client, version, dest)
         name = self.settings.version_engine_model(str(version.version))
@@ -430,13 +479,17 @@ class ChampionWatcher:
 
     async def _engine_for_base(self, version: ModelVersion) -> Engine:
         """The engine an adapter loads into: the one serving its base (tag ``base_version``), started if need be."""
+        base = await self._full_model_base(version)
+        return self.base_engine if base is None else self._full_model_route(base).engine
+
+    async def _full_model_base(self, version: ModelVersion) -> ModelVersion | None:
+        """The full-model version an adapter was trained on (tag ``base_version``); None when the deployment's
+        engine serves its base."""
         base = base_version(version)
         if base is None:
-            return self.base_engine
+            return None
         base_model = await asyncio.to_thread(self.registry.version, base)
-        if model_artifact_path(base_model) is None:  # a base-model version: the deployment's engine serves it
-            return self.base_engine
-        return self._full_model_route(base_model).engine
+        return base_model if model_artifact_path(base_model) is not None else None
 
     def _full_model_route(self, version: ModelVersion) -> Route:
         """The route to a full-model version's own engine; EngineNotReady while it starts, which this begins.

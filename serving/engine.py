@@ -45,11 +45,12 @@ class EngineClient:
         return {card["id"] for card in response.json()["data"]}
 
     async def load_adapter(self, name: str, path: Path) -> None:
-        """Load a LoRA adapter under a new name; a name already served is left as it is."""
+        """Load a LoRA adapter under a new name; a name already served is left as it is (another gateway on the
+        same engine may load it between the check and the load: vLLM's refusal then is no failure)."""
         if name in await self.served_models():
             return
         response = await self.http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
-        if response.status_code != 200:
+        if response.status_code != 200 and name not in await self.served_models():
             raise EngineError(f"engine refused adapter {name}: {response.status_code} {response.text[:500]}")
 
     async def unload_adapter(self, name: str) -> None:

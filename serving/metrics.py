@@ -16,11 +16,14 @@ SWAPS = Counter("flywheel_model_swaps_total", "Champion switches performed witho
 SWAP_FAILURES = Counter("flywheel_model_swap_failures_total", "Champion switches that failed and were retried.")
 ADAPTERS_LOADED = Gauge("flywheel_engine_adapters_loaded",
                         "LoRA adapters this gateway loaded into the engine and has not unloaded: the champion's, the "
-                        "canary's, and old ones still answering or in their grace period.")
+                        "canary's, the challenger's (loaded ahead), and old ones still answering or in their grace period.")
 ADAPTER_UNLOADS = Counter("flywheel_adapter_unloads_total",
                           "Old adapters unloaded from the engine after their last request and the grace period.")
 ADAPTER_UNLOAD_FAILURES = Counter("flywheel_adapter_unload_failures_total",
                                   "Adapter unloads the engine failed; each is tried again.")
+ADAPTER_PRELOAD_FAILURES = Counter("flywheel_adapter_preload_failures_total",
+                                   "Challenger adapters that failed to load ahead of a move (recorded on the version "
+                                   "as load_error; the live routes are unaffected).")
 LIVE_VERSION = Gauge("flywheel_live_model_version", "The registry version currently answering.")
 CANARY_VERSION = Gauge("flywheel_canary_model_version", "The canary version this gateway sends its share to (0: none).")
 CANARY_PERCENT = Gauge("flywheel_canary_percent", "The percent of end users sent to the canary (0: no canary).")

@@ -54,6 +54,11 @@ class ServingSettings(CommonSettings):
                                          "start takes about a minute of both cores on the embedded stack).")
     engine_timeout: float = Field(default=300.0, description="Seconds a chat may take in the engine.")
     swap_poll_seconds: float = Field(default=2.0, gt=0, description="How often the registry is read.")
+    swap_preload_challenger: bool = Field(
+        default=True, description="Load the challenger's adapter (a candidate that passed every gate: the likely next "
+                                  "promotion or canary) into the engine before any alias routes to it, so that move "
+                                  "is not held up by vLLM's load. The embedded engine keeps one more adapter in "
+                                  "memory for it (vLLM --max-cpu-loras).")
     swap_unload_grace_seconds: float = Field(
         default=5.0, ge=0, description="How long an adapter that is neither champion nor canary any more stays "
                                        "loaded in the engine, counted from then and from the end of the last request "

@@ -66,6 +66,9 @@ def vllm_process(settings: ServingSettings, model_dir: Path, log_path: Path,
         "--enable-lora",
         "--max-lora-rank", str(settings.engine_max_lora_rank),
         "--max-loras", str(settings.engine_max_loras),
+        # Resident adapters: champion and canary, and the challenger loaded ahead of its move. Loading one more
+        # than this evicts the least recently used, which the next request on it would load again.
+        "--max-cpu-loras", str(settings.engine_max_loras + settings.swap_preload_challenger),
         "--disable-log-stats",
     ]
     engine_env = {

@@ -9,11 +9,13 @@ file, a run and a version each, as a training round registers them), and holds s
 end user. Ops' moves go through the gateway's admin routes, as ``flywheel models`` and ops' tools
 send them. The timeline:
 
-1. warm-up: the first adapter version is promoted (the base model is faster than any adapter, so
+1. warm-up: the first adapter version is marked challenger, as a round marks a version that passed
+   its gates, and promoted a ``--swap-every`` later (the base model is faster than any adapter, so
    every window serves adapters);
 2. a window without swaps;
-3. the swaps: per cycle and per other version X, canary X at ``--percent``, promote X (the canary
-   ends with it), roll back, canary X again, stop the canary; one move every ``--swap-every`` s;
+3. the swaps: per cycle and per other version X, X is marked challenger, then a ``--swap-every``
+   later canary X at ``--percent``, promote X (the canary ends with it), roll back, canary X again,
+   stop the canary; one move every ``--swap-every`` s;
 4. a second window without swaps (the two quiet windows bracket the swaps, so a drift of the
    shared machine weighs on both sides alike).
 
@@ -21,7 +23,8 @@ It prints the failed requests (must be 0; the exit status is 1 otherwise), for e
 from sending it to the first answer from the version it sends a user to (among the users it
 changed), answers still from the state before a move after the move returned (0 on one gateway),
 and the throughput during the swaps against the quiet windows. Only a ratio taken in one run
-means anything on these shared machines.
+means anything on these shared machines. The gateway loads a challenger's adapter before any move
+to it; ``FLYWHEEL_SWAP_PRELOAD_CHALLENGER=false`` in the environment measures moves that load.
 """
 
 from __future__ import annotations
@@ -109,10 +112,10 @@ ROLLBACK = Step("rollback", "/admin/models/rollback", None, lambda _s, answer: S
 STOP = Step("canary stop", "/admin/models/canary/stop", None, lambda s, _a: Serving(s.champion))
 
 
-def schedule(others: list[str], cycles: int, percent: float) -> list[Step]:
-    """Per cycle and per other version X: canary X, promote X, rollback, canary X, stop."""
-    return [step for _ in range(cycles) for x in others
-            for step in (canary(x, percent), promote(x), ROLLBACK, canary(x, percent), STOP)]
+def schedule(others: list[str], cycles: int, percent: float) -> list[tuple[str, list[Step]]]:
+    """Per cycle and per other version X: (X, its moves: canary X, promote X, rollback, canary X, stop)."""
+    return [(x, [canary(x, percent), promote(x), ROLLBACK, canary(x, percent), STOP])
+            for _ in range(cycles) for x in others]
 
 
 @dataclass
@@ -232,12 +235,12 @@ async def move(admin: httpx.AsyncClient, step: Step, run: Run) -> None:
     run.moves.append(Move(step, sent, returned, before, run.serving))
 
 
-async def measure(stack: BenchStack, admin_key: str, versions: list[str], args: argparse.Namespace,
-                  progress: Progress, run: Run) -> None:
+async def measure(stack: BenchStack, admin_key: str, registry: Registry, versions: list[str],
+                  args: argparse.Namespace, progress: Progress, run: Run) -> None:
     """Hold the load through the timeline (module docstring) and apply the moves; fills ``run``."""
     stop = asyncio.Event()
-    steps = schedule(versions[1:], args.cycles, args.percent)
-    total = args.warmup + 2 * args.quiet + len(steps) * args.swap_every
+    cycles = schedule(versions[1:], args.cycles, args.percent)
+    total = args.warmup + 2 * args.quiet + sum(len(steps) + 1 for _, steps in cycles) * args.swap_every
     task = progress.add_task("warm-up", total=total, status="")
     started = time.perf_counter()
 
@@ -247,6 +250,11 @@ async def measure(stack: BenchStack, admin_key: str, versions: list[str], args: 
             progress.update(task, completed=min(time.perf_counter() - started, total),
                             status=f"answers {len(run.answers)} · failed {failed} · {run.serving}")
             await asyncio.sleep(0.5)
+
+    async def proposed(version: str) -> None:
+        """The trainer's part: a round registered ``version`` and it passed every gate; ops move to it later."""
+        await asyncio.to_thread(registry.set_challenger, version, reason="passed every gate (bench)")
+        await asyncio.sleep(args.swap_every)
 
     async def window(name: str, seconds: float) -> tuple[float, float]:
         progress.update(task, description=name)
@@ -263,14 +271,18 @@ async def measure(stack: BenchStack, admin_key: str, versions: list[str], args: 
         clients = [asyncio.create_task(client(http, stack.settings.public_model, f"user{n}", n % 2 == 1,
                                               args.max_tokens, stop, run)) for n in range(args.clients)]
         try:
+            await proposed(versions[0])
             await move(admin, promote(versions[0]), run)
             await window("warm-up", args.warmup)
             run.quiet.append(await window("without swaps", args.quiet))
             progress.update(task, description="swaps")
             begin = time.perf_counter()
-            for n, step in enumerate(steps, 1):
-                await move(admin, step, run)
-                await asyncio.sleep(max(0.0, begin + n * args.swap_every - time.perf_counter()))
+            for version, steps in cycles:
+                await proposed(version)
+                for step in steps:
+                    sent = time.perf_counter()
+                    await move(admin, step, run)
+                    await asyncio.sleep(max(0.0, sent + args.swap_every - time.perf_counter()))
             run.swaps = (begin, time.perf_counter())
             run.quiet.append(await window("without swaps", args.quiet))
         finally:
@@ -358,7 +370,7 @@ def main() -> None:
         with Progress(TextColumn("{task.description:<14}"), BarColumn(), TimeElapsedColumn(),
                       TextColumn("{task.fields[status]}"), console=console) as progress:
             run = Run(serving=Serving(str(registry.champion().version)))
-            asyncio.run(measure(stack, admin_key, versions, args, progress, run))
+            asyncio.run(measure(stack, admin_key, registry, versions, args, progress, run))
         failed = report(run, gateway_metrics(stack))
     sys.exit(1 if failed else 0)
 

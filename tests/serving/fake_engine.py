@@ -47,6 +47,7 @@ class FakeEngine:
         self.loaded: set[str] = set()
         self.calls: list[tuple[str, str, float]] = []
         self.fail_unloads = 0
+        self.refuse_loads: set[str] = set()  # adapter names whose load is refused, as vLLM refuses a broken adapter
         self.healthy = threading.Event()  # cleared: /health answers 503, as an engine still starting
         self.healthy.set()
         self.killed = threading.Event()  # set: a launched engine reports that it exited (FakeLauncher)
@@ -100,6 +101,9 @@ class FakeEngine:
         name = (await request.json())["lora_name"]
         if name in self.loaded:
             return JSONResponse({"error": {"message": f"{name} has already been loaded"}}, 400)
+        if name in self.refuse_loads:
+            self._record("load refused", name)
+            return JSONResponse({"error": {"message": f"{name}: no adapter at that path"}}, 404)
         self.loaded.add(name)
         self._record("load", name)
         return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
