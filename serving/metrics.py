@@ -16,7 +16,8 @@ SWAPS = Counter("flywheel_model_swaps_total", "Champion switches performed witho
 SWAP_FAILURES = Counter("flywheel_model_swap_failures_total", "Champion switches that failed and were retried.")
 ADAPTERS_LOADED = Gauge("flywheel_engine_adapters_loaded",
                         "LoRA adapters this gateway loaded into the engine and has not unloaded: the champion's, the "
-                        "canary's, the challenger's (loaded ahead), and old ones still answering or in their grace period.")
+                        "canary's, the challenger's (loaded ahead), and old ones still answering or in their grace "
+                        "period.")
 ADAPTER_UNLOADS = Counter("flywheel_adapter_unloads_total",
                           "Old adapters unloaded from the engine after their last request and the grace period.")
 ADAPTER_UNLOAD_FAILURES = Counter("flywheel_adapter_unload_failures_total",
