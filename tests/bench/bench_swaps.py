@@ -147,7 +147,7 @@ class Run:
     answers: list[Answer] = field(default_factory=list)
     moves: list[Move] = field(default_factory=list)
     quiet: list[tuple[float, float]] = field(default_factory=list)
-    swaps: tuple[float, float] = (0.0, 0.0)
+    swaps: list[tuple[float, float]] = field(default_factory=list)  # the windows "during swaps"
     serving: Serving = Serving("1")  # the state now: the bootstrap's champion until the first move
 
     def answered_in(self, window: tuple[float, float]) -> int:
@@ -283,7 +283,7 @@ async def measure(stack: BenchStack, admin_key: str, registry: Registry, version
                     sent = time.perf_counter()
                     await move(admin, step, run)
                     await asyncio.sleep(max(0.0, sent + args.swap_every - time.perf_counter()))
-            run.swaps = (begin, time.perf_counter())
+            run.swaps = [(begin, time.perf_counter())]
             run.quiet.append(await window("without swaps", args.quiet))
         finally:
             stop.set()
@@ -293,10 +293,13 @@ async def measure(stack: BenchStack, admin_key: str, registry: Registry, version
                 await ticker
 
 
-def gateway_metrics(stack: BenchStack) -> dict[str, float]:
-    """The gateway's adapter counters and gauge at the end (``/metrics``)."""
-    wanted = {"flywheel_adapter_unloads_total", "flywheel_adapter_unload_failures_total",
-              "flywheel_engine_adapters_loaded", "flywheel_model_swap_failures_total"}
+ADAPTER_METRICS = ("flywheel_adapter_unloads_total", "flywheel_adapter_unload_failures_total",
+                   "flywheel_adapter_preload_failures_total", "flywheel_engine_adapters_loaded",
+                   "flywheel_model_swap_failures_total")
+
+
+def gateway_metrics(stack: BenchStack, wanted: tuple[str, ...] = ADAPTER_METRICS) -> dict[str, float]:
+    """The gateway's counters and gauges named ``wanted`` at the end (``/metrics``)."""
     text = httpx.get(f"{stack.gateway}/metrics", timeout=10).text
     return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
             if s.name in wanted}
@@ -316,7 +319,7 @@ def report(run: Run, metrics: dict[str, float]) -> int:
                       "none seen" if seconds is None else f"{seconds:.2f}", str(run.stale(index)))
     console.print(moves)
 
-    quiet, during = run.rate(run.quiet), run.rate([run.swaps])
+    quiet, during = run.rate(run.quiet), run.rate(run.swaps)
     summary = Table("figure", "value", title="swaps under load")
     streams = sum(a.stream for a in run.answers)
     summary.add_row("requests (streaming / not)", f"{len(run.answers)} ({streams} / {len(run.answers) - streams})")

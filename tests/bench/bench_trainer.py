@@ -14,13 +14,16 @@ built in a temp dir; ``--model`` takes any local HF folder (e.g. the prepared Sm
 
 ``--cycle`` instead times one whole round (``train_once`` with the default TrainConfig: snapshot
 and its GX suite, reward model, DPO, gates, registration) on a temp SQLite store seeded with
-``--pairs`` pairwise votes, and prints the wall time of each stage.
+``--pairs`` pairwise votes, and prints the wall time of each stage, the process's CPU minutes, the
+drift checks and the gate report. ``--algorithm`` picks the policy stage (``flywheel train``'s
+choices), ``--max-steps`` caps it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from trainer.base_model import build_tiny_model
 from trainer.config import TrainConfig
 from trainer.dpo import dpo_args, dpo_trainer
-from trainer.pairs import PreferencePair
+from trainer.pairs import EventKey, PreferencePair
 from trainer.policy import lora_config
 
 TOPICS = ["sleep", "tea", "walking", "reading", "cooking", "rain", "music", "running", "gardens", "maps"]
@@ -47,7 +50,7 @@ def make_pairs(n: int) -> list[PreferencePair]:
             chosen_response_id=f"resp_{i}_a",
             rejected_response_id=f"resp_{i}_b",
             source="pairwise",
-            event_ids=(f"evt_{i}",),
+            event_ids=(EventKey(1, f"evt_{i}"),),
             weight=1.0,
         )
         for i in range(n)
@@ -89,7 +92,7 @@ def flywheel(model_dir: Path, pairs: list[PreferencePair], config: TrainConfig, 
     return time.perf_counter() - started
 
 
-def full_cycle(model_dir: Path, n_pairs: int, tmp: Path) -> None:
+def full_cycle(model_dir: Path, n_pairs: int, tmp: Path, config: TrainConfig) -> None:
     """Seed a store with ``n_pairs`` voted pairs (as the worker would store them) and time one round."""
     import hashlib
     from datetime import UTC, datetime
@@ -142,12 +145,26 @@ def full_cycle(model_dir: Path, n_pairs: int, tmp: Path) -> None:
                     created_at=now,
                 )
             )
-    started = time.perf_counter()
-    result = train_once(settings, TrainConfig())
-    total = time.perf_counter() - started
+    started, cpu = time.perf_counter(), _cpu_seconds()
+    result = train_once(settings, config)
+    total, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
     print(result.message)
     print(", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items() if k != "per_step"))
-    print(f"one full cycle on {n_pairs} pairs: {total:.0f} s ({total / 60:.1f} min)")
+    print(f"one full {result.algorithm} cycle on {n_pairs} pairs: {total:.0f} s ({total / 60:.1f} min), "
+          f"{cpu / 60:.1f} CPU min")
+    if result.drift is not None:
+        print(f"drift checks (step, KL to the base): {result.drift.measured}; limit {result.drift.limit:.3f}; "
+              f"{result.drift.describe() or 'never over'}")
+    if result.gates is not None:
+        for gate in result.gates.gates:
+            print(f"gate {gate.name}: {gate.status} ({gate.value:.4g})")
+    print(f"version {result.version}, challenger {result.challenger}")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:
@@ -158,10 +175,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--cycle", action="store_true", help="time one full round instead (needs --model)")
+    parser.add_argument("--algorithm", default="auto", help="--cycle: the round's algorithm (auto, dpo, kto, orpo, "
+                                                            "rloo, grpo)")
+    parser.add_argument("--max-steps", type=int, default=-1, help="--cycle: cap on the policy's optimizer steps")
     args = parser.parse_args()
     if args.cycle:
+        cycle_config = TrainConfig(algorithm=args.algorithm, max_steps=args.max_steps)
         with tempfile.TemporaryDirectory() as tmp:
-            full_cycle(args.model or build_tiny_model(Path(tmp) / "tiny"), args.pairs, Path(tmp))
+            full_cycle(args.model or build_tiny_model(Path(tmp) / "tiny"), args.pairs, Path(tmp), cycle_config)
         return
     config = TrainConfig(epochs=1, batch_size=args.batch_size, max_length=args.max_length, learning_rate=1e-4)
     pairs = make_pairs(args.pairs)
