@@ -48,6 +48,13 @@ class ServingSettings(CommonSettings):
                                     "blue/green): vllm starts a vLLM process on the gateway's machine, on a free "
                                     "port, as the embedded stack starts its engine; none launches nothing (such a "
                                     "version fails to load, counted and shown, and the live version keeps serving).")
+    engine_launch_cpus: str = Field(
+        default="", description="CPU engines only: the cores engines the gateway launches bind their threads to "
+                                "(vLLM's VLLM_CPU_OMP_THREADS_BIND), as core sets separated by '|' that successive "
+                                "launches take in turn, e.g. '1|0' on 2 cores. A blue/green swap runs two engines at "
+                                "once; with vLLM's own choice (empty) both bind the same cores, and on 2 cores the new "
+                                "one starts at a crawl beside the serving one. Give the sets cores the deployment's "
+                                "engine does not need while it is idle.")
     engine_launch_retry_seconds: float = Field(
         default=300.0, ge=0, description="After an engine for a full-model version failed to start or to pass its "
                                          "health check, how long the gateway waits before launching it again (a "

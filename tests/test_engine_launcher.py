@@ -44,3 +44,27 @@ def test_a_launched_engine_gets_its_own_port_and_name_and_reports_its_exit(
     wait_for(lambda: launched.exited() is not None, 20, "the process's exit", interval=0.1)
     assert "no engine here" in (launched.exited() or "")
     asyncio.run(launched.stop())  # stopping an exited engine is a no-op
+
+
+def test_launched_engines_take_the_configured_core_sets_in_turn(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blue/green swap runs the new engine beside the serving one: each launch binds the next core set, so the two
+    do not share cores; with none configured vLLM chooses (no binding passed)."""
+    binds: list[str | None] = []
+
+    def no_vllm(settings: ServingSettings, model_dir: Path, log_path: Path, env: Mapping[str, str] | None = None,
+                port: int | None = None, served_name: str | None = None) -> ManagedProcess:
+        process = vllm_process(settings, model_dir, log_path, env, port, served_name)
+        binds.append((env or {}).get("VLLM_CPU_OMP_THREADS_BIND"))
+        process.argv = [sys.executable, "-c", "raise SystemExit(0)"]
+        return process
+
+    monkeypatch.setattr(stack_engine, "vllm_process", no_vllm)
+    for cpus, expected in (("1|0", ["1", "0", "1"]), ("", [None, None, None])):
+        binds.clear()
+        settings = ServingSettings(_env_file=None, data_dir=tmp_path, engine_launch_cpus=cpus)  # type: ignore[call-arg]
+        launcher = VllmLauncher(settings)
+        engines = [asyncio.run(launcher.launch(EngineSpec(version, tmp_path / "model", f"policy-v{version}")))
+                   for version in ("2", "3", "2")]
+        assert binds == expected
+        wait_for(lambda: all(e.exited() is not None for e in engines), 20, "the exits", interval=0.1)  # noqa: B023

@@ -117,12 +117,18 @@ class VllmLauncher:
 
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
+        self._core_sets = [cores.strip() for cores in settings.engine_launch_cpus.split("|") if cores.strip()]
+        self._launches = 0
 
     async def launch(self, spec: EngineSpec) -> LaunchedEngine:
         port = free_port()
+        env = {}
+        if self._core_sets:  # in turn: the engine being replaced holds the previous launch's cores
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self._core_sets[self._launches % len(self._core_sets)]
+        self._launches += 1
         process = vllm_process(self.settings, spec.model_dir,
                                self.settings.data_dir / "logs" / f"engine-v{spec.version}.log",
-                               port=port, served_name=spec.served_name)
+                               env=env, port=port, served_name=spec.served_name)
         # Started on the event loop's thread, not a worker thread: the child is killed when the thread that
         # started it ends (PR_SET_PDEATHSIG, flywheel.stack.supervise), and this one lives as long as the gateway.
         process.start()

@@ -12,7 +12,9 @@ each request from a new end user) and moves the champion through the admin route
 2. promote v3: another engine starts; once it serves, v2's engine stops after its last request;
 3. roll back: v2's engine starts again; v3's stops.
 
-After each move's first answer from the new version the load runs ``--settle`` seconds more (the old
+Launched engines take the machine's cores in turn, from the last down (``FLYWHEEL_ENGINE_LAUNCH_CPUS``:
+on 2 cores the first on core 1, the next on core 0), so a starting engine does not share its core with
+the serving one. After each move's first answer from the new version the load runs ``--settle`` seconds more (the old
 engine's stop falls in it). A window of ``--settle`` seconds before the first move, with the deployment's
 engine alone, is the baseline.
 
@@ -118,6 +120,10 @@ def main() -> None:
     os.environ.setdefault("FLYWHEEL_ENGINE_KV_CACHE_GB", "1")
     os.environ.setdefault("FLYWHEEL_ENGINE_MAX_MODEL_LEN", "1024")
     os.environ.setdefault("FLYWHEEL_SWAP_UNLOAD_GRACE_SECONDS", "5")
+    # Each new engine on cores the serving one leaves free: vLLM binds the deployment's engine to the first cores
+    # and reserves the last, so the sets go from the last core down (on 2 cores: 1, then 0, then 1).
+    os.environ.setdefault("FLYWHEEL_ENGINE_LAUNCH_CPUS", "|".join(map(str, sorted(os.sched_getaffinity(0),
+                                                                                  reverse=True))))
 
     with ExitStack() as running:
         tmp = Path(running.enter_context(tempfile.TemporaryDirectory(prefix="flywheel-bench-blue-green-")))
