@@ -70,16 +70,19 @@ async def measure(stack: BenchStack, admin_key: str, versions: list[str], args: 
     stop = asyncio.Event()
     task = progress.add_task("baseline", total=None, status="")
 
-    async def first_answer_after(index: int) -> None:
+    async def first_answer_after(index: int) -> bool:
+        """Wait for the move's first answer from the new version; False after ``--timeout`` (reported as such)."""
         deadline = time.perf_counter() + args.timeout
         while run.first_answer(index) is None:
             if time.perf_counter() > deadline:
-                raise RuntimeError(f"{run.moves[index].step.label}: no answer from the new version in "
-                                   f"{args.timeout:g} s")
+                console.print(f"[red]{run.moves[index].step.label}: no answer from the new version in "
+                              f"{args.timeout:g} s[/red]; the moves stop here")
+                return False
             failed = sum(1 for a in run.answers if a.error is not None)
             progress.update(task, status=f"answers {len(run.answers)} · failed {failed} · {run.serving} "
                                          "(its engine starting)")
             await asyncio.sleep(0.5)
+        return True
 
     limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
     async with (httpx.AsyncClient(base_url=stack.gateway, headers={"Authorization": f"Bearer {stack.key}"},
@@ -97,11 +100,15 @@ async def measure(stack: BenchStack, admin_key: str, versions: list[str], args: 
             for index, step in enumerate((promote(versions[0]), promote(versions[1]), ROLLBACK)):
                 progress.update(task, description=step.label)
                 await move(admin, step, run)
-                await first_answer_after(index)
-                starting.append((run.moves[index].sent, run.moves[index].sent + (run.first_answer(index) or 0)))
+                answered = await first_answer_after(index)
+                sent = run.moves[index].sent
+                starting.append((sent, sent + (run.first_answer(index) or args.timeout)))
+                if not answered:
+                    run.timed_out = True
+                    break
                 progress.update(task, status=f"{run.serving} serving; settling")
                 await asyncio.sleep(args.settle)
-            run.swaps = starting  # ``report`` compares the rate during these (engines starting) with the baseline
+            run.swaps = starting  # ``report`` compares the rate while engines start with the baseline window
         finally:
             stop.set()
             await asyncio.gather(*clients)
@@ -145,7 +152,7 @@ def main() -> None:
             run = Run(serving=Serving(str(registry.champion().version)))
             asyncio.run(measure(stack, admin_key, versions, args, progress, run))
         failed = report(run, gateway_metrics(stack, ENGINE_METRICS))
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed or run.timed_out else 0)
 
 
 if __name__ == "__main__":

@@ -149,6 +149,7 @@ class Run:
     quiet: list[tuple[float, float]] = field(default_factory=list)
     swaps: list[tuple[float, float]] = field(default_factory=list)  # the windows "during swaps"
     serving: Serving = Serving("1")  # the state now: the bootstrap's champion until the first move
+    timed_out: bool = False  # a move's new version never answered within the bench's timeout
 
     def answered_in(self, window: tuple[float, float]) -> int:
         return sum(1 for a in self.answers if a.error is None and a.done is not None
