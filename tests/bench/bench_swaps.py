@@ -328,6 +328,10 @@ def report(run: Run, metrics: dict[str, float]) -> int:
     if first:
         summary.add_row("alias move to first answer, p50 / max (s)",
                         f"{statistics.median(first):.2f} / {max(first):.2f} ({len(first)} of {len(run.moves)} moves)")
+    waits = [a.first - a.sent for a in run.answers if a.first is not None and a.error is None
+             and any(start <= a.sent < end for start, end in run.quiet)]
+    if waits:  # what a move's figure cannot go below: a request sent after it waits this long for its first bytes
+        summary.add_row("first bytes of an answer without swaps, p50 (s)", f"{statistics.median(waits):.2f}")
     summary.add_row("answers/s without swaps", f"{quiet:.2f}")
     summary.add_row("answers/s during swaps", f"{during:.2f}")
     summary.add_row("throughput during / without swaps", f"{during / quiet:.2f}" if quiet else "-")
