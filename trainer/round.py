@@ -375,9 +375,10 @@ def _budget_spent(
     _log_metrics(registry, run_id, drift.metrics(), [])
     return TrainResult(
         status="skipped", algorithm=examples.method, run_id=run_id, parent_version=parent, drift=drift,
-        message=f"{drift.describe()}, the weights v{parent} began with: nothing new to register. The champion sits "
-        f"at the drift budget; a larger FLYWHEEL_GATE_MAX_KL_BASE ({settings.gate_max_kl_base:g}) or "
-        "TrainConfig.drift_budget lets it move further from the base model.",
+        message=f"{drift.describe()}, the weights v{parent} began with: nothing new to register. Either the first "
+        "steps moved too far (a lower TrainConfig.learning_rate, or a check every fewer drift_check_steps, lets a "
+        "round stop inside the budget) or the champion already sits at it (a larger FLYWHEEL_GATE_MAX_KL_BASE "
+        f"({settings.gate_max_kl_base:g}) or TrainConfig.drift_budget lets it move further from the base model).",
     )
 
 

@@ -16,7 +16,7 @@ built in a temp dir; ``--model`` takes any local HF folder (e.g. the prepared Sm
 and its GX suite, reward model, DPO, gates, registration) on a temp SQLite store seeded with
 ``--pairs`` pairwise votes, and prints the wall time of each stage, the process's CPU minutes, the
 drift checks and the gate report. ``--algorithm`` picks the policy stage (``flywheel train``'s
-choices), ``--max-steps`` caps it.
+choices), ``--max-steps`` caps it, ``--learning-rate`` sets its rate.
 """
 
 from __future__ import annotations
@@ -178,9 +178,11 @@ def main() -> None:
     parser.add_argument("--algorithm", default="auto", help="--cycle: the round's algorithm (auto, dpo, kto, orpo, "
                                                             "rloo, grpo)")
     parser.add_argument("--max-steps", type=int, default=-1, help="--cycle: cap on the policy's optimizer steps")
+    parser.add_argument("--learning-rate", type=float, default=TrainConfig().learning_rate,
+                        help="--cycle: the policy's learning rate")
     args = parser.parse_args()
     if args.cycle:
-        cycle_config = TrainConfig(algorithm=args.algorithm, max_steps=args.max_steps)
+        cycle_config = TrainConfig(algorithm=args.algorithm, max_steps=args.max_steps, learning_rate=args.learning_rate)
         with tempfile.TemporaryDirectory() as tmp:
             full_cycle(args.model or build_tiny_model(Path(tmp) / "tiny"), args.pairs, Path(tmp), cycle_config)
         return
