@@ -282,13 +282,13 @@ class ChampionWatcher:
         routed = {route.version for route in (self._route, self._canary.route if self._canary else None) if route}
         if key in routed or key == self._ahead_failed:
             return
-        base = await self._full_model_base(version)
-        launched = self._engines.get(str(base.version)) if base is not None else None
-        if base is not None and (launched is None or _exited(launched)):
-            return
         try:
+            base = await self._full_model_base(version)
+            launched = self._engines.get(str(base.version)) if base is not None else None
+            if base is not None and (launched is None or _exited(launched)):
+                return
             self._ahead = await self._load(version, launched.engine if launched is not None else self.base_engine)
-        except Exception as exc:
+        except Exception as exc:  # never the live routes' failure: this poll's retirements still run
             self._ahead_failed = key
             ADAPTER_PRELOAD_FAILURES.inc()
             log.warning("could not load the %s version %s ahead of a move (%s: %s); the live versions are not "
