@@ -42,6 +42,17 @@ def test_a_taken_port_is_named_before_anything_starts() -> None:
     check_ports_free([("broker", "127.0.0.1", taken)])  # released: free again
 
 
+def test_free_ports_are_never_ones_the_kernel_hands_out_to_others() -> None:
+    """A port from bind(0) goes back to the pool vLLM's engine draws its own sockets from while it starts: a
+    demo's gateway lost its port that way. free_port stays below that pool and never repeats itself."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert all(1024 <= port < ephemeral_low for port in ports)
+    assert len(set(ports)) == len(ports)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[-1]))  # and free to bind
+
+
 def test_children_die_with_a_sigkilled_supervisor(tmp_path: Path) -> None:
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time

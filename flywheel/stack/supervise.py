@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +30,35 @@ from types import TracebackType
 log = logging.getLogger(__name__)
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+_pick = random.SystemRandom()  # not the global generator: a test that seeds it must not make two stacks' ports meet
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, below the kernel's ephemeral range, and not handed out before by this process.
+
+    A port from ``bind(0)`` is free when asked but goes back into the pool the kernel draws from for every
+    other ``bind(0)`` and outgoing connection: vLLM's engine binds its internal sockets that way while it starts,
+    and once took the port chosen for the gateway that was to start after it. Ports below that range are only
+    ever taken by someone asking for them by number.
+    """
+    try:
+        ephemeral_low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default
+    for _ in range(200):
+        port = _pick.randint(max(1024, ephemeral_low - 20_000), ephemeral_low - 1)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"found no free port below {ephemeral_low} in 200 tries")
 
 
 def port_open(host: str, port: int) -> bool:
