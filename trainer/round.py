@@ -96,21 +96,28 @@ class TrainResult:
     gates: GateReport | None = None
     drift: DriftChecks | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class StageClock:
-    """Seconds per stage of one round, measured one way for all of them."""
+    """Wall and CPU seconds per stage of one round, measured one way for all of them.
+
+    CPU seconds are this process's, every thread included (torch's too): what the round costs on a shared
+    machine, which wall time hides when the cores are busy with something else.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[name] = time.perf_counter() - started
+            self.cpu_seconds[name] = time.process_time() - cpu
 
 
 @dataclass(frozen=True)
@@ -346,6 +353,7 @@ def _train_and_judge(
         **(judgement.gates.metrics() if judgement.gates else {}),
         **(drift.metrics() if drift else {}),
         **{f"seconds_{k}": v for k, v in clock.seconds.items()},
+        **{f"cpu_seconds_{k}": v for k, v in clock.cpu_seconds.items()},
     }
     _log_metrics(registry, run_id, metrics, trainer.state.log_history)
     return TrainResult(
@@ -360,6 +368,7 @@ def _train_and_judge(
         gates=judgement.gates,
         drift=drift,
         seconds=clock.seconds,
+        cpu_seconds=clock.cpu_seconds,
     )
 
 

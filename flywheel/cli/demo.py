@@ -37,6 +37,15 @@ def demo(
         min=0.001, max=1.0, help="Users' reading and pauses, and the filters' time thresholds, scaled alike.")] = 0.1,
     eval_prompts: Annotated[int, typer.Option(min=2, help="Held-out prompts every version answers.")] = 40,
     eval_samples: Annotated[int, typer.Option(min=1, help="Sampled answers per held-out prompt.")] = 4,
+    vote_share: Annotated[float | None, typer.Option(
+        min=0.01, max=1.0, help="Share of answers users vote on (the rest they leave). Default: the scenario's.")
+    ] = None,
+    ai_labels: Annotated[bool, typer.Option(
+        "--ai-labels", help="Each round, the base model judges every pair no user voted on (flywheel label) before "
+        "training.")] = False,
+    constitution: Annotated[int, typer.Option(
+        min=0, help="Each round, the base model revises this many answers against the shipped principles "
+        "(flywheel constitution) before training.")] = 0,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     *,
     config: TrainConfig,
@@ -54,14 +63,16 @@ def demo(
 
     setup_logging(verbose)
     try:
-        plan = with_overrides(load_scenario(scenario), time_scale=time_scale, seed=seed, taste=taste)
+        plan = with_overrides(load_scenario(scenario), time_scale=time_scale, seed=seed, taste=taste,
+                              vote_share=vote_share)
     except ScenarioError as exc:
         fail(str(exc))
     baseline = DemoReport.model_validate_json(compare.read_text()) if compare else None
     model_dir = model or prepare_default_model()
     options = DemoOptions(rounds=rounds, scenario=plan.name, taste=plan.preference.taste, seed=seed,
                           filters=not no_filters, model=str(model_dir.resolve()), time_scale=time_scale,
-                          eval_prompts=eval_prompts, eval_samples=eval_samples,
+                          eval_prompts=eval_prompts, eval_samples=eval_samples, vote_share=plan.vote_share,
+                          ai_labels=ai_labels, constitution=constitution,
                           training=config.model_dump(mode="json", exclude_defaults=True, exclude={"seed"}))
     label = compare_label(baseline) if baseline is not None else None
     console.print(f"flywheel demo: {rounds} rounds of [bold]{plan.name}[/] ({plan.planned_events} votes each), "

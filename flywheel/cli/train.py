@@ -35,6 +35,10 @@ def _show(result: TrainResult) -> None:
         for gate in result.gates.gates:
             table.add_row(gate.name, style[gate.status], f"{gate.value:.3f}", gate.threshold, gate.detail)
         console.print(table)
+    if result.cpu_seconds:
+        wall = sum(v for k, v in result.seconds.items() if k != "per_step")
+        console.print(f"{wall / 60:.1f} min wall, {sum(result.cpu_seconds.values()) / 60:.1f} CPU min "
+                      f"({', '.join(f'{k} {v / 60:.1f}' for k, v in result.cpu_seconds.items())})")
 
 
 @config_options(TrainConfig)

@@ -172,26 +172,32 @@ def _versions(report: DemoReport) -> str:
 def _rounds(report: DemoReport) -> str:
     phase_names = list(dict.fromkeys(name for r in report.rounds for name in r.phases))
     headers = ["round", "champion before", "candidate", "train status", "train message", "promoted",
-               "champion after", "votes sent", "votes failed", "accepted", "quarantined", "pending",
+               "champion after", "votes sent", "answers unvoted", "votes failed", "accepted", "quarantined", "pending",
                "quarantined by reason", "quarantined share by user type", "adversarial recall", "honest false positive",
-               *(f"{name} time" for name in phase_names), "training stages", "loop latency", "swap requests",
-               "swap failed", "served during swap"]
+               "machine feedback", "snapshot by source",
+               *(f"{name} time" for name in phase_names), "training stages", "training CPU", "loop latency",
+               "swap requests", "swap failed", "served during swap"]
 
     def row(r: RoundRecord) -> list[str]:
         swap = r.swap
         return [str(r.round), _text(r.champion_before), _text(r.candidate or MISSING), _text(r.train_status),
                 _text(r.train_message), _yes_no(r.promoted), _text(r.champion_after), str(r.votes_sent),
-                str(r.votes_failed), str(r.accepted), str(r.quarantined), str(r.pending),
+                str(r.answers_unvoted), str(r.votes_failed), str(r.accepted), str(r.quarantined), str(r.pending),
                 _text(_counts(r.quarantined_by_reason)), _text(_counts(r.quarantined_share_by_user_type, share=True)),
                 _share(r.adversarial_recall), _share(r.honest_false_positive),
+                _text("; ".join(f"{kind}: {_counts(outcomes)}" for kind, outcomes in r.machine_feedback.items())
+                      or MISSING),
+                _text(_counts(r.snapshot_sources)),
                 *(_duration(r.phases.get(name)) for name in phase_names),
                 _text(", ".join(f"{name} {_duration(seconds)}" for name, seconds in r.train_stages.items())),
+                _duration(sum(r.train_cpu_seconds.values()) if r.train_cpu_seconds else None),
                 _duration(r.loop_latency_seconds),
                 MISSING if swap is None else str(swap.requests), MISSING if swap is None else str(swap.failed),
                 MISSING if swap is None else _text(_counts(swap.by_version))]
 
     return _table(headers, (row(r) for r in report.rounds), "rounds",
-                  prose=("train message", "quarantined by reason", "quarantined share by user type", "training stages"))
+                  prose=("train message", "quarantined by reason", "quarantined share by user type", "machine feedback",
+                         "training stages"))
 
 
 def _figure(plot: Plot) -> str:

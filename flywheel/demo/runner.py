@@ -28,6 +28,7 @@ from feedback.apps import create_app
 from feedback.db.session import make_engine, session_factory, transaction
 from feedback.filters import FilterSettings
 from flywheel.demo.evaluation import PROMPT_SET, Evaluator, VersionAnswers
+from flywheel.demo.machine_feedback import MachineFeedback
 from flywheel.demo.page import write_report
 from flywheel.demo.schema import DemoOptions, DemoReport, Evaluation, GateLine, RoundRecord, SwapRecord, VersionRecord
 from flywheel.simulation.report import Report, measure
@@ -197,6 +198,10 @@ class _Rounds:
         settle = FilterSettings().search_interval_s + 2 if demo.options.filters else 1.0
         filtered = measure(truth, self.sessions, wait_seconds=180, settle_seconds=settle)
         phases["settle"] = time.perf_counter() - clock
+        clock = time.perf_counter()  # after the users' votes are stored: the judge takes only the pairs they left
+        machine = self._machine_feedback(number, before)
+        if machine:
+            phases["machine_feedback"] = time.perf_counter() - clock
 
         display.phase(number, "training", before)
         clock = time.perf_counter()
@@ -227,9 +232,29 @@ class _Rounds:
             phases["promote"] = time.perf_counter() - clock
             demo.report.version(candidate).promoted = True
         first_vote = min((r.sent_at for r in read_truth(truth)), default=None)
-        demo.report.rounds.append(_round_record(
+        record = _round_record(
             number, before, self.champion, result, summary.sent.total(), summary.failed.total(), filtered, phases,
-            (served_at - first_vote).total_seconds() if served_at and first_vote else None, swap))
+            (served_at - first_vote).total_seconds() if served_at and first_vote else None, swap)
+        record.answers_unvoted = summary.unvoted.total()
+        record.machine_feedback = machine
+        record.snapshot_sources = result.snapshot.events_by_source if result.snapshot else {}
+        demo.report.rounds.append(record)
+
+    def _machine_feedback(self, number: int, champion: str) -> dict[str, dict[str, int]]:
+        """The round's AI verdicts and constitutional revisions, when the options ask for them (stored before
+        training)."""
+        demo, display = self.demo, self.demo.display
+        machine = MachineFeedback(self.settings, self.sessions, display.stage)
+        found: dict[str, dict[str, int]] = {}
+        if demo.options.ai_labels:
+            display.phase(number, "the base model judges the pairs nobody voted on", champion)
+            found["ai"] = dict(machine.label_unvoted())
+        if demo.options.constitution:
+            display.phase(number, "the base model revises answers against the principles", champion)
+            found["constitution"] = dict(machine.revise(demo.options.constitution))
+        for kind, outcomes in found.items():
+            display.note(f"round {number}: {kind} " + ", ".join(f"{k} {n}" for k, n in sorted(outcomes.items())))
+        return found
 
     def _version_record(self, number: int, result: TrainResult, evaluation: Evaluation) -> VersionRecord:
         assert result.version is not None
@@ -318,5 +343,6 @@ def _round_record(
         quarantined_by_reason=dict(reasons),
         quarantined_share_by_user_type={t: f.share_quarantined for t, f in filtered.by_type.items()},
         adversarial_recall=filtered.adversarial_recall, honest_false_positive=filtered.honest_false_positive,
-        phases=phases, train_stages=result.seconds, loop_latency_seconds=latency, swap=swap,
+        phases=phases, train_stages=result.seconds, train_cpu_seconds=result.cpu_seconds, loop_latency_seconds=latency,
+        swap=swap,
     )

@@ -85,6 +85,7 @@ class RoundRecord(BaseModel):
     train_status: Literal["trained", "skipped", "rejected"]
     train_message: str
     votes_sent: int
+    answers_unvoted: int = Field(default=0, description="Answers users read and left without a vote (--vote-share).")
     votes_failed: int
     accepted: int
     quarantined: int
@@ -98,6 +99,14 @@ class RoundRecord(BaseModel):
     train_stages: dict[str, float] = Field(
         default_factory=dict, description="Seconds per stage of the training round (reward model, policy training, "
         "gates, ...), as the trainer logs them to MLflow.")
+    machine_feedback: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Machine feedback of the round by kind (ai, constitution): items by "
+        "outcome (a, b, tie / revised, unchanged, ...).")
+    snapshot_sources: dict[str, int] = Field(
+        default_factory=dict, description="The training snapshot's events by who gave them: human, ai, constitution.")
+    train_cpu_seconds: dict[str, float] = Field(
+        default_factory=dict, description="CPU seconds per stage of the training round, every thread of the trainer "
+        "counted: the round's cost on a machine whose cores are shared. Empty in reports from before it was measured.")
     loop_latency_seconds: float | None = Field(
         description="From the round's first vote to the first answer served by the version trained on it.")
     swap: SwapRecord | None
@@ -113,6 +122,11 @@ class DemoOptions(BaseModel):
     time_scale: float
     eval_prompts: int
     eval_samples: int
+    vote_share: float = Field(default=1.0, description="Share of answers the users voted on (the scenario's, or "
+                              "--vote-share).")
+    ai_labels: bool = Field(default=False, description="The base model judged every pair no user voted on.")
+    constitution: int = Field(default=0, description="Answers the base model revised against the principles, "
+                              "each round.")
     training: dict[str, Any] = Field(
         default_factory=dict, description="Training options set away from TrainConfig's defaults (the seed aside).")
 

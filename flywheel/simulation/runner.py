@@ -38,6 +38,7 @@ class GatewayUnavailable(RuntimeError):
 class RunSummary:
     sent: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
+    unvoted: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
 
@@ -97,7 +98,8 @@ async def _act(
     summary: RunSummary,
     on_event: Callable[[], None],
 ) -> None:
-    """One account's whole session: its questions, each read for a human time and voted on."""
+    """One account's whole session: its questions, each read for a human time and voted on (a ``vote_share`` of
+    them; the rest are read and left, as most answers in an app are)."""
     scale = scenario.time_scale
     await asyncio.sleep(user.start_delay * scale)
     for _ in range(user.group.events_per_user):
@@ -109,17 +111,22 @@ async def _act(
             await asyncio.sleep(user.timing.reading(served.chars, user.rng) * scale)
             event_id = new_event_id()
             read = time.monotonic() - answered
-            await client.vote(user.user_id, event_id, served, vote)
+            voted = user.votes_on(scenario.vote_share)
+            if voted:
+                await client.vote(user.user_id, event_id, served, vote)
         except GatewayUnavailable:
             summary.failed[user.user_type] += 1
         else:
-            truth.write(TruthRecord(
-                event_id=event_id, user_id=user.user_id, user_type=user.user_type, adversarial=user.adversarial,
-                poisoned=vote.poisoned, type="pairwise" if served.pair_id else "thumbs", vote=vote.value,
-                target_id=served.pair_id or served.response_ids[0], prompt_id=prompt.id,
-                reading_seconds=round(read, 3), sent_at=utcnow(), scenario=scenario.name,
-            ))
-            summary.sent[user.user_type] += 1
+            if not voted:
+                summary.unvoted[user.user_type] += 1
+            else:
+                truth.write(TruthRecord(
+                    event_id=event_id, user_id=user.user_id, user_type=user.user_type, adversarial=user.adversarial,
+                    poisoned=vote.poisoned, type="pairwise" if served.pair_id else "thumbs", vote=vote.value,
+                    target_id=served.pair_id or served.response_ids[0], prompt_id=prompt.id,
+                    reading_seconds=round(read, 3), sent_at=utcnow(), scenario=scenario.name,
+                ))
+                summary.sent[user.user_type] += 1
         on_event()
         await asyncio.sleep(user.timing.think(user.rng) * scale)
 

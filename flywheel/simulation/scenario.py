@@ -209,6 +209,11 @@ class Scenario(_Strict):
         description="Ask only this many prompts of the set (a seeded pick): popular questions recur across users, "
         "as in real traffic, so several raters judge answers to the same prompt. Default: the whole set.",
     )
+    vote_share: float = Field(
+        default=1.0, gt=0, le=1,
+        description="Share of answers a user votes on; the rest they read and leave without a vote. Below 1, "
+        "votes are scarce as in most apps, and the pairs nobody voted on are left for an AI judge (flywheel label).",
+    )
     chat: ChatOptions = ChatOptions()
     preference: Preference = Preference()
     timing: Timing = Timing()
@@ -224,13 +229,15 @@ class ScenarioError(ValueError):
 
 
 def with_overrides(
-    scenario: Scenario, *, time_scale: float | None = None, seed: int | None = None, taste: str | None = None
+    scenario: Scenario, *, time_scale: float | None = None, seed: int | None = None, taste: str | None = None,
+    vote_share: float | None = None,
 ) -> Scenario:
     """The scenario with the command line's overrides (None keeps the file's value), validated again."""
     values = scenario.model_dump()
     if taste is not None:
         values["preference"]["taste"] = taste
-    values |= {k: v for k, v in {"time_scale": time_scale, "seed": seed}.items() if v is not None}
+    overrides = {"time_scale": time_scale, "seed": seed, "vote_share": vote_share}
+    values |= {k: v for k, v in overrides.items() if v is not None}
     try:
         return Scenario.model_validate(values)
     except ValidationError as exc:

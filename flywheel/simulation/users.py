@@ -105,6 +105,10 @@ class SimUser(ABC):
     def wants_pair(self) -> bool:
         return self.rng.random() < self.group.pairwise_share
 
+    def votes_on(self, vote_share: float) -> bool:
+        """Whether this answer gets a vote; at a share of 1 no random draw, so full-vote runs stay as they were."""
+        return vote_share >= 1 or self.rng.random() < vote_share
+
     def prompt(self) -> tuple[Prompt, list[dict[str, Any]]]:
         """The next question: a prompt from the scenario's pool, as chat messages."""
         prompt = self.rng.choice(self.prompts)

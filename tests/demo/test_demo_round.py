@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 from sqlalchemy import select
 
-from feedback.db.models import AliasMove, Quarantine
+from feedback.ai.label import judge_rater, pairs_to_label
+from feedback.db.models import AliasMove, Feedback, Quarantine
 from feedback.db.session import make_engine, session_factory
 from flywheel.demo.evaluation import PROMPT_SET, non_word_share
 from flywheel.demo.runner import DemoRun
@@ -30,6 +31,7 @@ from flywheel.simulation.scenario import load_scenario
 from flywheel.simulation.tastes import make_taste
 from flywheel.simulation.truth import read_truth
 from flywheel.simulation.users import campaign_prompts, load_prompts, mentions
+from serving.settings import ServingSettings
 from trainer.base_model import build_tiny_model
 from trainer.config import TrainConfig
 
@@ -37,6 +39,7 @@ pytestmark = pytest.mark.engine
 
 SCENARIO = {
     "name": "tiny-demo", "seed": 5, "time_scale": 0.01, "concurrency": 8, "arrival_seconds": 5, "prompt_pool": 30,
+    "vote_share": 0.7,
     "chat": {"max_tokens": 24, "temperature": 1.0}, "preference": {"taste": "concise", "max_words": 12},
     "groups": [
         {"type": "honest", "count": 8, "events_per_user": 8, "pairwise_share": 0.9},
@@ -53,7 +56,8 @@ def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytes
     scenario = load_scenario(path)
     model = build_tiny_model(tmp_path / "model")
     options = DemoOptions(rounds=1, scenario=scenario.name, taste="concise", seed=3, filters=True,
-                          model=str(model), time_scale=0.01, eval_prompts=4, eval_samples=2)
+                          model=str(model), time_scale=0.01, eval_prompts=4, eval_samples=2, vote_share=0.7,
+                          ai_labels=True, constitution=3)
     # drift_check_steps=0: a random tiny model is past any drift budget after one step, and the budget would hand
     # back the base model; the budget has its own tests (tests/trainer/test_trainer_drift_budget.py).
     config = TrainConfig(seed=3, max_steps=3, reward_max_steps=2, gate_prompts=4, gate_max_new_tokens=12,
@@ -64,7 +68,8 @@ def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytes
     assert DemoReport.model_validate_json((out / "report.json").read_text()) == report
     (round_,) = report.rounds
     truth = list(read_truth(out / "round-1" / "truth.jsonl"))
-    assert round_.votes_sent == len(truth) == scenario.planned_events - round_.votes_failed
+    assert round_.answers_unvoted > 0
+    assert round_.votes_sent == len(truth) == scenario.planned_events - round_.votes_failed - round_.answers_unvoted
     assert round_.accepted + round_.quarantined + round_.pending == round_.votes_sent
     sessions = session_factory(make_engine(f"sqlite:///{out / 'stack' / 'flywheel.db'}"))
     with sessions() as session:
@@ -73,6 +78,19 @@ def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytes
         moves = session.scalars(select(AliasMove).where(AliasMove.action == "promote")).all()
     assert round_.quarantined == len(reasons) and sum(round_.quarantined_by_reason.values()) == sum(map(len, reasons))
     assert round_.quarantined_share_by_user_type["fast_bot"] > 0.5  # a bot voting at once, always the same way
+
+    # Machine feedback before training: the base model judged every pair nobody voted on, and tried 3 revisions;
+    # the worker had stored every verdict before the snapshot was taken.
+    judge = ServingSettings().base_engine_model
+    with sessions() as session:
+        left = pairs_to_label(session, judge, 10**6)  # what a `flywheel label` now would still ask about
+        verdicts = [*session.scalars(select(Feedback.choice).where(Feedback.user_id == judge_rater(judge))),
+                    *session.scalars(select(Quarantine.event_id).where(Quarantine.user_id == judge_rater(judge)))]
+    ai = round_.machine_feedback["ai"]
+    assert sum(ai.values()) > 0 and len(left) == ai.get("unparsed", 0) + ai.get("failed", 0)
+    assert len(verdicts) == sum(n for outcome, n in ai.items() if outcome in ("a", "b", "tie"))
+    assert sum(round_.machine_feedback["constitution"].values()) == 3
+    assert round_.snapshot_sources["human"] > 0 and set(round_.snapshot_sources) <= {"human", "ai", "constitution"}
 
     # The candidate was trained, registered, judged and promoted as ops would, while chats kept flowing.
     assert round_.train_status == "trained" and round_.candidate == "2" and round_.promoted
@@ -85,7 +103,9 @@ def test_one_round_demo_reports_what_happened(tmp_path: Path, monkeypatch: pytes
     assert [(m.to_version, m.actor) for m in moves] == [("2", "app:demo")]
     assert round_.swap is not None and round_.swap.failed == 0 and round_.swap.by_version.get("2", 0) >= 1
     assert round_.loop_latency_seconds is not None and round_.loop_latency_seconds > 0
-    assert set(round_.phases) == {"traffic", "settle", "train", "evaluate", "promote"}
+    assert set(round_.phases) == {"traffic", "machine_feedback", "settle", "train", "evaluate", "promote"}
+    assert set(round_.train_cpu_seconds) == set(round_.train_stages) - {"per_step"}
+    assert metrics["cpu_seconds_policy"] == round_.train_cpu_seconds["policy"] > 0
 
     # Every version's figures are recomputed from the answers on disk with the users' taste.
     prompts = {p.id: p.prompt for p in load_prompts(PROMPT_SET)}

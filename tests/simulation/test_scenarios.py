@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from flywheel.simulation.report import Whereabouts, build_report
-from flywheel.simulation.scenario import ScenarioError, Timing, load_scenario, shipped_scenarios
+from flywheel.simulation.scenario import ScenarioError, Timing, load_scenario, shipped_scenarios, with_overrides
 from flywheel.simulation.truth import TruthRecord, TruthWriter, read_truth
 from flywheel.simulation.users import CampaignAccount, SlowAttacker, load_prompts, plan_users
 
@@ -73,6 +73,15 @@ def test_slow_attacker_poisons_about_its_share() -> None:
     poisoned = [v for v in votes if v.poisoned]
     assert all(v.value == "down" for v in poisoned) and all(v.value == "up" for v in votes if not v.poisoned)
     assert 0.35 < len(poisoned) / len(votes) < 0.45
+
+
+def test_users_leave_a_share_of_answers_unvoted_and_full_vote_runs_draw_nothing_for_it() -> None:
+    user = plan_users(load_scenario("baseline"))[0]
+    assert sum(user.votes_on(0.3) for _ in range(4000)) / 4000 == pytest.approx(0.3, abs=0.03)
+    state = user.rng.getstate()
+    assert all(user.votes_on(1.0) for _ in range(100)) and user.rng.getstate() == state
+    with pytest.raises(ScenarioError, match="vote_share"):
+        with_overrides(load_scenario("baseline"), vote_share=0.0)
 
 
 def _record(event_id: str, user_type: str, adversarial: bool, poisoned: bool = False) -> TruthRecord:
