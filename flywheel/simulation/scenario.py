@@ -211,8 +211,9 @@ class Scenario(_Strict):
     )
     vote_share: float = Field(
         default=1.0, gt=0, le=1,
-        description="Share of answers a user votes on; the rest they read and leave without a vote. Below 1, "
-        "votes are scarce as in most apps, and the pairs nobody voted on are left for an AI judge (flywheel label).",
+        description="Share of answers an honest or noisy user votes on; the rest they read and leave without a "
+        "vote (adversarial accounts ask in order to vote, and vote on every answer). Below 1, votes are scarce as in "
+        "most apps, and the pairs nobody voted on are left for an AI judge (flywheel label).",
     )
     chat: ChatOptions = ChatOptions()
     preference: Preference = Preference()

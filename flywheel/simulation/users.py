@@ -106,8 +106,10 @@ class SimUser(ABC):
         return self.rng.random() < self.group.pairwise_share
 
     def votes_on(self, vote_share: float) -> bool:
-        """Whether this answer gets a vote; at a share of 1 no random draw, so full-vote runs stay as they were."""
-        return vote_share >= 1 or self.rng.random() < vote_share
+        """Whether this answer gets a vote. Ordinary users leave a share of answers unvoted; an account that asks
+        in order to vote (a bot, a campaign, an attacker) votes on every one. At a share of 1 no random draw, so
+        full-vote runs stay as they were."""
+        return vote_share >= 1 or self.adversarial or self.rng.random() < vote_share
 
     def prompt(self) -> tuple[Prompt, list[dict[str, Any]]]:
         """The next question: a prompt from the scenario's pool, as chat messages."""

@@ -76,8 +76,10 @@ def test_slow_attacker_poisons_about_its_share() -> None:
 
 
 def test_users_leave_a_share_of_answers_unvoted_and_full_vote_runs_draw_nothing_for_it() -> None:
-    user = plan_users(load_scenario("baseline"))[0]
+    users = plan_users(load_scenario("mixed"))
+    user = next(u for u in users if u.user_type == "honest")
     assert sum(user.votes_on(0.3) for _ in range(4000)) / 4000 == pytest.approx(0.3, abs=0.03)
+    assert all(u.votes_on(0.3) for u in users if u.adversarial)  # they ask in order to vote
     state = user.rng.getstate()
     assert all(user.votes_on(1.0) for _ in range(100)) and user.rng.getstate() == state
     with pytest.raises(ScenarioError, match="vote_share"):
