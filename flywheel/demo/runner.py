@@ -46,6 +46,8 @@ from trainer.round import TrainResult, train_once
 
 DEMO_ACTOR_APP = "demo"  # promotions are audited as app:demo, the admin app the demo creates
 SWAP_PROBES = 4  # chats kept in flight through the gateway while it switches versions
+# Not a canary's prompt: the probes' answers are stored like any, and --constitution revises stored answers.
+SWAP_PROBE_PROMPT = "Name one colour of the rainbow."
 
 
 class Display:
@@ -285,7 +287,7 @@ class _Rounds:
                 nonlocal failed, first_new
                 while not stop.is_set():
                     body = {"model": self.settings.public_model, "max_tokens": 16, "user": f"demo-swap-{probe}",
-                            "messages": [{"role": "user", "content": "Say hello in one short sentence."}]}
+                            "messages": [{"role": "user", "content": SWAP_PROBE_PROMPT}]}
                     try:
                         response = await http.post("/v1/chat/completions", json=body, headers=users)
                     except httpx.HTTPError:
