@@ -143,6 +143,7 @@ Algorithm = Literal["auto", "dpo", "kto", "orpo", "rloo", "grpo"]
 ONLINE_RL: tuple[Algorithm, ...] = ("rloo", "grpo")  # sample answers and score them with the reward model
 LossType = Literal["sigmoid", "robust"]
 Reference = Literal["base", "champion"]
+RLGeneration = Literal["auto", "hf", "vllm"]
 
 
 class TrainConfig(BaseModel):
@@ -222,6 +223,14 @@ class TrainConfig(BaseModel):
     rl_max_completion_length: int = Field(
         default=64, ge=4,
         description="RLOO/GRPO: most tokens sampled per answer (HF generate on CPU: the bulk of a step's time).",
+    )
+    rl_generation: RLGeneration = Field(
+        default="auto",
+        description=(
+            "How RLOO/GRPO sample their answers: hf (transformers generate, on any device), vllm (TRL's vLLM "
+            "colocate mode: an in-process vLLM on the trainer's GPU, the policy's weights synced into it each step; "
+            "needs CUDA), or auto (vllm when a CUDA GPU is visible, else hf)."
+        ),
     )
     reward_uncertainty_penalty: float = Field(
         default=1.0, ge=0.0,

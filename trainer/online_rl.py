@@ -87,6 +87,24 @@ def rl_prompts(train: list[PreferencePair], tokenizer: Any, max_prompt_length: i
     return [p for p in prompts.values() if len(chat_ids(tokenizer, p, add_generation_prompt=True)) <= max_prompt_length]
 
 
+def generation_args(config: TrainConfig) -> dict[str, Any]:
+    """The trainer config's sampling arguments for ``config.rl_generation``.
+
+    TRL's vLLM modes sync the policy's weights into vLLM over CUDA, so on a CPU machine the answers come from HF
+    ``generate``; on a GPU job colocate mode (vLLM in the trainer process, sharing the GPU) samples several times
+    faster without a server to run beside the trainer.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if config.rl_generation == "vllm" and not cuda:
+        raise ConfigError("rl_generation=vllm is TRL's vLLM colocate mode, whose weight sync needs a CUDA GPU, and "
+                          "none is visible: use rl_generation=hf (or auto, which picks hf here)")
+    if config.rl_generation == "hf" or not cuda:
+        return {"use_vllm": False}
+    return {"use_vllm": True, "vllm_mode": "colocate"}
+
+
 def online_rl_trainer(
     method: RLMethod,
     model: Any,
@@ -115,7 +133,7 @@ def online_rl_trainer(
         num_generations=config.num_generations,
         max_completion_length=config.rl_max_completion_length,
         reward_weights=weights,
-        use_vllm=False,
+        **generation_args(config),
     )
     trainer = trainer_class(
         model=model,

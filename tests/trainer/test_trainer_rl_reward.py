@@ -1,4 +1,5 @@
-"""The online-RL reward: the reward model's ensemble mean minus its spread, plus the length and repetition penalties."""
+"""The online-RL reward (the reward model's ensemble mean minus its spread, plus the length and repetition penalties)
+and how its answers are sampled."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from trainer.config import TrainConfig
-from trainer.online_rl import rl_reward_functions
+from trainer.config import ConfigError, RLGeneration, TrainConfig
+from trainer.online_rl import generation_args, rl_reward_functions
 from trainer.reward import RewardModel
 
 PROMPT = [{"role": "user", "content": "Tell me about cats."}]
@@ -71,3 +72,26 @@ def test_the_repetition_penalty_charges_loops_not_varied_answers() -> None:
 def test_a_penalty_at_weight_zero_is_left_out() -> None:
     functions, weights = rl_reward_functions(FixedScores({"x": [0.0]}), TrainConfig(length_penalty_weight=0))
     assert [f.__name__ for f in functions] == ["reward_model", "repetition_penalty_reward"] and weights == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(("setting", "cuda", "expected"), [
+    ("auto", False, {"use_vllm": False}),
+    ("auto", True, {"use_vllm": True, "vllm_mode": "colocate"}),
+    ("hf", True, {"use_vllm": False}),
+    ("vllm", True, {"use_vllm": True, "vllm_mode": "colocate"}),
+])
+def test_answers_are_sampled_by_vllm_colocated_on_a_gpu_and_by_hf_generate_elsewhere(
+    setting: RLGeneration, cuda: bool, expected: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert generation_args(TrainConfig(algorithm="grpo", rl_generation=setting)) == expected
+
+
+def test_vllm_sampling_without_a_gpu_is_refused_with_what_to_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"needs a CUDA GPU.*rl_generation=hf"):
+        generation_args(TrainConfig(algorithm="rloo", rl_generation="vllm"))
