@@ -52,9 +52,11 @@ def test_rounds_table_has_the_round_figures(report: DemoReport) -> None:
     page = render_page(report)
     rounds_table = page[page.index('<table class="rounds">'):]
     for r in report.rounds:
-        assert f"<td>{r.votes_sent}</td><td>{r.votes_failed}</td><td>{r.accepted}</td><td>{r.quarantined}</td>" in (
-            rounds_table)
+        assert (f"<td>{r.votes_sent}</td><td>{r.answers_unvoted}</td><td>{r.votes_failed}</td><td>{r.accepted}</td>"
+                f"<td>{r.quarantined}</td>") in rounds_table
     assert "<td>88.0%</td><td>2.1%</td>" in rounds_table  # adversarial recall, honest false positive
+    assert '<td class="prose">ai: a: 12, b: 9, tie: 19</td><td>human: 150, ai: 21</td>' in rounds_table
+    assert "<td>10 min 0 s</td>" in rounds_table  # training CPU, every stage summed
 
 
 def test_text_from_the_report_is_escaped(report: DemoReport) -> None:
