@@ -53,9 +53,10 @@ def simulate(
                                                on_event=lambda: progress.advance(task)))
         except GatewayRejected as exc:
             fail(f"the gateway refused a request, stopping: {exc}")
-    table = Table("user type", "events sent", "failed")
-    for user_type in (t for t in USER_TYPES if t in summary.sent or t in summary.failed):
-        table.add_row(user_type, str(summary.sent[user_type]), str(summary.failed[user_type]))
+    table = Table("user type", "events sent", "answers left unvoted", "failed")
+    for user_type in (t for t in USER_TYPES if t in summary.sent or t in summary.failed or t in summary.unvoted):
+        table.add_row(user_type, str(summary.sent[user_type]), str(summary.unvoted[user_type]),
+                      str(summary.failed[user_type]))
     console.print(table)
     console.print(f"{sum(summary.sent.values())} events in {summary.seconds:.0f} s; truth in {truth}. "
                   f"Next: flywheel feedback report --truth {truth} --wait 60")

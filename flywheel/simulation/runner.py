@@ -117,9 +117,7 @@ async def _act(
         except GatewayUnavailable:
             summary.failed[user.user_type] += 1
         else:
-            if not voted:
-                summary.unvoted[user.user_type] += 1
-            else:
+            if voted:
                 truth.write(TruthRecord(
                     event_id=event_id, user_id=user.user_id, user_type=user.user_type, adversarial=user.adversarial,
                     poisoned=vote.poisoned, type="pairwise" if served.pair_id else "thumbs", vote=vote.value,
@@ -127,6 +125,8 @@ async def _act(
                     reading_seconds=round(read, 3), sent_at=utcnow(), scenario=scenario.name,
                 ))
                 summary.sent[user.user_type] += 1
+            else:
+                summary.unvoted[user.user_type] += 1
         on_event()
         await asyncio.sleep(user.timing.think(user.rng) * scale)
 
