@@ -46,7 +46,7 @@ def config_options(model: type[BaseModel]) -> Callable[[Command], Command]:
     def wrap(command: Command) -> Command:
         from flywheel.cli.common import fail
 
-        signature = inspect.signature(command)
+        signature = inspect.signature(command, eval_str=True)  # real Annotated[..., typer.Option] objects for typer
         own = [p for p in signature.parameters.values() if p.name != "config"]
         options = [p for name, field in model.model_fields.items()
                    if name not in signature.parameters and (p := _option(name, field)) is not None]

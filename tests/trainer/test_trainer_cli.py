@@ -58,10 +58,20 @@ def test_demo_trains_every_round_with_the_given_options_and_its_own_seed(
 
     monkeypatch.setattr("flywheel.demo.runner.DemoRun", FakeRun)
     result = runner.invoke(app, ["demo", "--seed", "7", "--rpo-alpha", "1", "--model", str(tmp_path),
-                                 "--out", str(tmp_path / "run")])
+                                 "--out", str(tmp_path / "run"), "--vote-share", "0.5", "--ai-labels",
+                                 "--constitution", "4"])
     assert result.exit_code == 0, result.output
     options, config = seen[0]
     assert config == TrainConfig(rpo_alpha=1.0, seed=7)
     assert options.training == {"rpo_alpha": 1.0}  # the report says how its rounds trained; the seed is its own
+    assert (options.vote_share, options.ai_labels, options.constitution) == (0.5, True, 4)
     refused = runner.invoke(app, ["demo", "--rpo-alpha", "-1", "--model", str(tmp_path)])
     assert refused.exit_code != 0 and "--rpo-alpha" in refused.output
+
+
+def test_the_demos_own_options_keep_their_help_names_and_limits() -> None:
+    """Their typer.Option annotations survive the generated training options (they were once dropped)."""
+    shown = runner.invoke(app, ["demo", "--help"], env={"COLUMNS": "400"}).output
+    assert "Rounds of chat, votes, training and promotion." in shown and "--no-no-filters" not in shown
+    refused = runner.invoke(app, ["demo", "--rounds", "0"])
+    assert refused.exit_code == 2 and "--rounds" in refused.output
