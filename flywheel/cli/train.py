@@ -36,7 +36,7 @@ def _show(result: TrainResult) -> None:
             table.add_row(gate.name, style[gate.status], f"{gate.value:.3f}", gate.threshold, gate.detail)
         console.print(table)
     if result.cpu_seconds:
-        wall = sum(v for k, v in result.seconds.items() if k != "per_step")
+        wall = sum(result.seconds[stage] for stage in result.cpu_seconds)  # the stages, not the derived per_step
         console.print(f"{wall / 60:.1f} min wall, {sum(result.cpu_seconds.values()) / 60:.1f} CPU min "
                       f"({', '.join(f'{k} {v / 60:.1f}' for k, v in result.cpu_seconds.items())})")
 
