@@ -14,9 +14,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from feedback.ai.engine import EngineError
+from feedback.ai.engine import Engine, EngineError
 from feedback.events import Event, encode
 from feedback.producer import EventProducer
+from feedback.settings import CommonSettings
 
 T = TypeVar("T")
 Send = Callable[[Sequence[Event]], None]
@@ -82,3 +83,22 @@ def run(items: Sequence[T], work: Callable[[T], Outcome], send: Send, concurrenc
             raise
     flush()
     return tally
+
+
+def run_to_broker(items: Sequence[T], work: Callable[[Engine, T], Outcome], engine: Engine, settings: CommonSettings,
+                  concurrency: int = 8, advance: Callable[[], None] = lambda: None,
+                  on_sent: Send = lambda batch: None) -> Tally:
+    """``run`` with ``engine``, each chunk of events sent through a producer of its own (closed at the end) and then
+    passed to ``on_sent``: what ``flywheel label`` and ``flywheel constitution`` do, and the demo's machine feedback.
+    ``BrokerUnavailable`` when no broker can be reached."""
+    producer = EventProducer(settings)
+    forward = to_broker(producer)
+
+    def send(batch: Sequence[Event]) -> None:
+        forward(batch)
+        on_sent(batch)
+
+    try:
+        return run(items, lambda item: work(engine, item), send, concurrency, advance)
+    finally:
+        producer.close()

@@ -10,9 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from feedback.ai.batch import Outcome, Tally, run, to_broker
+from feedback.ai.batch import Outcome, Tally, run_to_broker
 from feedback.ai.engine import Engine, EngineUnavailable
-from feedback.producer import BrokerUnavailable, EventProducer
+from feedback.producer import BrokerUnavailable
 from flywheel.cli.common import console, fail, setup_logging, store_sessions
 from serving.settings import ServingSettings
 
@@ -27,22 +27,18 @@ def _run(settings: ServingSettings, model: str, items: Sequence[T], work: Callab
     with Engine(settings.resolved_engine_url, settings.engine_timeout) as engine:
         try:
             engine.require(model)
-            producer = EventProducer(settings)
-        except (EngineUnavailable, BrokerUnavailable) as exc:
+        except EngineUnavailable as exc:
             fail(str(exc))
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         try:
             with Progress(*columns, console=console) as progress:
                 task = progress.add_task(what, total=len(items))
-                return run(items, lambda item: work(engine, item), to_broker(producer), concurrency,
-                           lambda: progress.advance(task))
+                return run_to_broker(items, work, engine, settings, concurrency, lambda: progress.advance(task))
         except (EngineUnavailable, BrokerUnavailable) as exc:
             fail(f"{exc} (what the broker acknowledged before is kept: a re-run goes on from there)")
         except KeyboardInterrupt:
             console.print("interrupted: the events of the items that finished were sent; a re-run goes on from there")
             raise typer.Exit(130) from None
-        finally:
-            producer.close()
 
 
 def _summary(tally: Tally, title: str) -> None:

@@ -17,12 +17,10 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.ai.batch import Outcome, run, to_broker
+from feedback.ai.batch import Outcome, run_to_broker
 from feedback.ai.constitution import answers_to_revise, load_principles, revise
 from feedback.ai.engine import Engine
 from feedback.ai.label import Rubric, judge_pair, pairs_to_label
-from feedback.events import Event
-from feedback.producer import EventProducer
 from feedback.store import known_events
 from serving.settings import ServingSettings
 
@@ -66,17 +64,8 @@ class MachineFeedback:
             self.progress(stage, done, len(items))
 
         with Engine(self.settings.resolved_engine_url, self.settings.engine_timeout) as engine:
-            producer = EventProducer(self.settings)
-            forward = to_broker(producer)
-
-            def send(batch: Sequence[Event]) -> None:
-                forward(batch)
-                sent.update(event.event_id for event in batch)
-
-            try:
-                tally = run(items, lambda item: work(engine, item), send, advance=advance)
-            finally:
-                producer.close()
+            tally = run_to_broker(items, work, engine, self.settings, advance=advance,
+                                  on_sent=lambda batch: sent.update(event.event_id for event in batch))
         self._wait_stored(sent)
         return tally.statuses
 
