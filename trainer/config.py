@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from feedback.settings import CommonSettings
 
@@ -99,6 +99,22 @@ class TrainerSettings(CommonSettings):
         ge=0.0,
         description="Gate format: share of answers with list/heading markup may grow by at most this (absolute).",
     )
+    gate_max_non_word_increase: float = Field(
+        default=0.02,
+        ge=0.0,
+        description=(
+            "Gate non_words: the mean share of an answer's words that no word list of gate_non_word_language knows "
+            "may grow by at most this (absolute). SmolLM2 writes about 0.01 (names, rare terms); 0.02 more is one "
+            "made-up word in fifty."
+        ),
+    )
+    gate_non_word_language: str = Field(
+        default="en",
+        description=(
+            "The answers' language for gate non_words, a wordfreq code (en, de, fr, pt, ...); empty skips the gate "
+            "(answers in a language wordfreq has no lists for, or mostly code)."
+        ),
+    )
     gate_vote_evidence_alpha: float = Field(
         default=0.05,
         ge=0.0,
@@ -124,6 +140,16 @@ class TrainerSettings(CommonSettings):
             "one (AI labels and constitutional pairs do not count)."
         ),
     )
+
+    @field_validator("gate_non_word_language")
+    @classmethod
+    def _wordfreq_language(cls, language: str) -> str:
+        from trainer.non_words import known_language
+
+        if language and not known_language(language):
+            raise ValueError(f"wordfreq has no word lists for {language!r}: use a code such as en, de, fr, es or pt, "
+                             "or leave it empty to skip the non_words gate")
+        return language
 
     @property
     def resolved_artifact_root(self) -> str | None:

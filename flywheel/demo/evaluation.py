@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from wordfreq import zipf_frequency
 
 from flywheel.demo.schema import Estimate, Evaluation
 from flywheel.simulation.scenario import ChatOptions
@@ -42,21 +40,9 @@ from registry.model_versions import adapter_artifact_path, download_adapter
 from registry.promotion import Promotion
 from serving.engine import EngineClient
 from serving.settings import ServingSettings
+from trainer.non_words import non_word_share
 
 PROMPT_SET = "eval_prompts.jsonl"
-_WORD_RE = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
-
-
-def non_word_share(text: str) -> float:
-    """Share of ``text``'s words (letters, with an apostrophe suffix) that wordfreq's English lists never saw.
-
-    SmolLM2's own answers score about 0.01 (names and rare terms); its answers after DPO had
-    pushed a format past the point of sense ("**chek a moon**", "Salmon Fillemmmal") scored
-    0.13 on average. Short junk that web text holds ("chek", "tok") passes: a floor, not a judge of
-    sense. No words at all: 0.
-    """
-    words = [w.lower() for w in _WORD_RE.findall(text)]
-    return sum(zipf_frequency(w, "en") == 0 for w in words) / len(words) if words else 0.0
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from trainer.config import TrainConfig, TrainerSettings
 from trainer.registry import Registry
 from trainer.round import GATE_REPORT_ARTIFACT, train_once
 
-GATES = ["win_rate", "heldout_accuracy", "kl", "kl_base", "verbosity", "format", "canaries"]
+GATES = ["win_rate", "heldout_accuracy", "kl", "kl_base", "verbosity", "format", "non_words", "canaries"]
 
 
 def rl_config(algorithm: str, **overrides: object) -> TrainConfig:

@@ -6,6 +6,8 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pytest
+from pydantic import ValidationError
 
 from tests.trainer.test_trainer_loop import SHORT, VERBOSE, fast_config
 from trainer.config import TrainerSettings
@@ -67,6 +69,31 @@ def test_a_candidate_over_the_drift_budget_fails_the_kl_base_gate_alone() -> Non
     assert evaluate(drifted, None, settings, fast_config()).failed() == ["kl_base"]
     within = replace(drifted, kl_base=settings.gate_max_kl_base - 0.01)
     assert evaluate(within, None, settings, fast_config()).failed() == []
+
+
+GARBLED = "1. **Chek a moon:** Salmon Fillemmmal, jeine the bake."  # a KTO candidate's kind (docs/training.md)
+
+
+def test_made_up_words_fail_the_non_words_gate_alone_and_no_vote_yields_it() -> None:
+    settings = TrainerSettings(_env_file=None)  # type: ignore[call-arg]
+    garbled = replace(inputs(answers(GARBLED, 4)), champion=answers("1. Combine the salmon and bake it.", 4),
+                      markup_votes=VoteEvidence.of(pairs(GARBLED, "plain words", 16, 0), has_markup))
+    report = evaluate(garbled, None, settings, fast_config())
+    assert report.failed() == ["non_words"]
+    assert report.metrics()["gate_non_words"] == pytest.approx(2 / 8)  # fillemmmal, jeine of 8 words
+    # the champion's own rare words are its baseline: the same answers do not fail
+    same = replace(garbled, champion=answers(GARBLED, 4))
+    assert evaluate(same, None, settings, fast_config()).failed() == []
+    # an app whose answers are in no language wordfreq knows switches it off, and the report says so
+    off = TrainerSettings(_env_file=None, gate_non_word_language="")  # type: ignore[call-arg]
+    gate = next(g for g in evaluate(garbled, None, off, fast_config()).gates if g.name == "non_words")
+    assert gate.status == "skipped" and "gate_non_word_language" in gate.detail
+
+
+def test_the_non_words_language_must_be_one_wordfreq_has_lists_for() -> None:
+    with pytest.raises(ValidationError, match="no word lists for 'klingon'"):
+        TrainerSettings(_env_file=None, gate_non_word_language="klingon")  # type: ignore[call-arg]
+    assert TrainerSettings(_env_file=None, gate_non_word_language="de").gate_non_word_language == "de"  # type: ignore[call-arg]
 
 
 def pairs(chosen: str, rejected: str, agreeing: int, disagreeing: int) -> list[PreferencePair]:

@@ -66,6 +66,7 @@ def lenient(settings: TrainerSettings, **overrides: object) -> TrainerSettings:
         "gate_max_kl_base": 100.0,
         "gate_max_length_ratio": 100.0,
         "gate_max_format_increase": 1.0,
+        "gate_max_non_word_increase": 1.0,
     }
     return settings.model_copy(update=values | overrides)
 
@@ -159,7 +160,7 @@ def test_dpo_round_passes_the_gates_and_a_drifting_candidate_is_blocked(
     assert result.candidate_metrics and result.champion_metrics and result.snapshot and result.reward
     assert result.candidate_metrics.pairs == result.snapshot.heldout_examples > 0
     assert result.candidate_metrics.accuracy == 1.0 and 0.0 <= result.reward.heldout_accuracy <= 1.0
-    names = ["win_rate", "heldout_accuracy", "kl", "kl_base", "verbosity", "format", "canaries"]
+    names = ["win_rate", "heldout_accuracy", "kl", "kl_base", "verbosity", "format", "non_words", "canaries"]
     assert [g.name for g in result.gates.gates] == names
 
     registry = Registry(settings, factory)

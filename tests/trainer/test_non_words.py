@@ -1,10 +1,10 @@
-"""The evaluation's non-word share: garbled answers show, plain English and names do not."""
+"""The non-word share the gates and the demo's evaluation read: garbled answers show, plain English and names do not."""
 
 from __future__ import annotations
 
 import pytest
 
-from flywheel.demo.evaluation import non_word_share
+from trainer.non_words import non_word_share
 
 
 def test_plain_english_has_no_non_words() -> None:
