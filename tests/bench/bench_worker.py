@@ -13,6 +13,15 @@ and processes in one call, so a clock can only start after a whole batch, on bot
 Prints events/s for each and the ratio per run, alternating the two so that machine noise hits
 both, and the median ratio (target >= 0.5).
 
+Beside each side's rate: the CPU seconds this process spent in that side's timing (every thread,
+the consensus search's included; not the broker's or a scorer's, other processes) and how long the
+side's thread waited in the run queue for a core (Linux's ``/proc/thread-self/schedstat``; "?"
+elsewhere), and per run the ratio by CPU time (events per CPU second, worker over bare). On a
+machine whose cores are busy with other work, a benchmark at ``nice 19`` waits seconds for a core
+and its wall-clock rate halves while its CPU time stays the same: the "slow mode" on SQLite traced
+in docs/filters.md, "Worker throughput". A low wall-clock ratio with a long wait and a steady CPU
+ratio is the machine; a low CPU ratio is the worker.
+
 ``--scorer``: in production ``flywheel scorer`` runs beside the worker and competes with it for
 the CPU (a transformer's forward passes against the worker's Python), so this measures the
 worker under that load. **Both sides** run with the real scorer beside them, each its own
@@ -34,6 +43,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
+import os
 import random
 import statistics
 import sys
@@ -101,34 +112,66 @@ def make_events(total: int, app_id: int, seed: int = 7) -> list[Event]:
     return out[:total]
 
 
+def cpu_seconds() -> float:
+    """CPU seconds this process has spent, every thread (ended ones too), user and system."""
+    spent = os.times()
+    return spent.user + spent.system
+
+
+def run_queue_wait() -> float | None:
+    """Seconds the calling thread has spent runnable but waiting for a core (Linux's schedstat); None elsewhere."""
+    try:
+        return int(Path("/proc/thread-self/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 @dataclass
 class Window:
     """One side's timing: the events it handled after its first batch, in how many seconds, and when it started.
 
     The start is kept on the wall clock (``utcnow``) as well, because the scorer stamps its rows with
-    ``scored_at`` and its work is counted inside this window.
+    ``scored_at`` and its work is counted inside this window. Over the same window: the process's CPU
+    seconds and the side's thread's wait for a core (``waited``, None where the system does not say).
     """
 
     events: int = 0
     seconds: float = 0.0
     started: datetime | None = None
     outcomes: dict[str, int] = field(default_factory=dict)  # the worker's verdicts; empty for the bare side
+    cpu: float = 0.0
+    waited: float | None = None
     _clock: float = 0.0
+    _cpu: float = 0.0
+    _waited: float | None = None
 
     def batch_done(self, n: int) -> None:
         """The first batch only starts the clock (group join and first fetch stay outside); later ones count."""
-        now = time.perf_counter()
+        now, cpu, waited = time.perf_counter(), cpu_seconds(), run_queue_wait()
         if self.started is None:
-            self.started, self._clock = utcnow(), now
+            self.started, self._clock, self._cpu, self._waited = utcnow(), now, cpu, waited
         else:
             self.events += n
             self.seconds = now - self._clock
+            self.cpu = cpu - self._cpu
+            self.waited = None if waited is None or self._waited is None else waited - self._waited
 
     @property
     def rate(self) -> float:
         if not self.seconds:
             raise ValueError("every event came in the first batch: nothing was timed (raise --events)")
         return self.events / self.seconds
+
+    @property
+    def cpu_rate(self) -> float:
+        """Events per CPU second of this process."""
+        return self.events / self.cpu if self.cpu else math.inf
+
+    @property
+    def usage(self) -> str:
+        """The CPU seconds and the wait for a core, as printed beside the rate."""
+        waited = "?" if self.waited is None else f"{self.waited:.1f}"
+        return f"cpu {self.cpu:.1f} s, waited {waited} s for a core"
 
     @property
     def ended(self) -> datetime:
@@ -310,6 +353,7 @@ def measure(url: str, bootstrap: str, topic: str, expected: int, make_url: Calla
     print(f"[{url}] " + (f"`flywheel scorer` (batch {scorer.batch}, reward backbone {scorer.backbone}) runs beside "
                          "BOTH sides, each on its own database" if scorer else "no scorer running"))
     ratios: list[float] = []
+    cpu_ratios: list[float] = []
     scored: dict[str, list[float]] = {"bare": [], "worker": []}
     for run in range(1, runs + 1):
         bare_url, worker_url = make_url(f"bare{run}"), make_url(f"worker{run}")
@@ -328,13 +372,15 @@ def measure(url: str, bootstrap: str, topic: str, expected: int, make_url: Calla
         worker, worker_scored, worker_note = timed_side(scorer, worker_url, f"worker{run}",
                                            partial(filtering_worker, worker_settings, expected))
         ratios.append(worker.rate / bare.rate)
+        cpu_ratios.append(worker.cpu_rate / bare.cpu_rate)
         for side, value in (("bare", bare_scored), ("worker", worker_scored)):
             if value is not None:
                 scored[side].append(value)
-        print(f"[{url}] run {run}: bare consume-and-insert {bare.rate:8.0f} events/s{bare_note}, "
-              f"worker with all filters {worker.rate:8.0f} events/s{worker_note}, "
-              f"ratio {ratios[-1]:.2f}  outcomes {worker.outcomes}")
-    print(f"[{url}] median ratio worker/bare over {runs} runs: {statistics.median(ratios):.2f} (target >= 0.5)"
+        print(f"[{url}] run {run}: bare consume-and-insert {bare.rate:8.0f} events/s ({bare.usage}){bare_note}, "
+              f"worker with all filters {worker.rate:8.0f} events/s ({worker.usage}){worker_note}, "
+              f"ratio {ratios[-1]:.2f} (by CPU time {cpu_ratios[-1]:.2f})  outcomes {worker.outcomes}")
+    print(f"[{url}] median ratio worker/bare over {runs} runs: {statistics.median(ratios):.2f} (target >= 0.5; "
+          f"by CPU time {statistics.median(cpu_ratios):.2f})"
           + (f"; scorer median {statistics.median(scored['worker']):.1f} answers/s during the worker's timing, "
              f"{statistics.median(scored['bare']):.1f} during the bare's" if scorer else ", no scorer running"))
 
