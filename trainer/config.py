@@ -346,6 +346,18 @@ class TrainConfig(BaseModel):
         default=48, ge=1,
         description="Greedy answer length for the gates, in tokens.",
     )
+    gate_samples: int = Field(
+        default=2, ge=0,
+        description=(
+            "Sampled answers per held-out prompt, at gate_temperature, that gate non_words reads (0: it reads the "
+            "greedy ones). Users read sampled answers, and greedy ones hide made-up words: an RLOO candidate whose "
+            "sampled answers had 4.4 % of them wrote none greedily."
+        ),
+    )
+    gate_temperature: float = Field(
+        default=1.0, gt=0.0,
+        description="Sampling temperature of gate_samples: the OpenAI API's and vLLM's default for a chat without one.",
+    )
     drift_check_steps: int = Field(
         default=10, ge=0,
         description=(

@@ -39,7 +39,9 @@ the training reference: see ``policy.champion_view``). Each gate is an MLflow me
   one-sided binomial level ``gate_vote_evidence_alpha``), the gate passes and says so: a gate
   that blocks what the users demonstrably prefer would stop the loop from learning their taste.
 - ``non_words``: the mean share of an answer's words that no word list of ``gate_non_word_language``
-  (wordfreq, ``en``) knows, candidate minus champion, at most ``gate_max_non_word_increase`` (0.02). A
+  (wordfreq, ``en``) knows, candidate minus champion, at most ``gate_max_non_word_increase`` (0.02), on
+  ``gate_samples`` sampled answers per held-out prompt (as users get them: greedy answers hide made-up
+  words), both policies drawing the same random stream. A
   policy can learn an answer's shape and forget its words: on a taste for short numbered answers
   KTO and GRPO candidates wrote 9-12 % made-up words (SmolLM2: 1 %) and the drift gates passed them
   (docs/training.md). Votes never yield it.
@@ -181,9 +183,16 @@ def generate(
     progress: ProgressFn | None = None,
     stage: str = "generate",
     batch_size: int = 32,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> Answers:
-    """Greedy answers, batched with left padding (one forward pass per token for a whole batch)."""
+    """Greedy answers (``temperature`` 0) or sampled ones, batched with left padding (one forward pass per token for
+    a whole batch). Sampling starts from ``seed``: two policies sampled with one seed draw the same random stream,
+    so their answers differ by the policies, not by the dice."""
     import torch
+
+    if temperature > 0:
+        torch.manual_seed(seed)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = {tokenizer.eos_token_id, pad_id}
@@ -200,7 +209,8 @@ def generate(
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
-                do_sample=False,
+                do_sample=temperature > 0,
+                **({"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {}),
                 pad_token_id=pad_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
@@ -321,6 +331,8 @@ class GateInputs:
     candidate_metrics: PairMetrics
     length_votes: VoteEvidence = NO_VOTES
     markup_votes: VoteEvidence = NO_VOTES
+    champion_sampled: Answers | None = None  # sampled answers to the held-out prompts, as users get them
+    candidate_sampled: Answers | None = None
 
 
 def collect(
@@ -342,6 +354,16 @@ def collect(
         champion = generate(policy, tokenizer, everything, config.gate_max_new_tokens, progress, "generate-champion")
     with candidate_view(policy):
         candidate = generate(policy, tokenizer, everything, config.gate_max_new_tokens, progress, "generate-candidate")
+    champion_sampled = candidate_sampled = None
+    if config.gate_samples:
+        asked = [p for p in prompts for _ in range(config.gate_samples)]
+        temperature, tokens = config.gate_temperature, config.gate_max_new_tokens
+        with champion_view(policy):
+            champion_sampled = generate(policy, tokenizer, asked, tokens, progress, "sample-champion",
+                                        temperature=temperature, seed=config.seed)
+        with candidate_view(policy):
+            candidate_sampled = generate(policy, tokenizer, asked, tokens, progress, "sample-candidate",
+                                         temperature=temperature, seed=config.seed)
     n = len(prompts)
     heldout_candidate = Answers(candidate.ids[:n], candidate.texts[:n])
     kl = mean_token_kl(policy, tokenizer, prompts, heldout_candidate)
@@ -359,6 +381,8 @@ def collect(
         candidate_metrics=candidate_metrics,
         length_votes=VoteEvidence.of(pairs, word_count),
         markup_votes=VoteEvidence.of(pairs, has_markup),
+        champion_sampled=champion_sampled,
+        candidate_sampled=candidate_sampled,
     )
 
 
@@ -438,8 +462,12 @@ def _non_words(inputs: GateInputs, settings: TrainerSettings) -> Gate:
     threshold = f"<= +{limit:g}"
     if not language:
         return Gate("non_words", "skipped", math.nan, threshold, "no answer language set (gate_non_word_language)")
-    cand, champ = inputs.candidate.non_word_share(language), inputs.champion.non_word_share(language)
-    detail = f"share of words no '{language}' word list knows {cand:.3f} vs {champ:.3f}"
+    candidate, champion, kind = inputs.candidate, inputs.champion, "greedy"
+    if inputs.candidate_sampled is not None and inputs.champion_sampled is not None:
+        candidate, champion, kind = inputs.candidate_sampled, inputs.champion_sampled, "sampled"
+    cand, champ = candidate.non_word_share(language), champion.non_word_share(language)
+    detail = (f"share of words no '{language}' word list knows {cand:.3f} vs {champ:.3f} in {len(candidate.texts)} "
+              f"{kind} answers")
     return Gate("non_words", "passed" if cand - champ <= limit + 1e-9 else "failed", cand - champ, threshold, detail)
 
 

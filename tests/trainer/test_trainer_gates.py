@@ -90,6 +90,17 @@ def test_made_up_words_fail_the_non_words_gate_alone_and_no_vote_yields_it() -> 
     assert gate.status == "skipped" and "gate_non_word_language" in gate.detail
 
 
+def test_the_non_words_gate_reads_the_sampled_answers_users_get_when_there_are_some() -> None:
+    settings = TrainerSettings(_env_file=None)  # type: ignore[call-arg]
+    plain = answers("1. Combine the salmon and bake it.", 4)
+    clean_greedy = replace(inputs(plain), champion=plain)  # greedy answers alike: nothing to see there
+    garbled = replace(clean_greedy, champion_sampled=plain, candidate_sampled=answers(GARBLED, 4))
+    report = evaluate(garbled, None, settings, fast_config())
+    assert report.failed() == ["non_words"]
+    assert "in 8 sampled answers" in next(g.detail for g in report.gates if g.name == "non_words")
+    assert evaluate(clean_greedy, None, settings, fast_config()).failed() == []
+
+
 def test_the_non_words_language_must_be_one_wordfreq_has_lists_for() -> None:
     with pytest.raises(ValidationError, match="no word lists for 'klingon'"):
         TrainerSettings(_env_file=None, gate_non_word_language="klingon")  # type: ignore[call-arg]
