@@ -41,10 +41,9 @@ the training reference: see ``policy.champion_view``). Each gate is an MLflow me
 - ``non_words``: the mean share of an answer's words that no word list of ``gate_non_word_language``
   (wordfreq, ``en``) knows, candidate minus champion, at most ``gate_max_non_word_increase`` (0.02), on
   ``gate_samples`` sampled answers per held-out prompt (as users get them: greedy answers hide made-up
-  words), both policies drawing the same random stream. A
-  policy can learn an answer's shape and forget its words: on a taste for short numbered answers
-  KTO and GRPO candidates wrote 9-12 % made-up words (SmolLM2: 1 %) and the drift gates passed them
-  (docs/training.md). Votes never yield it.
+  words), both policies drawing the same random stream. A policy can learn an answer's shape and
+  forget its words: on a taste for short numbered answers KTO and GRPO candidates wrote 9-12 % made-up
+  words (SmolLM2: 1 %) and the drift gates passed them (docs/training.md). Votes never yield it.
 - ``canaries``: the shipped prompts of ``canaries.yaml``; in ``no_regression`` mode the number
   of canaries the champion passes and the candidate fails, in ``absolute`` mode the number the
   candidate fails; must be 0.
