@@ -112,7 +112,8 @@ class TrainerSettings(CommonSettings):
         default="en",
         description=(
             "The answers' language for gate non_words, a wordfreq code (en, de, fr, pt, ...); empty skips the gate "
-            "(answers in a language wordfreq has no lists for, or mostly code)."
+            "(answers in a language wordfreq has no lists for or not written with spaces between words, such as zh "
+            "or ja, or answers that are mostly code)."
         ),
     )
     gate_vote_evidence_alpha: float = Field(
