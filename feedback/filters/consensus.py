@@ -437,7 +437,9 @@ class ConsensusFilter:
         honest = np.bincount(owner, log_likelihood(against, q, 0.0), minlength=raters)
         voted = np.bincount(owner, minlength=raters) > 0
         weight, most = trust.weight, 1 - 1 / (raters + 1)
-        share = min(max(float(weight[voted].mean()) if voted.any() else 1.0, 0.5), most)
+        if not voted.any():  # no vote has an out-of-fold prediction yet: nothing to learn trust from
+            return weight
+        share = min(max(float(weight[voted].mean()), 0.5), most)
         for _ in range(self.calibration_rounds):
             doubt = 1 - weight[owner]
             poison = 0.5 if not doubt.any() else float(minimize_scalar(

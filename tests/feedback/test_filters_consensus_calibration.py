@@ -139,3 +139,13 @@ def test_many_raters_with_a_little_bad_luck_are_not_condemned_together() -> None
     assert consensus._adjusted({100: tests[100]}, 1)[100] == pytest.approx(0.005)
     assert consensus._adjusted({100: tests[100]}, 30)[100] == pytest.approx(0.15)
     assert consensus._adjusted({100: Test(8, 6, 1.0, 1e-5)}, 30) == {}  # too few judged votes: no test
+
+
+def test_trust_without_any_out_of_fold_vote_keeps_every_weight_finite() -> None:
+    """A search whose folds gave no vote a prediction (a young history, spread thin) has nothing to learn trust
+    from: the weights stay as they were. The mixture once took the mean of no raters, NaN, and the next fit
+    refused NaN sample weights, which stopped the worker (spread_campaign with the engine, 2026-12-06)."""
+    consensus = ConsensusFilter.from_settings(filter_settings())
+    empty = np.array([]), np.array([], dtype=bool), np.array([]), np.array([], dtype=int)
+    weight = consensus._trust(Trust(*empty, weight=np.ones(5), floor=consensus.min_base_rate))
+    assert np.array_equal(weight, np.ones(5))
