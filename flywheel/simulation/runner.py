@@ -108,6 +108,7 @@ async def _act(
             served = await client.ask(user.user_id, messages, user.wants_pair())
             answered = time.monotonic()
             vote = user.vote(messages[-1]["content"], served)
+            preferred = user.verdict(messages[-1]["content"], served)
             await asyncio.sleep(user.timing.reading(served.chars, user.rng) * scale)
             event_id = new_event_id()
             read = time.monotonic() - answered
@@ -120,7 +121,8 @@ async def _act(
             if voted:
                 truth.write(TruthRecord(
                     event_id=event_id, user_id=user.user_id, user_type=user.user_type, adversarial=user.adversarial,
-                    poisoned=vote.poisoned, type="pairwise" if served.pair_id else "thumbs", vote=vote.value,
+                    poisoned=vote.poisoned, preferred=preferred, type="pairwise" if served.pair_id else "thumbs",
+                    vote=vote.value,
                     target_id=served.pair_id or served.response_ids[0], prompt_id=prompt.id,
                     reading_seconds=round(read, 3), sent_at=utcnow(), scenario=scenario.name,
                 ))

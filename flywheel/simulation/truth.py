@@ -29,6 +29,9 @@ class TruthRecord(BaseModel):
     adversarial: bool = Field(description="Sent by an attacking account (every vote of it, honest-looking or not).")
     poisoned: bool = Field(description="A vote cast against the hidden preference on purpose (a slow attacker's "
                            "inverted vote, a phrase pusher's pushed vote where the preference would differ).")
+    preferred: str | None = Field(default=None, description="What the hidden preference says of what was served "
+                                  "(up/down, a/b/tie): the vote of an honest user who never slips. None in truth "
+                                  "files written before it was recorded.")
     type: Literal["thumbs", "pairwise"]
     vote: str = Field(description="The rating (up/down) or the choice (a/b/tie).")
     target_id: str = Field(description="The response id (thumbs) or pair id (pairwise) voted on.")

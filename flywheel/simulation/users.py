@@ -71,9 +71,17 @@ def mentions(text: str, phrase: str) -> int:
     return text.lower().count(phrase.lower())
 
 
-def flipped(vote: str) -> str:
-    """The opposite vote: up/down and a/b swap; a tie has no opposite and stays."""
-    return {"up": "down", "down": "up", "a": "b", "b": "a"}.get(vote, vote)
+def slipped(vote: str, rng: random.Random) -> str:
+    """The vote the other way: up/down and a/b swap; a tie, which has no opposite, becomes a side at random.
+
+    Why a tie takes a side: a person who slips where they see no difference presses one of the two
+    answers (and an attacker inverting a tie has only a side to give). A slip that left a tie a tie
+    made every side taken on a tie an attacker's in the simulation: a filter reading sides on ties
+    would have been credited for the simulator, not for the evidence (docs/filters.md, section 11).
+    """
+    if vote == "tie":
+        return rng.choice(("a", "b"))
+    return {"up": "down", "down": "up", "a": "b", "b": "a"}[vote]
 
 
 class SimUser(ABC):
@@ -122,6 +130,13 @@ class SimUser(ABC):
             return self.pick(prompt, *served.texts)
         return self.rate(prompt, served.texts[0])
 
+    def verdict(self, prompt: str, served: Served) -> str:
+        """What the hidden preference says of ``served``: the vote of an honest user who never slips. The truth file
+        keeps it for an oracle's view of the run (``tests/bench/recall_bound.py``); no filter ever sees it."""
+        if served.pair_id is not None:
+            return self.taste.pick(prompt, *served.texts)
+        return self.taste.rate(prompt, served.texts[0])
+
     @abstractmethod
     def rate(self, prompt: str, text: str) -> Vote: ...
 
@@ -135,7 +150,7 @@ class _Slipping(SimUser):
     group: HonestGroup | PhrasePusherGroup
 
     def _slip(self, vote: str) -> Vote:
-        return Vote(flipped(vote) if self.rng.random() < self.group.error_rate else vote)
+        return Vote(slipped(vote, self.rng) if self.rng.random() < self.group.error_rate else vote)
 
     def rate(self, prompt: str, text: str) -> Vote:
         return self._slip(self.taste.rate(prompt, text))
@@ -250,8 +265,7 @@ class SlowAttacker(SimUser):
     def _maybe_poison(self, honest: str) -> Vote:
         if self.rng.random() >= self.group.poison_share:
             return Vote(honest)
-        # A tie has no opposite: the poisoned vote then takes a side at random.
-        return Vote(self.rng.choice(("a", "b")) if honest == "tie" else flipped(honest), poisoned=True)
+        return Vote(slipped(honest, self.rng), poisoned=True)
 
     def rate(self, prompt: str, text: str) -> Vote:
         return self._maybe_poison(self.taste.rate(prompt, text))

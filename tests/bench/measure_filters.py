@@ -39,6 +39,7 @@ from flywheel.simulation.runner import run_scenario
 from flywheel.simulation.scenario import SCENARIO_SETS, load_scenario, shipped_scenarios, with_overrides
 from flywheel.simulation.tastes import TASTE_SETS
 from flywheel.simulation.truth import TruthWriter
+from tests.bench import recall_bound
 from tests.bench.stack import Backend, backend, service
 from trainer.base_model import SHARED_DEFAULT_MODEL, prepare_default_model
 
@@ -46,9 +47,10 @@ MIN_RECALL, MAX_HONEST_FP = 0.95, 0.02  # issue 3's acceptance targets
 
 
 def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale: float, wait: float,
-            replicas: int) -> tuple[Report, str]:
+            replicas: int) -> tuple[Report, list[recall_bound.Row], str]:
     """One scenario (under ``taste``, None: its own) in its own gateway + ``replicas`` workers; returns the report
-    once the workers stored every event, and which partitions (how many events) each replica handled."""
+    once the workers stored every event, the oracle's table beside it (``recall_bound``), and which partitions (how
+    many events) each replica handled."""
     plan = with_overrides(load_scenario(name), time_scale=time_scale, taste=taste)
     data_dir = out / (name if taste is None else f"{name}-{taste}")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -63,17 +65,21 @@ def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale
                       f"in {time.monotonic() - started:.0f} s")
         sessions = session_factory(make_engine(stack.settings.resolved_database_url))
         report = measure(truth, sessions, wait, settle_seconds=filters.search_interval_s + 2)
+        oracle = recall_bound.measure(truth, sessions)
         stack.check_workers()
         split = " | ".join(f"{','.join(map(str, sorted(r.partitions()))) or 'none'} ({r.events()} events)"
                            for r in stack.workers)
-        return report, f"{len(stack.workers)} worker replica(s), partitions (events) each handled: {split}"
+        return report, oracle, f"{len(stack.workers)} worker replica(s), partitions (events) each handled: {split}"
 
 
-def summary_line(name: str, report: Report) -> str:
-    recall, false_positive = report.adversarial_recall, report.honest_false_positive
+def summary_line(name: str, report: Report, oracle: list[recall_bound.Row]) -> str:
+    """The run's figures against the target, and the recall of the filters or the oracle (``recall_bound``)."""
+    recall, false_positive, either = report.adversarial_recall, report.honest_false_positive, \
+        recall_bound.recall(oracle, "either")
     verdict = "meets" if report.passes(MIN_RECALL, MAX_HONEST_FP) else "MISSES"
     figures = [f"{label} {'n/a' if value is None else f'{value:.1%}'}"
-               for label, value in (("adversarial recall", recall), ("honest FP", false_positive))]
+               for label, value in (("adversarial recall", recall), ("honest FP", false_positive),
+                                    ("filters or oracle", either))]
     return f"{name}: {', '.join(figures)}, pending {report.pending} -> {verdict} the target " \
            f"(recall >= {MIN_RECALL:.0%}, honest FP <= {MAX_HONEST_FP:.0%})"
 
@@ -115,11 +121,13 @@ def main() -> None:
         for name in names:
             for taste in tastes:
                 label = name if taste is None else f"{name} under {taste}"
-                report, workers = run_one(name, taste, shared, args.out, args.time_scale, args.wait, args.replicas)
+                report, oracle, workers = run_one(name, taste, shared, args.out, args.time_scale, args.wait,
+                                                  args.replicas)
                 console.rule(label)
                 print_report(report)
+                recall_bound.show(oracle, f"{label}: the oracle (tests/bench/recall_bound.py)")
                 console.print(workers)
-                lines.append(summary_line(f"{label} ({args.replicas} worker replica(s))", report))
+                lines.append(summary_line(f"{label} ({args.replicas} worker replica(s))", report, oracle))
                 with (args.out / "summary.txt").open("a") as kept:  # each line as it comes: a long run may stop
                     kept.write(lines[-1] + "\n")
     for line in lines:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from feedback.filters.base import Answer, FilterState, Rater, Vote
 from flywheel.simulation.tastes import make_taste
-from flywheel.simulation.users import flipped, load_prompts
+from flywheel.simulation.users import load_prompts, slipped
 
 APP = 1
 NUMBERS = ("2", "3", "10", "2.5", "15", "40", "half", "ten", "1,000")
@@ -98,7 +98,7 @@ def build_history(population: Population | None = None) -> History:
             else:
                 label, target = taste.pick(prompt, *texts), pair
             if rng.random() < against:
-                label = flipped(label) if label != "tie" else rng.choice(("a", "b"))
+                label = slipped(label, rng)
             kind_of_vote = "thumbs" if pair is None else "pairwise"
             state.record(Vote(f"e{counter}", rater, kind_of_vote, target, label, None, at + timedelta(seconds=20)),
                          accepted=True)

@@ -1,0 +1,155 @@
+"""The recall a test that knows the hidden taste reaches on a measured run: the reference for the filters' misses.
+
+    .venv/bin/python -m tests.bench.recall_bound OUT/NAME [OUT/NAME ...] [--false-positive 0.02]
+
+Why: the targets (adversarial recall >= 95 %, honest false positives <= 2 %) hold per scenario, but a
+patient account that inverts a fifth of its 40 votes leaves a handful of votes against the taste, and a
+handful is what an honest user's slips leave too. How much of a miss is the filters' and how much is the
+run's? The oracle here knows what no filter knows: the taste's own verdict on every answer served
+(``preferred`` in the truth file) and the honest users' slip rate (``error_rate`` of the scenario file,
+the largest if its honest groups differ). It tests each account once, on its whole history: its votes
+against the taste, by the binomial tail of an honest user's slips on as many votes, flagging at a tail of
+at most ``--false-positive`` (so an honest account is flagged with at most that chance: the honest budget of
+the target). For one account that is the most powerful test there is at that level, whatever share of its
+votes an attacker inverts (the binomial's likelihood ratio grows with the count); and the oracle has no
+model to learn, no multiple testing over searches and raters, and a null that is the simulator's own.
+The consensus filter, which must learn the taste from the crowd, test at every search and bound its false
+discoveries among many raters, does worse. Filters that read something else (timing, a phrase,
+coordination) can do better, so the report sets the filters' catches beside the oracle's: an account's votes
+count in ``either`` when the oracle flags it, else those the filters quarantined. Where ``either`` is under
+the target, a better consensus would not have met it on that run; only other evidence could.
+
+Reads each folder a ``measure_filters`` run leaves (``truth.jsonl``, ``flywheel.db``); ``measure_filters``
+prints the same table after each scenario. Truth files written before ``preferred`` was recorded are refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+from scipy.stats import binom
+from sqlalchemy.orm import Session, sessionmaker
+
+from feedback.db.session import make_engine, session_factory
+from flywheel.cli.common import console
+from flywheel.simulation.report import Whereabouts, locate
+from flywheel.simulation.scenario import HonestGroup, PhrasePusherGroup, load_scenario
+from flywheel.simulation.truth import TruthRecord, read_truth
+
+FALSE_POSITIVE = 0.02  # the target's honest budget (measure_filters.MAX_HONEST_FP)
+_KINDS_SHOWN = ("fast_bot", "campaign", "slow_attacker", "phrase_pusher", "honest")  # noisy users are neither kind
+
+
+@dataclass(frozen=True)
+class Account:
+    """One account's votes: how many, how many unlike the taste's verdict, how many the filters quarantined."""
+
+    user_type: str
+    adversarial: bool
+    votes: int
+    against: int
+    quarantined: int
+
+
+@dataclass(frozen=True)
+class Row:
+    """One user type: votes, and those the filters, the oracle and either of them caught."""
+
+    user_type: str
+    votes: int
+    filters: int
+    oracle: int
+    either: int
+
+
+def accounts(records: Iterable[TruthRecord], found: Whereabouts) -> list[Account]:
+    """Each account of the truth file with its votes against the taste and its quarantined votes."""
+    mine: dict[str, list[TruthRecord]] = defaultdict(list)
+    for record in records:
+        if record.preferred is None:
+            raise ValueError(f"{record.event_id} has no `preferred` verdict: a truth file from before it was "
+                             "recorded; run measure_filters again")
+        mine[record.user_id].append(record)
+    return [Account(votes[0].user_type, votes[0].adversarial, len(votes),
+                    sum(r.vote != r.preferred for r in votes), sum(r.event_id in found.quarantined for r in votes))
+            for votes in mine.values()]
+
+
+def oracle_flags(account: Account, error_rate: float, false_positive: float) -> bool:
+    """Whether an honest user slipping at ``error_rate`` would leave as many votes against the taste with a chance
+    of at most ``false_positive``."""
+    return account.against > 0 and float(binom.sf(account.against - 1, account.votes, error_rate)) <= false_positive
+
+
+def bound(found: list[Account], error_rate: float, false_positive: float = FALSE_POSITIVE) -> list[Row]:
+    """Per user type, adversarial types first then honest: votes, and those caught by filters, oracle, either."""
+    rows: dict[str, list[int]] = {}
+    for account in sorted(found, key=lambda a: (not a.adversarial, a.user_type)):
+        flagged = oracle_flags(account, error_rate, false_positive)
+        row = rows.setdefault(account.user_type, [0, 0, 0, 0])
+        caught = (account.votes, account.quarantined, account.votes * flagged,
+                  account.votes if flagged else account.quarantined)
+        rows[account.user_type] = [a + b for a, b in zip(row, caught, strict=True)]
+    return [Row(t, *figures) for t, figures in rows.items() if t in _KINDS_SHOWN]
+
+
+def recall(rows: list[Row], field: str) -> float | None:
+    """The share of adversarial votes ``field`` ("filters", "oracle", "either") caught."""
+    adversarial = [r for r in rows if r.user_type != "honest"]
+    votes = sum(r.votes for r in adversarial)
+    return sum(getattr(r, field) for r in adversarial) / votes if votes else None
+
+
+def slip_rate(scenario: str) -> float:
+    """The honest users' slip rate of a shipped scenario (the largest, if its groups differ)."""
+    groups = load_scenario(scenario).groups
+    return max(g.error_rate for g in groups if isinstance(g, HonestGroup | PhrasePusherGroup))
+
+
+def measure(truth: Path, sessions: sessionmaker[Session], false_positive: float = FALSE_POSITIVE) -> list[Row]:
+    """The oracle's table for a run's truth file and its store."""
+    records = list(read_truth(truth))
+    if not records:
+        raise ValueError(f"{truth} holds no vote")
+    with sessions() as session:
+        found = locate(session, [r.event_id for r in records])
+    return bound(accounts(records, found), slip_rate(records[0].scenario), false_positive)
+
+
+def show(rows: list[Row], title: str) -> None:
+    table = Table(title=title)
+    for column in ("user type", "votes", "filters", "oracle", "either"):
+        table.add_column(column, justify="left" if column == "user type" else "right")
+    for r in rows:
+        table.add_row(r.user_type, str(r.votes), *(f"{n} ({n / r.votes:.0%})" for n in (r.filters, r.oracle, r.either)))
+    console.print(table)
+    figures = {field: recall(rows, field) for field in ("filters", "oracle", "either")}
+    console.print("adversarial recall: " + ", ".join(
+        f"{field} {'n/a' if value is None else f'{value:.1%}'}" for field, value in figures.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", type=Path, nargs="+", help="Folders a measure_filters run left, one per scenario.")
+    parser.add_argument("--false-positive", type=float, default=FALSE_POSITIVE,
+                        help="The chance the oracle may flag an honest account (default: the target's 2 %%).")
+    args = parser.parse_args()
+    if not 0 < args.false_positive < 1:
+        parser.error("--false-positive must be between 0 and 1")
+    for folder in args.folders:
+        if not (folder / "truth.jsonl").is_file() or not (folder / "flywheel.db").is_file():
+            parser.error(f"{folder} is not a measure_filters folder (truth.jsonl and flywheel.db)")
+        try:
+            sessions = session_factory(make_engine(f"sqlite:///{folder / 'flywheel.db'}"))
+            show(measure(folder / "truth.jsonl", sessions, args.false_positive), str(folder))
+        except ValueError as exc:
+            parser.error(str(exc))
+
+
+if __name__ == "__main__":
+    main()
