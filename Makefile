@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up demo test fault lint bench clean
+.PHONY: install up demo test test-demo fault lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy serving feedback trainer registry flywheel
 	$(BIN)/pytest -q
+
+# A one-round `flywheel demo` on a tiny model on its own stack, its report checked against the store (docs/tests.md).
+# Not in `make test`: its own engine start makes it 4 minutes on a 2-core AVX2 machine. Waits for the engine lock.
+test-demo: install
+	flock /tmp/flywheel-engine.lock $(BIN)/pytest -q -m demo tests/demo
 
 # Real faults under load (worker, broker, gateway SIGKILL, database away, engine killed), counted acknowledged
 # vs stored on SQLite and PostgreSQL; docs/reliability.md#fault-tests. The engine test waits for the engine lock.

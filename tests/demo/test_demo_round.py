@@ -35,7 +35,7 @@ from serving.settings import ServingSettings
 from trainer.base_model import build_tiny_model
 from trainer.config import TrainConfig
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.demo]
 
 SCENARIO = {
     "name": "tiny-demo", "seed": 5, "time_scale": 0.01, "concurrency": 8, "arrival_seconds": 5, "prompt_pool": 30,
