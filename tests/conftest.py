@@ -3,6 +3,10 @@
 The broker is started once per session (Tansu is memory-only and starts in milliseconds);
 tests isolate themselves with their own topic and consumer group. ``db_url`` runs each
 test on SQLite and on PostgreSQL, each with a database of its own.
+
+The vLLM engine of the end-to-end tests (``engine``, tests/e2e/conftest.py) is started as the
+session begins and the modules that use it run last: its start is a minute and a half of imports on
+a 2-core AVX2 machine, which the tests before them overlap instead of waiting for.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from feedback.db.session import make_engine, session_factory, transaction, upgra
 from feedback.events import ChatMessage, CompletionEvent, PairwiseEvent, ThumbsEvent, new_root
 from feedback.worker_settings import WorkerSettings
 from flywheel.stack.broker import tansu_process
-from flywheel.stack.supervise import free_port
+from flywheel.stack.engine import vllm_process
+from flywheel.stack.supervise import ManagedProcess, free_port
+from serving.settings import ServingSettings
+from trainer.base_model import build_tiny_model
 
 # The maintenance database of a local PostgreSQL with trust auth; each test gets a database beside it.
 POSTGRES_URL = os.environ.get("FLYWHEEL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -183,3 +190,33 @@ class EventBuilder:
 @pytest.fixture
 def build() -> EventBuilder:
     return EventBuilder()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules whose tests use the session's engine go last, in their order (``_engine_starts_early``)."""
+    engine_modules = {getattr(item, "module", None) for item in items if "engine" in getattr(item, "fixturenames", ())}
+    items.sort(key=lambda item: getattr(item, "module", None) in engine_modules)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama the engine serves and the end-to-end rounds train (tests/trainer has its own)."""
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def starting_engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ManagedProcess, str]]:
+    """The session's vLLM engine on ``tiny_model``, started and not waited for (``engine`` waits), and its URL."""
+    settings = ServingSettings(engine_port=free_port(), engine_max_model_len=2048, engine_kv_cache_gb=1)
+    process = vllm_process(settings, tiny_model, tmp_path_factory.mktemp("engine") / "engine.log").start()
+    try:
+        yield process, settings.resolved_engine_url
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_starts_early(request: pytest.FixtureRequest) -> None:
+    """Starts the engine with the session's first test when any test of the session will use it."""
+    if any("engine" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("starting_engine")

@@ -1,8 +1,9 @@
 """The real stack for end-to-end tests: Tansu, vLLM (tiny model), MLflow store, gateway, worker.
 
-The engine is started once per test session (about 40 s on 2 cores); everything else is
-cheap and started per module in its own data dir and topic, so modules do not see each
-other's events.
+The engine is started once per test session, as the session begins (tests/conftest.py: about a
+minute and a half on a 2-core AVX2 machine, which the tests without an engine overlap; these modules
+run last); everything else is cheap and started per module in its own data dir and topic, so
+modules do not see each other's events.
 """
 
 from __future__ import annotations
@@ -22,27 +23,20 @@ from feedback.db.session import make_engine, session_factory, transaction, upgra
 from feedback.filters.settings import FilterSettings
 from feedback.producer import ensure_topic
 from feedback.worker import Worker
-from flywheel.stack.engine import vllm_process
 from flywheel.stack.services import child_env
-from flywheel.stack.supervise import free_port, wait_for
+from flywheel.stack.supervise import ManagedProcess, free_port, wait_for
 from serving.app import create_app
 from serving.settings import ServingSettings
-from trainer.base_model import build_tiny_model
 from trainer.config import TrainerSettings
 from trainer.registry import Registry
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
-@pytest.fixture(scope="session")
-def engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = ServingSettings(engine_port=free_port(), engine_max_model_len=2048, engine_kv_cache_gb=1)
-    log = tmp_path_factory.mktemp("engine") / "engine.log"
-    with vllm_process(settings, tiny_model, log):
-        yield settings.resolved_engine_url
+def engine(starting_engine: tuple[ManagedProcess, str]) -> str:
+    """The session's engine (tests/conftest.py started it with the session's first test), once it answers."""
+    process, url = starting_engine
+    process.wait_ready()
+    return url
 
 
 @pytest.fixture(scope="module")

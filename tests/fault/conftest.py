@@ -21,7 +21,6 @@ import sqlalchemy as sa
 
 from flywheel.stack.supervise import free_port
 from serving.settings import ServingSettings
-from tests.e2e.conftest import tiny_model  # noqa: F401  (fixture)
 from tests.fault.harness import FIGURES, SEND_TIMEOUT_S
 from tests.serving.conftest import gateway_settings, mlflow_uri  # noqa: F401  (fixture)
 from tests.serving.test_broker_restart import Broker, private_broker  # noqa: F401  (fixture)
