@@ -187,11 +187,20 @@ def generate(
 ) -> Answers:
     """Greedy answers (``temperature`` 0) or sampled ones, batched with left padding (one forward pass per token for
     a whole batch). Sampling starts from ``seed``: two policies sampled with one seed draw the same random stream,
-    so their answers differ by the policies, not by the dice."""
+    so their answers differ by the policies, not by the dice. The seed is set inside a fork of torch's global
+    generator (HF ``generate`` takes no generator of its own), so the caller's random stream is as it was."""
     import torch
 
-    if temperature > 0:
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[], enabled=temperature > 0):
+        if temperature > 0:
+            torch.manual_seed(seed)
+        return _decode(model, tokenizer, prompts, max_new_tokens, progress, stage, batch_size, temperature)
+
+
+def _decode(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int,
+            progress: ProgressFn | None, stage: str, batch_size: int, temperature: float) -> Answers:
+    """``generate``'s batches, on whatever random stream is current."""
+    import torch
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = {tokenizer.eos_token_id, pad_id}

@@ -25,3 +25,16 @@ def test_sampled_answers_follow_the_seed_and_greedy_ones_do_not_sample(tiny_mode
     assert greedy == generate(model, tokenizer, PROMPTS, 12).ids
     assert greedy[:3] == greedy[3:]  # the same prompt asked twice: greedy gives one answer
     assert sampled(7)[:3] != sampled(7)[3:]  # sampled, two draws
+
+
+def test_sampling_leaves_the_callers_random_stream_as_it_was(tiny_model: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    generate(model, tokenizer, PROMPTS, 12, temperature=1.0, seed=7)
+    assert torch.equal(torch.rand(4), expected)
