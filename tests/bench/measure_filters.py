@@ -12,8 +12,9 @@ figures must be those of one worker (issue 10). Each scenario's report names the
 the partitions and events each handled. The worker's time thresholds are
 scaled by the same ``S`` as the users' waits (``FilterSettings.time_scale``); every other
 ``FLYWHEEL_FILTER_*`` setting comes from the environment as in production. Prints the report
-table per scenario and one summary line each (recall, honest false positives, target met), also
-appended to ``OUT/summary.txt`` as each scenario ends.
+table per scenario, the oracle's table beside it (``recall_bound``: the recall a test that knows the taste
+reaches on the same votes), and one summary line each (recall, honest false positives, the recall of the
+filters or the oracle, target met), also appended to ``OUT/summary.txt`` as each scenario ends.
 ``--taste`` runs every scenario once per taste named (``all``: every taste of the simulator),
 overriding the scenario's own; without it each scenario keeps the taste its file names.
 ``--set validation`` takes the scenarios and tastes of the validation set instead (files in
