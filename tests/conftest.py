@@ -199,16 +199,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer Llama the engine serves and the end-to-end rounds train (tests/trainer has its own)."""
+def served_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 2-layer Llama the session's engine serves, under a name no directory's conftest overrides: the engine
+    may be started from any directory's first test."""
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 @pytest.fixture(scope="session")
-def starting_engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ManagedProcess, str]]:
-    """The session's vLLM engine on ``tiny_model``, started and not waited for (``engine`` waits), and its URL."""
+def tiny_model(served_tiny_model: Path) -> Path:
+    """The model the end-to-end rounds train: the one the engine serves (tests/trainer has its own)."""
+    return served_tiny_model
+
+
+@pytest.fixture(scope="session")
+def starting_engine(served_tiny_model: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ManagedProcess, str]]:
+    """The session's vLLM engine, started and not waited for (``engine`` waits), and its URL."""
     settings = ServingSettings(engine_port=free_port(), engine_max_model_len=2048, engine_kv_cache_gb=1)
-    process = vllm_process(settings, tiny_model, tmp_path_factory.mktemp("engine") / "engine.log").start()
+    process = vllm_process(settings, served_tiny_model, tmp_path_factory.mktemp("engine") / "engine.log").start()
     try:
         yield process, settings.resolved_engine_url
     finally:
