@@ -191,42 +191,34 @@ def generate(
     generator (HF ``generate`` takes no generator of its own), so the caller's random stream is as it was."""
     import torch
 
-    with torch.random.fork_rng(devices=[], enabled=temperature > 0):
-        if temperature > 0:
-            torch.manual_seed(seed)
-        return _decode(model, tokenizer, prompts, max_new_tokens, progress, stage, batch_size, temperature)
-
-
-def _decode(model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new_tokens: int,
-            progress: ProgressFn | None, stage: str, batch_size: int, temperature: float) -> Answers:
-    """``generate``'s batches, on whatever random stream is current."""
-    import torch
-
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = {tokenizer.eos_token_id, pad_id}
     was_training = model.training
     model.eval()
     ids: list[list[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts[start : start + batch_size]]
-        width = max(len(e) for e in encoded)
-        input_ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=model.device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0,
-                **({"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {}),
-                pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        for row in out[:, width:].tolist():
-            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-            ids.append(row[:cut])
-        if progress:
-            progress(stage, len(ids), len(prompts))
+    with torch.random.fork_rng(devices=[], enabled=temperature > 0):
+        if temperature > 0:
+            torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            encoded = [chat_ids(tokenizer, p, add_generation_prompt=True) for p in prompts[start : start + batch_size]]
+            width = max(len(e) for e in encoded)
+            input_ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=model.device)
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=model.device)
+            with torch.no_grad():
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=temperature > 0,
+                    **({"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {}),
+                    pad_token_id=pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            for row in out[:, width:].tolist():
+                cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+                ids.append(row[:cut])
+            if progress:
+                progress(stage, len(ids), len(prompts))
     model.train(was_training)
     return Answers(ids, [tokenizer.decode(i, skip_special_tokens=True) for i in ids])
 
