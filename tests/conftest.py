@@ -192,9 +192,14 @@ def build() -> EventBuilder:
     return EventBuilder()
 
 
+def _uses_engine(item: pytest.Item) -> bool:
+    """Whether the test needs the session's engine (the ``engine`` fixture, directly or through another)."""
+    return "engine" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The modules whose tests use the session's engine go last, in their order (``_engine_starts_early``)."""
-    engine_modules = {getattr(item, "module", None) for item in items if "engine" in getattr(item, "fixturenames", ())}
+    engine_modules = {getattr(item, "module", None) for item in items if _uses_engine(item)}
     items.sort(key=lambda item: getattr(item, "module", None) in engine_modules)
 
 
@@ -226,5 +231,5 @@ def starting_engine(served_tiny_model: Path,
 @pytest.fixture(scope="session", autouse=True)
 def _engine_starts_early(request: pytest.FixtureRequest) -> None:
     """Starts the engine with the session's first test when any test of the session will use it."""
-    if any("engine" in getattr(item, "fixturenames", ()) for item in request.session.items):
+    if any(_uses_engine(item) for item in request.session.items):
         request.getfixturevalue("starting_engine")
