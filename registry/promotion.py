@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +35,7 @@ from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import AdminAction, AliasMove
+from feedback.db.session import write_ahead_log
 from feedback.store import as_utc
 from registry.live import HeadToHead, VersionLive, head_to_head, version_numbers
 from registry.model_versions import (
@@ -123,7 +123,10 @@ class Promotion:
     """The aliases of one registered model and their audit trail."""
 
     def __init__(self, tracking_uri: str, name: str, factory: sessionmaker[Session]) -> None:
-        _write_ahead_log(tracking_uri)
+        # MLflow leaves SQLite in rollback-journal mode, where the gateways polling the aliases, the
+        # trainer registering and ops moving an alias all queue on one lock: concurrent moves hit
+        # "database is locked" on a slow machine. Moves stay serialized by ``_locked``.
+        write_ahead_log(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.name = name
         self.factory = factory
@@ -510,22 +513,3 @@ class Promotion:
         """A signed 64-bit advisory-lock key (PostgreSQL's bigint), one per registered model."""
         digest = hashlib.sha256(f"flywheel.promotion:{self.name}".encode()).digest()
         return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _write_ahead_log(tracking_uri: str) -> None:
-    """Put an MLflow store kept in a SQLite file in WAL mode (a property of the file: set once, kept).
-
-    MLflow leaves SQLite in rollback-journal mode, where a commit waits for every open read and a
-    read for every commit: the gateways polling the aliases, the trainer registering and ops
-    moving an alias all queue on one lock. Under load on a slow 2-core machine, concurrent
-    promotions and rollbacks hit "database is locked". With a write-ahead log readers and the one
-    writer no longer wait for each other (moves stay serialized by ``_locked``).
-    """
-    if not tracking_uri.startswith("sqlite:///"):
-        return
-    path = tracking_uri.removeprefix("sqlite:///")
-    if not path or path == ":memory:":
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(path, timeout=30)) as connection:
-        connection.execute("PRAGMA journal_mode=WAL")

@@ -28,8 +28,9 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # WAL lets the gateway read keys while the worker writes; FKs are off by default in SQLite.
-        return sqlite_engine(url, "journal_mode=WAL", "foreign_keys=ON", "busy_timeout=30000")
+        # Connection-local settings only (FKs are off by default in SQLite); the file's journal mode
+        # is set once, by ``upgrade``.
+        return sqlite_engine(url, "foreign_keys=ON", "busy_timeout=30000")
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -71,9 +72,31 @@ def upgrade(url: str, revision: str = "head") -> None:
     Run under a lock, so processes started together (``flywheel serve`` and ``flywheel worker`` on
     an empty database) migrate one after the other: the first creates the tables, the others find
     them at ``revision`` and do nothing. Without it both created ``alembic_version`` and one crashed.
+    A SQLite file is put in WAL mode here too (``write_ahead_log``).
     """
     with migration_lock(url):
         command.upgrade(alembic_config(url), revision)
+        write_ahead_log(url)
+
+
+def write_ahead_log(url: str) -> None:
+    """Put a store kept in a SQLite file in WAL mode; any other URL is left alone.
+
+    In WAL mode readers and the one writer do not wait for each other (the gateway reads keys while
+    the worker writes). The mode is a property of the file, kept once set, so it is set once: by
+    the migration, under its lock. Set on every new connection instead, the first connections of
+    several threads to a freshly migrated file each tried to convert it, and a conversion racing
+    another connection's write failed with "database is locked" without waiting (the concurrent
+    promotion test, in a clean-clone CI run on a slow machine).
+    """
+    if not url.startswith("sqlite:///") or url.removeprefix("sqlite:///") in ("", ":memory:"):
+        return
+    engine = make_engine(url)  # creates the parent directory
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+    finally:
+        engine.dispose()
 
 
 @contextmanager
