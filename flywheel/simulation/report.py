@@ -138,7 +138,13 @@ def build_report(records: Iterable[TruthRecord], found: Whereabouts) -> Report:
 
 def measure(truth_path: Path, sessions: sessionmaker[Session], wait_seconds: float = 0.0,
             settle_seconds: float = 0.0) -> Report:
-    """The report for ``truth_path``, waiting up to ``wait_seconds`` for pending events to be stored.
+    """The report for ``truth_path`` once its events are stored (``settled``)."""
+    return build_report(*settled(truth_path, sessions, wait_seconds, settle_seconds))
+
+
+def settled(truth_path: Path, sessions: sessionmaker[Session], wait_seconds: float = 0.0,
+            settle_seconds: float = 0.0) -> tuple[list[TruthRecord], Whereabouts]:
+    """The truth file's records and where the store put them, waiting up to ``wait_seconds`` for pending events.
 
     Once every event is stored, ``settle_seconds`` more pass before the final read: the history
     searches (campaigns, consensus) may quarantine stored votes up to ``search_interval_s`` later.
@@ -156,4 +162,4 @@ def measure(truth_path: Path, sessions: sessionmaker[Session], wait_seconds: flo
         time.sleep(settle_seconds)
         with sessions() as session:
             found = locate(session, event_ids)
-    return build_report(records, found)
+    return records, found

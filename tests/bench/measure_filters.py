@@ -35,7 +35,7 @@ from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings
 from flywheel.cli.common import console
 from flywheel.cli.feedback import print_report
-from flywheel.simulation.report import Report, measure
+from flywheel.simulation.report import Report, build_report, settled
 from flywheel.simulation.runner import run_scenario
 from flywheel.simulation.scenario import SCENARIO_SETS, load_scenario, shipped_scenarios, with_overrides
 from flywheel.simulation.tastes import TASTE_SETS
@@ -65,8 +65,8 @@ def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale
         console.print(f"{name}: {sum(summary.sent.values())} votes sent ({sum(summary.failed.values())} failed) "
                       f"in {time.monotonic() - started:.0f} s")
         sessions = session_factory(make_engine(stack.settings.resolved_database_url))
-        report = measure(truth, sessions, wait, settle_seconds=filters.search_interval_s + 2)
-        oracle = recall_bound.measure(truth, sessions)
+        records, found = settled(truth, sessions, wait, settle_seconds=filters.search_interval_s + 2)
+        report, oracle = build_report(records, found), recall_bound.oracle_rows(records, found)
         stack.check_workers()
         split = " | ".join(f"{','.join(map(str, sorted(r.partitions()))) or 'none'} ({r.events()} events)"
                            for r in stack.workers)

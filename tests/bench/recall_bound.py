@@ -56,15 +56,22 @@ class Account:
     quarantined: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class Row:
     """One user type: votes, and those the filters, the oracle and either of them caught."""
 
     user_type: str
-    votes: int
-    filters: int
-    oracle: int
-    either: int
+    votes: int = 0
+    filters: int = 0
+    oracle: int = 0
+    either: int = 0
+
+    def add(self, account: Account, flagged: bool) -> None:
+        """Count one account, flagged by the oracle or not."""
+        self.votes += account.votes
+        self.filters += account.quarantined
+        self.oracle += account.votes if flagged else 0
+        self.either += account.votes if flagged else account.quarantined
 
 
 def accounts(records: Iterable[TruthRecord], found: Whereabouts) -> list[Account]:
@@ -88,14 +95,11 @@ def oracle_flags(account: Account, error_rate: float, false_positive: float) -> 
 
 def bound(found: list[Account], error_rate: float, false_positive: float = FALSE_POSITIVE) -> list[Row]:
     """Per user type, adversarial types first then honest: votes, and those caught by filters, oracle, either."""
-    rows: dict[str, list[int]] = {}
+    rows: dict[str, Row] = {}
     for account in sorted(found, key=lambda a: (not a.adversarial, a.user_type)):
-        flagged = oracle_flags(account, error_rate, false_positive)
-        row = rows.setdefault(account.user_type, [0, 0, 0, 0])
-        caught = (account.votes, account.quarantined, account.votes * flagged,
-                  account.votes if flagged else account.quarantined)
-        rows[account.user_type] = [a + b for a, b in zip(row, caught, strict=True)]
-    return [Row(t, *figures) for t, figures in rows.items() if t in _KINDS_SHOWN]
+        rows.setdefault(account.user_type, Row(account.user_type)).add(
+            account, oracle_flags(account, error_rate, false_positive))
+    return [row for row in rows.values() if row.user_type in _KINDS_SHOWN]
 
 
 def recall(rows: list[Row], field: str) -> float | None:
@@ -114,10 +118,15 @@ def slip_rate(scenario: str) -> float:
 def measure(truth: Path, sessions: sessionmaker[Session], false_positive: float = FALSE_POSITIVE) -> list[Row]:
     """The oracle's table for a run's truth file and its store."""
     records = list(read_truth(truth))
-    if not records:
-        raise ValueError(f"{truth} holds no vote")
     with sessions() as session:
         found = locate(session, [r.event_id for r in records])
+    return oracle_rows(records, found, false_positive)
+
+
+def oracle_rows(records: list[TruthRecord], found: Whereabouts, false_positive: float = FALSE_POSITIVE) -> list[Row]:
+    """The oracle's table for a run's records and where the store put them."""
+    if not records:
+        raise ValueError("the truth file holds no vote")
     return bound(accounts(records, found), slip_rate(records[0].scenario), false_positive)
 
 
