@@ -353,19 +353,29 @@ class ConsensusFilter:
         with threadpool_limits(self.blas_threads, user_api="blas"):
             return self._decide(snapshot)
 
-    def _decide(self, snapshot: Snapshot) -> list[Flag]:
+    def fit(self, snapshot: Snapshot) -> Consensus | None:
+        """The consensus model of a snapshot's votes, which a search tests raters against; None if it cannot be
+        learnt (too few votes, or all of one direction). Also what ``tests/bench/replay_consensus.py`` compares
+        with a run's hidden taste."""
         votes = self._votes(snapshot)
-        everyone = np.ones(len(votes.y), dtype=bool)
-        if not self._learnable(votes, everyone):
-            return []
+        if not self._learnable(votes, np.ones(len(votes.y), dtype=bool)):
+            return None
         l2, p_oof, trust = self._estimate(votes)
+        calibration = trust.calibration()
+        return Consensus(votes, l2, p_oof, trust, calibration, self._judged(votes, p_oof, calibration))
+
+    def _decide(self, snapshot: Snapshot) -> list[Flag]:
+        consensus = self.fit(snapshot)
+        if consensus is None:
+            return []
+        votes, l2, p_oof, trust, calibration = (consensus.votes, consensus.l2, consensus.p, consensus.trust,
+                                                consensus.calibration)
+        everyone = np.ones(len(votes.y), dtype=bool)
         trusted = trust.weight[votes.owner]
         # the model fitted on everyone: the warm start of each leave-one-out fit (and of the next search's)
         full = self._coef["full"] = self._fit(votes, everyone, l2, self._coef.get("full"), trusted)
-        calibration = trust.calibration()
         tests = self._tests(votes, p_oof, calibration)
-        judged_oof = np.bincount(votes.owner, weights=self._judged(votes, p_oof, calibration),
-                                 minlength=len(votes.raters))
+        judged_oof = np.bincount(votes.owner, weights=consensus.judged, minlength=len(votes.raters))
         index = {rater: n for n, rater in enumerate(votes.raters)}
         exact: dict[int, Test] = {}  # the leave-one-out tests of the suspects
         for rater in snapshot.candidates:
@@ -491,6 +501,19 @@ class ConsensusFilter:
         """
         test = Test(judged, against, judged * population_rate, float(binom.sf(against - 1, judged, population_rate)))
         return test.p_value if self._testable(test) and test.p_value <= self.max_p_value else None
+
+
+@dataclass(frozen=True)
+class Consensus:
+    """A search's model of the crowd: the votes, the penalty chosen, every vote's out-of-fold P(positive) (NaN where
+    none could be fitted), whom it trusts, how trusted raters vote at each prediction, and the votes it judges."""
+
+    votes: Votes
+    l2: float
+    p: np.ndarray
+    trust: Trust
+    calibration: Calibration
+    judged: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,152 @@
+"""How well the consensus model knows a run's hidden taste, and whom one search over the run's history flags.
+
+    .venv/bin/python -m tests.bench.replay_consensus OUT/NAME [OUT/NAME ...] [--l2-grid 3,1,0.3,0.1]
+        [--embeddings] [--time-scale 0.1]
+
+Why: the consensus filter tests each rater against a model of what the crowd prefers, learnt from
+the crowd's votes; every error of that model is a disagreement an honest rater is expected to
+have, so the model's accuracy bounds the test's power (docs/filters.md, section 11). This replays
+a ``measure_filters`` run offline: the worker's state rebuilt from the run's database, the
+consensus flags cleared, and one search over every rater, as the worker's first search after a
+restart would run it. Printed per run: the votes modelled, the penalty cross-validation chose, the
+AUC of the out-of-fold predictions against the taste's own verdicts (the truth file's
+``preferred``: what no filter sees), the votes the model judges and the share of them where it
+takes the taste's side, and the accounts flagged per user type.
+
+Two variations of the model, to measure before changing the filter: ``--l2-grid`` the penalties
+cross-validation chooses from (default: the filter's), and ``--embeddings`` adds to each answer's
+representation the mean-pooled MiniLM sentence embedding of the answer (the reward model's
+backbone before training: no preference learnt), its element-wise product with the prompt's, and
+their cosine. The worker never imports torch; this bench does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from rich.table import Table
+from sklearn.metrics import roc_auc_score
+
+from feedback.db.session import make_engine, session_factory
+from feedback.filters import FilterSettings, Pipeline
+from feedback.filters.text_features import TextFeatures
+from flywheel.cli.common import console
+from flywheel.simulation.truth import read_truth
+
+POSITIVE = {"up": True, "a": True, "down": False, "b": False}  # a tie (or no verdict) has no side
+
+
+class WithEmbeddings(TextFeatures):
+    """The filter's representation plus MiniLM sentence embeddings of the answer and of how it meets the prompt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        from trainer.reward import default_backbone
+        folder = default_backbone()
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(folder)
+        self._encoder: Any = AutoModel.from_pretrained(folder).eval()
+        self._embedded: dict[str, np.ndarray] = {}
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length mean-pooled embeddings (sentence-transformers' pooling for this model), cached per text."""
+        import torch
+        missing = [t for t in dict.fromkeys(texts) if t not in self._embedded]
+        for start in range(0, len(missing), 32):
+            chunk = missing[start:start + 32]
+            batch = self._tokenizer(chunk, padding=True, truncation=True, max_length=256, return_tensors="pt")
+            with torch.no_grad():
+                hidden = self._encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1).numpy()
+            self._embedded.update(zip(chunk, pooled, strict=True))
+        return np.array([self._embedded[t] for t in texts])
+
+    def matrix(self, prompts: Sequence[str], answers: Sequence[str]) -> sp.csr_matrix:
+        answer, prompt = self._embed(answers), self._embed(prompts)
+        meets = answer * prompt * np.sqrt(answer.shape[1])  # the cosine's terms, at the scale of one coordinate
+        cosine = (answer * prompt).sum(axis=1, keepdims=True)
+        return sp.hstack([super().matrix(prompts, answers), sp.csr_matrix(np.hstack([answer, meets, cosine]))],
+                         format="csr")
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    """One run's search: the model against the taste, and the accounts flagged per user type."""
+
+    run: str
+    votes: int
+    l2: float
+    auc: float
+    judged: int
+    agree: float
+    flagged: Counter[str]
+    accounts: Counter[str]
+
+
+def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | None, embeddings: bool) -> Replay:
+    records = list(read_truth(folder / "truth.jsonl"))
+    if any(r.preferred is None for r in records):
+        raise ValueError(f"{folder}: a truth file from before `preferred` was recorded; run measure_filters again")
+    user_type = {r.user_id: r.user_type for r in records}
+    preferred = {(r.user_id, r.target_id): POSITIVE.get(r.preferred or "") for r in records}
+    with session_factory(make_engine(f"sqlite:///{folder / 'flywheel.db'}"))() as session:
+        pipeline = Pipeline.rebuild(session, settings)
+    state = pipeline.state
+    for reasons in state.flags.values():
+        for reason in pipeline.consensus.reasons:
+            reasons.pop(reason, None)
+    consensus = dataclasses.replace(pipeline.consensus, l2_grid=l2_grid or pipeline.consensus.l2_grid,
+                                    _text=WithEmbeddings() if embeddings else TextFeatures())
+    snapshot = consensus.prepare(state, set(state.votes))
+    model = None if snapshot is None else consensus.fit(snapshot)
+    if snapshot is None or model is None:
+        raise ValueError(f"{folder}: too few votes for a consensus model")
+    # the taste's side of each modelled vote, in the order of the design's rows (None: a tie, no side)
+    taste = [preferred.get((rater[1], targets[0] if len(targets) == 1 else snapshot.answers[targets[0]].pair_id or ""))
+             for rater in model.votes.raters for targets, _ in snapshot.table[rater]]
+    known = np.array([side is not None for side in taste]) & ~np.isnan(model.p)
+    side = np.array([bool(s) for s in taste])[known]
+    judged = model.judged[known]
+    flagged = {flag.rater[1] for flag in consensus.decide(snapshot)}
+    return Replay(folder.name, len(model.votes.y), model.l2, float(roc_auc_score(side, model.p[known])),
+                  int(judged.sum()), float(((model.p[known][judged] > 0.5) == side[judged]).mean()),
+                  Counter(user_type[u] for u in flagged), Counter(user_type.values()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", type=Path, nargs="+", help="Folders a measure_filters run left, one per scenario.")
+    parser.add_argument("--l2-grid", default=None, help="Comma-separated penalties (default: the filter's).")
+    parser.add_argument("--embeddings", action="store_true", help="Add MiniLM embeddings to the representation.")
+    parser.add_argument("--time-scale", type=float, default=0.1, help="The run's time scale (measure_filters').")
+    args = parser.parse_args()
+    grid = None if args.l2_grid is None else tuple(float(v) for v in args.l2_grid.split(","))
+    settings = FilterSettings(time_scale=args.time_scale, simulation=args.time_scale != 1)
+    table = Table(title="One consensus search over each run's history: the model against the hidden taste")
+    for column in ("run", "votes", "l2", "AUC", "judged", "taste's side", "flagged (of accounts)"):
+        table.add_column(column, justify="left" if column in ("run", "flagged (of accounts)") else "right",
+                         no_wrap=column == "run")
+    for folder in args.folders:
+        if not (folder / "truth.jsonl").is_file() or not (folder / "flywheel.db").is_file():
+            parser.error(f"{folder} is not a measure_filters folder (truth.jsonl and flywheel.db)")
+        try:
+            r = replay(folder, settings, grid, args.embeddings)
+        except ValueError as exc:
+            parser.error(str(exc))
+        flagged = ", ".join(f"{kind} {r.flagged[kind]}/{n}" for kind, n in sorted(r.accounts.items())
+                            if kind in ("slow_attacker", "phrase_pusher", "honest") or r.flagged[kind])
+        table.add_row(r.run, str(r.votes), f"{r.l2:g}", f"{r.auc:.3f}", str(r.judged), f"{r.agree:.1%}", flagged)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
