@@ -7,10 +7,11 @@ Why: the consensus filter tests each rater against a model of what the crowd pre
 the crowd's votes; every error of that model is a disagreement an honest rater is expected to
 have, so the model's accuracy bounds the test's power (docs/filters.md, section 11). This replays
 a ``measure_filters`` run offline: the worker's state rebuilt from the run's database, the
-consensus flags cleared, and one search over every rater, as the worker's first search after a
-restart would run it. Printed per run: the votes modelled, the penalty cross-validation chose, the
-AUC of the out-of-fold predictions against the taste's own verdicts (the truth file's
-``preferred``: what no filter sees), the votes the model judges and the share of them where it
+consensus flags cleared (the votes the consensus alone quarantined count as accepted again), and
+one search over every rater, as the worker's first search after a restart would run it. Printed
+per run: the votes modelled, the penalty cross-validation chose, the AUC of the out-of-fold
+predictions against the taste's own verdicts (the truth file's ``preferred``: what no filter
+sees), the votes the model judges and the share of them where it
 takes the taste's side, and the accounts flagged per user type.
 
 Two variations of the model, to measure before changing the filter: ``--l2-grid`` the penalties
@@ -33,7 +34,9 @@ import numpy as np
 import scipy.sparse as sp
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
+from sqlalchemy import select
 
+from feedback.db.models import Quarantine
 from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings, Pipeline
 from feedback.filters.text_features import TextFeatures
@@ -100,7 +103,12 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
     preferred = {(r.user_id, r.target_id): POSITIVE.get(r.preferred or "") for r in records}
     with session_factory(make_engine(f"sqlite:///{folder / 'flywheel.db'}"))() as session:
         pipeline = Pipeline.rebuild(session, settings)
+        # as if the consensus had flagged nobody: its flags go, and the votes it alone quarantined count as accepted
+        consensus_only = [(app, event) for app, event, reasons in
+                          session.execute(select(Quarantine.app_id, Quarantine.event_id, Quarantine.reasons))
+                          if set(reasons) <= set(pipeline.consensus.reasons)]
     state = pipeline.state
+    state.accepted.update(consensus_only)
     for reasons in state.flags.values():
         for reason in pipeline.consensus.reasons:
             reasons.pop(reason, None)
