@@ -402,6 +402,14 @@ class ConsensusFilter:
                     "population_votes": int(judged_oof.sum() - judged_oof[me]), "l2": l2}))
         return flags
 
+    def screen(self, consensus: Consensus) -> dict[Rater, tuple[Test, float]]:
+        """Each rater's out-of-fold test and its adjusted p-value: the screen a search runs before the exact
+        (leave-one-out) tests of the suspects; read by ``tests/bench/replay_consensus.py --accounts``."""
+        votes = consensus.votes
+        tests = self._tests(votes, consensus.p, consensus.calibration)
+        adjusted = self._adjusted(tests, int((np.bincount(votes.owner) >= self.min_votes).sum()))
+        return {votes.raters[me]: (test, adjusted.get(me, 1.0)) for me, test in tests.items()}
+
     def _judged(self, votes: Votes, p: np.ndarray, calibration: Calibration) -> np.ndarray:
         """Votes the model is informative on: trusted raters take its side at least ``min_confidence`` of the time at
         its prediction (calibrated), so a model that looks confident where honest raters often contradict it

@@ -39,10 +39,12 @@ from sqlalchemy import select
 from feedback.db.models import Quarantine
 from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings, Pipeline
+from feedback.filters.consensus import Test
 from feedback.filters.text_features import TextFeatures
 from flywheel.cli.common import console
 from flywheel.simulation.truth import read_truth
 
+SHOWN_P = 0.05  # --accounts: honest accounts whose out-of-fold p-value is at most this are shown beside the attackers
 POSITIVE = {"up": True, "a": True, "down": False, "b": False}  # a tie (or no verdict) has no side
 
 
@@ -93,6 +95,7 @@ class Replay:
     agree: float
     flagged: Counter[str]
     accounts: Counter[str]
+    evidence: list[tuple[str, str, int, Test, float, float, bool]]  # the accounts of ``--accounts``
 
 
 def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | None, embeddings: bool) -> Replay:
@@ -125,9 +128,16 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
     side = np.array([bool(s) for s in taste])[known]
     judged = model.judged[known]
     flagged = {flag.rater[1] for flag in consensus.decide(snapshot)}
+    trust = dict(zip(model.votes.raters, model.trust.weight, strict=True))
+    modelled = {rater: len(rows) for rater, rows in snapshot.table.items()}
+    evidence = [(user_type[rater[1]], rater[1], modelled[rater], test, adjusted, float(trust[rater]),
+                 rater[1] in flagged)
+                for rater, (test, adjusted) in consensus.screen(model).items()
+                if user_type[rater[1]] != "honest" or test.p_value <= SHOWN_P]
     return Replay(folder.name, len(model.votes.y), model.l2, float(roc_auc_score(side, model.p[known])),
                   int(judged.sum()), float(((model.p[known][judged] > 0.5) == side[judged]).mean()),
-                  Counter(user_type[u] for u in flagged), Counter(user_type.values()))
+                  Counter(user_type[u] for u in flagged), Counter(user_type.values()),
+                  sorted(evidence, key=lambda e: (e[0], e[3].p_value)))
 
 
 def main() -> None:
@@ -135,6 +145,8 @@ def main() -> None:
     parser.add_argument("folders", type=Path, nargs="+", help="Folders a measure_filters run left, one per scenario.")
     parser.add_argument("--l2-grid", default=None, help="Comma-separated penalties (default: the filter's).")
     parser.add_argument("--embeddings", action="store_true", help="Add MiniLM embeddings to the representation.")
+    parser.add_argument("--accounts", action="store_true",
+                        help=f"Also show each adversarial account's test, and honest ones at p <= {SHOWN_P}.")
     parser.add_argument("--time-scale", type=float, default=0.1, help="The run's time scale (measure_filters').")
     args = parser.parse_args()
     grid = None if args.l2_grid is None else tuple(float(v) for v in args.l2_grid.split(","))
@@ -143,6 +155,10 @@ def main() -> None:
     for column in ("run", "votes", "l2", "AUC", "judged", "taste's side", "flagged (of accounts)"):
         table.add_column(column, justify="left" if column in ("run", "flagged (of accounts)") else "right",
                          no_wrap=column == "run")
+    accounts = Table(title="Their out-of-fold tests (the screen of the search)")
+    for column in ("run", "account", "modelled", "judged", "against", "expected", "p", "adjusted p", "trust",
+                   "flagged"):
+        accounts.add_column(column, justify="left" if column in ("run", "account") else "right")
     for folder in args.folders:
         if not (folder / "truth.jsonl").is_file() or not (folder / "flywheel.db").is_file():
             parser.error(f"{folder} is not a measure_filters folder (truth.jsonl and flywheel.db)")
@@ -153,7 +169,13 @@ def main() -> None:
         flagged = ", ".join(f"{kind} {r.flagged[kind]}/{n}" for kind, n in sorted(r.accounts.items())
                             if kind in ("slow_attacker", "phrase_pusher", "honest") or r.flagged[kind])
         table.add_row(r.run, str(r.votes), f"{r.l2:g}", f"{r.auc:.3f}", str(r.judged), f"{r.agree:.1%}", flagged)
+        for kind, user, modelled, test, adjusted, trust, caught in r.evidence:
+            accounts.add_row(r.run, f"{kind} {user[:8]}", str(modelled), str(test.judged), str(test.against),
+                             f"{test.expected:.1f}", f"{test.p_value:.4f}", f"{adjusted:.3f}", f"{trust:.2f}",
+                             "yes" if caught else "")
     console.print(table)
+    if args.accounts:
+        console.print(accounts)
 
 
 if __name__ == "__main__":
