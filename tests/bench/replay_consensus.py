@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,8 @@ from sqlalchemy import select
 from feedback.db.models import Quarantine
 from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings, Pipeline
-from feedback.filters.consensus import Test
+from feedback.filters.base import FilterState, Rater
+from feedback.filters.consensus import ConsensusFilter, Test
 from feedback.filters.text_features import TextFeatures
 from flywheel.cli.common import console
 from flywheel.simulation.truth import read_truth
@@ -98,7 +99,25 @@ class Replay:
     evidence: list[tuple[str, str, int, Test, float, float, bool]]  # the accounts of ``--accounts``
 
 
-def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | None, embeddings: bool) -> Replay:
+def searched(state: FilterState, consensus: ConsensusFilter, searches: int) -> set[Rater]:
+    """The raters ``searches`` searches flag as the history grows, each after an equal share of the votes: flags stick
+    (a flagged rater leaves the model and the later searches), and each search warm-starts from the last, as in the
+    worker. The other filters' flags hold from the start (their raters never enter the model)."""
+    times = sorted(vote.at for votes in state.votes.values() for vote in votes)
+    flagged: set[Rater] = set()
+    for k in range(1, searches + 1):
+        cutoff = times[len(times) * k // searches - 1]
+        flags = defaultdict(dict, state.flags) | {rater: {consensus.reasons[0]: {}} for rater in flagged}
+        view = dataclasses.replace(state, flags=flags, votes={
+            rater: [vote for vote in votes if vote.at <= cutoff] for rater, votes in state.votes.items()})
+        snapshot = consensus.prepare(view, set(view.votes) - flagged)
+        if snapshot is not None:
+            flagged |= {flag.rater for flag in consensus.decide(snapshot)}
+    return flagged
+
+
+def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | None, embeddings: bool,
+           searches: int = 1) -> Replay:
     records = list(read_truth(folder / "truth.jsonl"))
     if any(r.preferred is None for r in records):
         raise ValueError(f"{folder}: a truth file from before `preferred` was recorded; run measure_filters again")
@@ -115,8 +134,14 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
     for reasons in state.flags.values():
         for reason in pipeline.consensus.reasons:
             reasons.pop(reason, None)
-    consensus = dataclasses.replace(pipeline.consensus, l2_grid=l2_grid or pipeline.consensus.l2_grid,
-                                    _text=WithEmbeddings() if embeddings else TextFeatures())
+    features = WithEmbeddings() if embeddings else TextFeatures()
+
+    def fresh() -> ConsensusFilter:
+        """The worker's consensus filter with the variation asked for, and no fit of an earlier search to start from."""
+        return dataclasses.replace(pipeline.consensus, l2_grid=l2_grid or pipeline.consensus.l2_grid, _text=features,
+                                   _coef={}, _columns={}, _chosen=None)
+
+    consensus = fresh()
     snapshot = consensus.prepare(state, set(state.votes))
     model = None if snapshot is None else consensus.fit(snapshot)
     if snapshot is None or model is None:
@@ -127,7 +152,8 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
     known = np.array([side is not None for side in taste]) & ~np.isnan(model.p)
     side = np.array([bool(s) for s in taste])[known]
     judged = model.judged[known]
-    flagged = {flag.rater[1] for flag in consensus.decide(snapshot)}
+    flagged = {rater[1] for rater in searched(state, fresh(), searches)} if searches > 1 else \
+        {flag.rater[1] for flag in consensus.decide(snapshot)}
     trust = dict(zip(model.votes.raters, model.trust.weight, strict=True))
     modelled = {rater: len(rows) for rater, rows in snapshot.table.items()}
     evidence = [(user_type[rater[1]], rater[1], modelled[rater], test, adjusted, float(trust[rater]),
@@ -147,6 +173,8 @@ def main() -> None:
     parser.add_argument("--embeddings", action="store_true", help="Add MiniLM embeddings to the representation.")
     parser.add_argument("--accounts", action="store_true",
                         help=f"Also show each adversarial account's test, and honest ones at p <= {SHOWN_P}.")
+    parser.add_argument("--searches", type=int, default=1,
+                        help="Searches as the history grows, each after an equal share of the votes (flags stick).")
     parser.add_argument("--time-scale", type=float, default=0.1, help="The run's time scale (measure_filters').")
     args = parser.parse_args()
     grid = None if args.l2_grid is None else tuple(float(v) for v in args.l2_grid.split(","))
@@ -163,7 +191,7 @@ def main() -> None:
         if not (folder / "truth.jsonl").is_file() or not (folder / "flywheel.db").is_file():
             parser.error(f"{folder} is not a measure_filters folder (truth.jsonl and flywheel.db)")
         try:
-            r = replay(folder, settings, grid, args.embeddings)
+            r = replay(folder, settings, grid, args.embeddings, args.searches)
         except ValueError as exc:
             parser.error(str(exc))
         flagged = ", ".join(f"{kind} {r.flagged[kind]}/{n}" for kind, n in sorted(r.accounts.items())
