@@ -48,7 +48,7 @@ MIN_RECALL, MAX_HONEST_FP = 0.95, 0.02  # issue 3's acceptance targets
 
 
 def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale: float, wait: float,
-            replicas: int) -> tuple[Report, list[recall_bound.Row], str]:
+            replicas: int) -> tuple[Report, recall_bound.Bound, str]:
     """One scenario (under ``taste``, None: its own) in its own gateway + ``replicas`` workers; returns the report
     once the workers stored every event, the oracle's table beside it (``recall_bound``), and which partitions (how
     many events) each replica handled."""
@@ -66,21 +66,22 @@ def run_one(name: str, taste: str | None, shared: Backend, out: Path, time_scale
                       f"in {time.monotonic() - started:.0f} s")
         sessions = session_factory(make_engine(stack.settings.resolved_database_url))
         records, found = settled(truth, sessions, wait, settle_seconds=filters.search_interval_s + 2)
-        report, oracle = build_report(records, found), recall_bound.oracle_rows(records, found)
+        report, oracle = build_report(records, found), recall_bound.oracle(records, found)
         stack.check_workers()
         split = " | ".join(f"{','.join(map(str, sorted(r.partitions()))) or 'none'} ({r.events()} events)"
                            for r in stack.workers)
         return report, oracle, f"{len(stack.workers)} worker replica(s), partitions (events) each handled: {split}"
 
 
-def summary_line(name: str, report: Report, oracle: list[recall_bound.Row]) -> str:
-    """The run's figures against the target, and the recall of the filters or the oracle (``recall_bound``)."""
+def summary_line(name: str, report: Report, oracle: recall_bound.Bound) -> str:
+    """The run's figures against the target, the recall of the filters or the oracle, and the oracle's ceiling in
+    hindsight (``recall_bound``)."""
     recall, false_positive, either = report.adversarial_recall, report.honest_false_positive, \
-        recall_bound.recall(oracle, "either")
+        recall_bound.recall(oracle.rows, "either")
     verdict = "meets" if report.passes(MIN_RECALL, MAX_HONEST_FP) else "MISSES"
     figures = [f"{label} {'n/a' if value is None else f'{value:.1%}'}"
                for label, value in (("adversarial recall", recall), ("honest FP", false_positive),
-                                    ("filters or oracle", either))]
+                                    ("filters or oracle", either), ("oracle in hindsight", oracle.hindsight))]
     return f"{name}: {', '.join(figures)}, pending {report.pending} -> {verdict} the target " \
            f"(recall >= {MIN_RECALL:.0%}, honest FP <= {MAX_HONEST_FP:.0%})"
 

@@ -19,6 +19,12 @@ coordination) can do better, so the report sets the filters' catches beside the 
 count in ``either`` when the oracle flags it, else those the filters quarantined. Where ``either`` is under
 the target, a better consensus would not have met it on that run; only other evidence could.
 
+The oracle's 2 % is per account, not per run's honest votes: with twenty honest accounts of ten votes it
+flags one in most runs, 5 % of their votes. So the table's figures are followed by ``hindsight``: the best
+recall of any threshold on the oracle's tails whose honest false positives stay within the target on that
+run, the threshold chosen knowing who is honest. No test that ranks accounts by their votes against the taste
+does better on that run while meeting the honest target.
+
 Reads each folder a ``measure_filters`` run leaves (``truth.jsonl``, ``flywheel.db``); ``measure_filters``
 prints the same table after each scenario. Truth files written before ``preferred`` was recorded are refused.
 """
@@ -87,10 +93,38 @@ def accounts(records: Iterable[TruthRecord], found: Whereabouts) -> list[Account
             for votes in mine.values()]
 
 
+def slip_tail(account: Account, error_rate: float) -> float:
+    """The chance an honest user slipping at ``error_rate`` leaves as many of as many votes against the taste."""
+    return float(binom.sf(account.against - 1, account.votes, error_rate)) if account.against > 0 else 1.0
+
+
 def oracle_flags(account: Account, error_rate: float, false_positive: float) -> bool:
     """Whether an honest user slipping at ``error_rate`` would leave as many votes against the taste with a chance
     of at most ``false_positive``."""
-    return account.against > 0 and float(binom.sf(account.against - 1, account.votes, error_rate)) <= false_positive
+    return slip_tail(account, error_rate) <= false_positive
+
+
+def hindsight(found: list[Account], error_rate: float, max_honest_fp: float = FALSE_POSITIVE) -> float | None:
+    """The best adversarial recall of any threshold on the oracle's tails whose honest false positives on this run
+    stay within ``max_honest_fp`` of the honest votes (the target's own measure), the threshold chosen knowing who
+    is honest: a ceiling for every test that ranks accounts by their votes against the taste. None: no adversary.
+
+    Why beside the oracle: its fixed 2 % per account is the budget per honest account, not per run's honest votes;
+    with twenty honest accounts of ten votes, one honest account flagged is 5 % of their votes, and the oracle
+    flags one in most runs of that shape."""
+    adversarial = sum(a.votes for a in found if a.adversarial)
+    honest = sum(a.votes for a in found if a.user_type == "honest")
+    if not adversarial:
+        return None
+    best, caught, wrongly = 0.0, 0, 0
+    ranked = sorted(found, key=lambda a: slip_tail(a, error_rate))
+    for n, account in enumerate(ranked):
+        caught += account.votes if account.adversarial else 0
+        wrongly += account.votes if account.user_type == "honest" else 0
+        tied = n + 1 < len(ranked) and slip_tail(ranked[n + 1], error_rate) == slip_tail(account, error_rate)
+        if not tied and wrongly <= max_honest_fp * honest:
+            best = max(best, caught / adversarial)
+    return best
 
 
 def bound(found: list[Account], error_rate: float, false_positive: float = FALSE_POSITIVE) -> list[Row]:
@@ -115,29 +149,39 @@ def slip_rate(scenario: str) -> float:
     return max(g.error_rate for g in groups if isinstance(g, HonestGroup | PhrasePusherGroup))
 
 
-def measure(truth: Path, sessions: sessionmaker[Session], false_positive: float = FALSE_POSITIVE) -> list[Row]:
+@dataclass(frozen=True)
+class Bound:
+    """The oracle's table of a run, and the ceiling of ``hindsight``."""
+
+    rows: list[Row]
+    hindsight: float | None
+
+
+def measure(truth: Path, sessions: sessionmaker[Session], false_positive: float = FALSE_POSITIVE) -> Bound:
     """The oracle's table for a run's truth file and its store."""
     records = list(read_truth(truth))
     with sessions() as session:
         found = locate(session, [r.event_id for r in records])
-    return oracle_rows(records, found, false_positive)
+    return oracle(records, found, false_positive)
 
 
-def oracle_rows(records: list[TruthRecord], found: Whereabouts, false_positive: float = FALSE_POSITIVE) -> list[Row]:
+def oracle(records: list[TruthRecord], found: Whereabouts, false_positive: float = FALSE_POSITIVE) -> Bound:
     """The oracle's table for a run's records and where the store put them."""
     if not records:
         raise ValueError("the truth file holds no vote")
-    return bound(accounts(records, found), slip_rate(records[0].scenario), false_positive)
+    error_rate, mine = slip_rate(records[0].scenario), accounts(records, found)
+    return Bound(bound(mine, error_rate, false_positive), hindsight(mine, error_rate))
 
 
-def show(rows: list[Row], title: str) -> None:
+def show(found: Bound, title: str) -> None:
     table = Table(title=title)
     for column in ("user type", "votes", "filters", "oracle", "either"):
         table.add_column(column, justify="left" if column == "user type" else "right")
-    for r in rows:
+    for r in found.rows:
         table.add_row(r.user_type, str(r.votes), *(f"{n} ({n / r.votes:.0%})" for n in (r.filters, r.oracle, r.either)))
     console.print(table)
-    figures = {field: recall(rows, field) for field in ("filters", "oracle", "either")}
+    figures = {field: recall(found.rows, field) for field in ("filters", "oracle", "either")} | \
+        {f"hindsight (honest FP <= {FALSE_POSITIVE:.0%} of votes)": found.hindsight}
     console.print("adversarial recall: " + ", ".join(
         f"{field} {'n/a' if value is None else f'{value:.1%}'}" for field, value in figures.items()))
 

@@ -8,7 +8,7 @@ import pytest
 
 from flywheel.simulation.report import Whereabouts
 from flywheel.simulation.truth import TruthRecord
-from tests.bench.recall_bound import Account, accounts, bound, oracle_flags, recall, slip_rate
+from tests.bench.recall_bound import Account, accounts, bound, hindsight, oracle_flags, recall, slip_rate
 
 
 def _record(n: int, user: str, user_type: str, vote: str, preferred: str | None) -> TruthRecord:
@@ -49,3 +49,16 @@ def test_votes_are_counted_against_the_tastes_verdict_and_old_truth_files_are_re
 
 def test_the_slip_rate_is_the_scenarios() -> None:
     assert slip_rate("slow_attacker") == 0.05
+
+
+def test_hindsight_is_the_best_threshold_that_keeps_honest_votes_within_the_target() -> None:
+    """Twenty honest accounts of ten votes, one of them unlucky (3 slips): flagging it is 5 % of honest votes."""
+    honest = [Account("honest", False, 10, 0, 0)] * 19 + [Account("honest", False, 10, 3, 0)]
+    strong, weak = Account("slow_attacker", True, 40, 16, 0), Account("slow_attacker", True, 40, 5, 0)
+    # the weak attacker's tail (5 of 40) is above the unlucky honest account's (3 of 10): out of reach
+    assert hindsight([*honest, strong, weak], 0.05) == 0.5
+    # with a budget that allows the unlucky account, both are caught
+    assert hindsight([*honest, strong, weak], 0.05, max_honest_fp=0.05) == 1.0
+    # accounts with equal evidence cannot be told apart: a threshold takes both or neither
+    assert hindsight([*honest, Account("slow_attacker", True, 10, 3, 0)], 0.05) == 0.0
+    assert hindsight(honest, 0.05) is None
