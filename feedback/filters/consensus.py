@@ -389,8 +389,7 @@ class ConsensusFilter:
             p = np.full(len(votes.y), np.nan)
             p[mine] = self._probability(votes, self._fit(votes, others, l2, full, trusted), mine)
             exact[me] = self._tests(votes, p, trust.calibration(without=me)).get(me, Test(0, 0, 0.0, 1.0))
-        testable = int((np.bincount(votes.owner, minlength=len(votes.raters)) >= self.min_votes).sum())
-        adjusted = self._adjusted(tests | exact, testable)
+        adjusted = self._adjusted(tests | exact, self._family(votes))
         flags = []
         for me, test in sorted(exact.items()):
             if me in adjusted and adjusted[me] <= self.max_p_value and self._testable(test):
@@ -407,7 +406,7 @@ class ConsensusFilter:
         (leave-one-out) tests of the suspects; read by ``tests/bench/replay_consensus.py --accounts``."""
         votes = consensus.votes
         tests = self._tests(votes, consensus.p, consensus.calibration)
-        adjusted = self._adjusted(tests, int((np.bincount(votes.owner) >= self.min_votes).sum()))
+        adjusted = self._adjusted(tests, self._family(votes))
         return {votes.raters[me]: (test, adjusted.get(me, 1.0)) for me, test in tests.items()}
 
     def _judged(self, votes: Votes, p: np.ndarray, calibration: Calibration) -> np.ndarray:
@@ -469,6 +468,10 @@ class ConsensusFilter:
             if float(np.abs(weight - earlier).max()) < 1e-3:
                 break
         return weight
+
+    def _family(self, votes: Votes) -> int:
+        """The raters a search's adjustment counts: those with ``min_votes`` modelled votes (``_adjusted``)."""
+        return int((np.bincount(votes.owner, minlength=len(votes.raters)) >= self.min_votes).sum())
 
     def _adjusted(self, tests: dict[int, Test], raters: int) -> dict[int, float]:
         """Benjamini-Hochberg adjusted p-values of the raters with ``min_votes`` judged votes, among ``raters``
