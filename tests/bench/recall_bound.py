@@ -43,9 +43,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.session import make_engine, session_factory
 from flywheel.cli.common import console
-from flywheel.simulation.report import Whereabouts, locate
+from flywheel.simulation.report import Whereabouts, settled
 from flywheel.simulation.scenario import HonestGroup, PhrasePusherGroup, load_scenario
-from flywheel.simulation.truth import TruthRecord, read_truth
+from flywheel.simulation.truth import TruthRecord
 
 FALSE_POSITIVE = 0.02  # the target's honest budget (measure_filters.MAX_HONEST_FP)
 _KINDS_SHOWN = ("fast_bot", "campaign", "slow_attacker", "phrase_pusher", "honest")  # noisy users are neither kind
@@ -117,11 +117,11 @@ def hindsight(found: list[Account], error_rate: float, max_honest_fp: float = FA
     if not adversarial:
         return None
     best, caught, wrongly = 0.0, 0, 0
-    ranked = sorted(found, key=lambda a: slip_tail(a, error_rate))
-    for n, account in enumerate(ranked):
+    ranked = sorted(((slip_tail(a, error_rate), a) for a in found), key=lambda pair: pair[0])
+    for n, (tail, account) in enumerate(ranked):
         caught += account.votes if account.adversarial else 0
         wrongly += account.votes if account.user_type == "honest" else 0
-        tied = n + 1 < len(ranked) and slip_tail(ranked[n + 1], error_rate) == slip_tail(account, error_rate)
+        tied = n + 1 < len(ranked) and ranked[n + 1][0] == tail
         if not tied and wrongly <= max_honest_fp * honest:
             best = max(best, caught / adversarial)
     return best
@@ -159,10 +159,7 @@ class Bound:
 
 def measure(truth: Path, sessions: sessionmaker[Session], false_positive: float = FALSE_POSITIVE) -> Bound:
     """The oracle's table for a run's truth file and its store."""
-    records = list(read_truth(truth))
-    with sessions() as session:
-        found = locate(session, [r.event_id for r in records])
-    return oracle(records, found, false_positive)
+    return oracle(*settled(truth, sessions), false_positive)
 
 
 def oracle(records: list[TruthRecord], found: Whereabouts, false_positive: float = FALSE_POSITIVE) -> Bound:

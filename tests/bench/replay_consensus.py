@@ -40,13 +40,12 @@ from feedback.db.models import Quarantine
 from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings, Pipeline
 from feedback.filters.base import FilterState, Rater
-from feedback.filters.consensus import ConsensusFilter, Test
+from feedback.filters.consensus import POSITIVE, ConsensusFilter, Test
 from feedback.filters.text_features import TextFeatures
 from flywheel.cli.common import console
 from flywheel.simulation.truth import read_truth
 
 SHOWN_P = 0.05  # --accounts: honest accounts whose out-of-fold p-value is at most this are shown beside the attackers
-POSITIVE = {"up": True, "a": True, "down": False, "b": False}  # a tie (or no verdict) has no side
 
 
 class WithEmbeddings(TextFeatures):
@@ -122,6 +121,7 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
     if any(r.preferred is None for r in records):
         raise ValueError(f"{folder}: a truth file from before `preferred` was recorded; run measure_filters again")
     user_type = {r.user_id: r.user_type for r in records}
+    # the taste's side of each vote's target (None: a tie, which has no side)
     preferred = {(r.user_id, r.target_id): POSITIVE.get(r.preferred or "") for r in records}
     with session_factory(make_engine(f"sqlite:///{folder / 'flywheel.db'}"))() as session:
         pipeline = Pipeline.rebuild(session, settings)
