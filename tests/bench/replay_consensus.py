@@ -84,6 +84,19 @@ class WithEmbeddings(TextFeatures):
 
 
 @dataclasses.dataclass(frozen=True)
+class Account:
+    """One account's out-of-fold test on the whole history (a search's screen), and whether the searches flagged it."""
+
+    user_type: str
+    user: str
+    modelled: int
+    test: Test
+    adjusted: float
+    trust: float
+    flagged: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Replay:
     """One run's search: the model against the taste, and the accounts flagged per user type."""
 
@@ -95,7 +108,7 @@ class Replay:
     agree: float
     flagged: Counter[str]
     accounts: Counter[str]
-    evidence: list[tuple[str, str, int, Test, float, float, bool]]  # the accounts of ``--accounts``
+    evidence: list[Account]  # the accounts of ``--accounts``
 
 
 def searched(state: FilterState, consensus: ConsensusFilter, searches: int) -> set[Rater]:
@@ -156,14 +169,14 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
         {flag.rater[1] for flag in consensus.decide(snapshot)}
     trust = dict(zip(model.votes.raters, model.trust.weight, strict=True))
     modelled = {rater: len(rows) for rater, rows in snapshot.table.items()}
-    evidence = [(user_type[rater[1]], rater[1], modelled[rater], test, adjusted, float(trust[rater]),
-                 rater[1] in flagged)
+    evidence = [Account(user_type[rater[1]], rater[1], modelled[rater], test, adjusted, float(trust[rater]),
+                        rater[1] in flagged)
                 for rater, (test, adjusted) in consensus.screen(model).items()
                 if user_type[rater[1]] != "honest" or test.p_value <= SHOWN_P]
     return Replay(folder.name, len(model.votes.y), model.l2, float(roc_auc_score(side, model.p[known])),
                   int(judged.sum()), float(((model.p[known][judged] > 0.5) == side[judged]).mean()),
                   Counter(user_type[u] for u in flagged), Counter(user_type.values()),
-                  sorted(evidence, key=lambda e: (e[0], e[3].p_value)))
+                  sorted(evidence, key=lambda a: (a.user_type, a.test.p_value)))
 
 
 def main() -> None:
@@ -197,10 +210,10 @@ def main() -> None:
         flagged = ", ".join(f"{kind} {r.flagged[kind]}/{n}" for kind, n in sorted(r.accounts.items())
                             if kind in ("slow_attacker", "phrase_pusher", "honest") or r.flagged[kind])
         table.add_row(r.run, str(r.votes), f"{r.l2:g}", f"{r.auc:.3f}", str(r.judged), f"{r.agree:.1%}", flagged)
-        for kind, user, modelled, test, adjusted, trust, caught in r.evidence:
-            accounts.add_row(r.run, f"{kind} {user[:8]}", str(modelled), str(test.judged), str(test.against),
-                             f"{test.expected:.1f}", f"{test.p_value:.4f}", f"{adjusted:.3f}", f"{trust:.2f}",
-                             "yes" if caught else "")
+        for a in r.evidence:
+            accounts.add_row(r.run, f"{a.user_type} {a.user[:8]}", str(a.modelled), str(a.test.judged),
+                             str(a.test.against), f"{a.test.expected:.1f}", f"{a.test.p_value:.4f}",
+                             f"{a.adjusted:.3f}", f"{a.trust:.2f}", "yes" if a.flagged else "")
     console.print(table)
     if args.accounts:
         console.print(accounts)
