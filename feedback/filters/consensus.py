@@ -360,7 +360,8 @@ class ConsensusFilter:
         votes = self._votes(snapshot)
         if not self._learnable(votes, np.ones(len(votes.y), dtype=bool)):
             return None
-        l2, p_oof, trust = self._estimate(votes)
+        with threadpool_limits(self.blas_threads, user_api="blas"):  # as in ``decide``, when a bench calls this alone
+            l2, p_oof, trust = self._estimate(votes)
         calibration = trust.calibration()
         return Consensus(votes, l2, p_oof, trust, calibration, self._judged(votes, p_oof, calibration))
 
@@ -429,8 +430,13 @@ class ConsensusFilter:
         for me in np.unique(owners):
             mine = owners == me
             tests[int(me)] = Test(int(mine.sum()), int(against[mine].sum()), float(q[mine].sum()),
-                                  tail(against[mine], q[mine], self.min_rate))
+                                  self._p_value(against[mine], q[mine]))
         return tests
+
+    def _p_value(self, against: np.ndarray, q: np.ndarray) -> float:
+        """A rater's p-value, given which of their judged votes go ``against`` the model and a trusted rater's chance
+        ``q`` of doing so on each: the likelihood-ratio tail against a rater who also inverts ``min_rate`` of them."""
+        return tail(against, q, self.min_rate)
 
     def _trust(self, trust: Trust) -> np.ndarray:
         """Each rater's probability of being honest given the model's out-of-fold predictions (``trust.p``), by EM

@@ -128,6 +128,21 @@ def searched(state: FilterState, consensus: ConsensusFilter, searches: int) -> s
     return flagged
 
 
+def without_consensus(folder: Path, settings: FilterSettings) -> Pipeline:
+    """The worker's pipeline rebuilt from a run's database as if the consensus had flagged nobody: its flags go, and
+    the votes it alone quarantined count as accepted."""
+    with session_factory(make_engine(f"sqlite:///{folder / 'flywheel.db'}"))() as session:
+        pipeline = Pipeline.rebuild(session, settings)
+        consensus_only = [(app, event) for app, event, reasons in
+                          session.execute(select(Quarantine.app_id, Quarantine.event_id, Quarantine.reasons))
+                          if set(reasons) <= set(pipeline.consensus.reasons)]
+    pipeline.state.accepted.update(consensus_only)
+    for reasons in pipeline.state.flags.values():
+        for reason in pipeline.consensus.reasons:
+            reasons.pop(reason, None)
+    return pipeline
+
+
 def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | None, embeddings: bool,
            searches: int = 1) -> Replay:
     records = list(read_truth(folder / "truth.jsonl"))
@@ -136,17 +151,8 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
     user_type = {r.user_id: r.user_type for r in records}
     # the taste's side of each vote's target (None: a tie, which has no side)
     preferred = {(r.user_id, r.target_id): POSITIVE.get(r.preferred or "") for r in records}
-    with session_factory(make_engine(f"sqlite:///{folder / 'flywheel.db'}"))() as session:
-        pipeline = Pipeline.rebuild(session, settings)
-        # as if the consensus had flagged nobody: its flags go, and the votes it alone quarantined count as accepted
-        consensus_only = [(app, event) for app, event, reasons in
-                          session.execute(select(Quarantine.app_id, Quarantine.event_id, Quarantine.reasons))
-                          if set(reasons) <= set(pipeline.consensus.reasons)]
+    pipeline = without_consensus(folder, settings)
     state = pipeline.state
-    state.accepted.update(consensus_only)
-    for reasons in state.flags.values():
-        for reason in pipeline.consensus.reasons:
-            reasons.pop(reason, None)
     features = WithEmbeddings() if embeddings else TextFeatures()
 
     def fresh() -> ConsensusFilter:

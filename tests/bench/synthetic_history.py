@@ -10,6 +10,7 @@ one of the simulator's tastes: this is a benchmark input, never something a filt
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -103,3 +104,14 @@ def build_history(population: Population | None = None) -> History:
             state.record(Vote(f"e{counter}", rater, kind_of_vote, target, label, None, at + timedelta(seconds=20)),
                          accepted=True)
     return History(state, kinds)
+
+
+def interleaved(state: FilterState, seed: int = 0) -> FilterState:
+    """The history with its votes in a random order in time (the synthetic history casts each rater's votes in turn)."""
+    votes = [vote for rater_votes in state.votes.values() for vote in rater_votes]
+    seconds = random.Random(seed).sample(range(len(votes)), len(votes))
+    when = {vote.event_id: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=s) for vote, s in
+            zip(votes, seconds, strict=True)}
+    return dataclasses.replace(state, votes={
+        rater: sorted((dataclasses.replace(v, created_at=when[v.event_id]) for v in rater_votes), key=lambda v: v.at)
+        for rater, rater_votes in state.votes.items()})

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import random
-from datetime import UTC, datetime, timedelta
-
 from feedback.filters import FilterSettings, Pipeline
-from feedback.filters.base import FilterState, Flag, Rater
+from feedback.filters.base import Flag, Rater
 from feedback.filters.consensus import Snapshot
 from tests.bench.replay_consensus import searched
-from tests.bench.synthetic_history import Population, build_history
+from tests.bench.synthetic_history import Population, build_history, interleaved
 
 SMALL = Population(honest=30, honest_votes=30, attackers=4, attacker_votes=40, poison_share=0.4, flippers=0)
 
@@ -23,17 +19,6 @@ def test_one_search_flags_what_the_worker_search_flags() -> None:
     expected = {flag.rater for flag in consensus.decide(snapshot)}
     assert expected, "the synthetic attackers at 40 % are caught by one search (else this test checks nothing)"
     assert searched(history.state, Pipeline(FilterSettings()).consensus, 1) == expected
-
-
-def interleaved(state: FilterState, seed: int = 0) -> FilterState:
-    """The history with its votes in a random order in time (the synthetic history casts each rater's votes in turn)."""
-    votes = [vote for rater_votes in state.votes.values() for vote in rater_votes]
-    seconds = random.Random(seed).sample(range(len(votes)), len(votes))
-    when = {vote.event_id: datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=s) for vote, s in
-            zip(votes, seconds, strict=True)}
-    return dataclasses.replace(state, votes={
-        rater: sorted((dataclasses.replace(v, created_at=when[v.event_id]) for v in rater_votes), key=lambda v: v.at)
-        for rater, rater_votes in state.votes.items()})
 
 
 def test_a_rater_flagged_by_one_search_leaves_the_later_ones_and_stays_flagged() -> None:
