@@ -11,7 +11,9 @@ consensus flags cleared (the votes the consensus alone quarantined count as acce
 one search over every rater, as the worker's first search after a restart would run it. Printed
 per run: the votes modelled, the penalty cross-validation chose, the AUC of the out-of-fold
 predictions against the taste's own verdicts (the truth file's ``preferred``: what no filter
-sees), the votes the model judges and the share of them where it
+sees), beside it the AUC of the same model taught by the taste itself (its side of every honest
+vote, no slip or attacker among the labels: what the representation learns from this many votes),
+the votes the model judges and the share of them where it
 takes the taste's side, and the accounts flagged per user type.
 
 Two variations of the model, to measure before changing the filter: ``--l2-grid`` the penalties
@@ -104,6 +106,7 @@ class Replay:
     votes: int
     l2: float
     auc: float
+    taught: float  # the AUC of the same model taught by the taste itself on the honest votes
     judged: int
     agree: float
     flagged: Counter[str]
@@ -171,6 +174,12 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
     known = np.array([side is not None for side in taste]) & ~np.isnan(model.p)
     side = np.array([bool(s) for s in taste])[known]
     judged = model.judged[known]
+    # the same design, penalty and folds taught by the taste's own side of every honest vote that has one: what
+    # this representation learns from this many votes when no label is wrong (slips and attackers left out)
+    honest = np.array([user_type[rater[1]] == "honest" for rater in model.votes.raters])[model.votes.owner]
+    has_side = np.array([s is not None for s in taste])
+    _, taught = fresh()._cross_validate(dataclasses.replace(model.votes, y=np.array([float(bool(s)) for s in taste])),
+                                        (model.l2,), (honest & has_side).astype(float))
     flagged = {rater[1] for rater in searched(state, fresh(), searches)} if searches > 1 else \
         {flag.rater[1] for flag in consensus.decide(snapshot)}
     trust = dict(zip(model.votes.raters, model.trust.weight, strict=True))
@@ -179,7 +188,9 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
                         rater[1] in flagged)
                 for rater, (test, adjusted) in consensus.screen(model).items()
                 if user_type[rater[1]] != "honest" or test.p_value <= SHOWN_P]
+    taught_known = ~np.isnan(taught[known])
     return Replay(folder.name, len(model.votes.y), model.l2, float(roc_auc_score(side, model.p[known])),
+                  float(roc_auc_score(side[taught_known], taught[known][taught_known])),
                   int(judged.sum()), float(((model.p[known][judged] > 0.5) == side[judged]).mean()),
                   Counter(user_type[u] for u in flagged), Counter(user_type.values()),
                   sorted(evidence, key=lambda a: (a.user_type, a.test.p_value)))
@@ -199,7 +210,8 @@ def main() -> None:
     grid = None if args.l2_grid is None else tuple(float(v) for v in args.l2_grid.split(","))
     settings = FilterSettings(time_scale=args.time_scale, simulation=args.time_scale != 1)
     table = Table(title="One consensus search over each run's history: the model against the hidden taste")
-    for column in ("run", "votes", "l2", "AUC", "judged", "taste's side", "flagged (of accounts)"):
+    for column in ("run", "votes", "l2", "AUC", "AUC taste-taught", "judged", "taste's side",
+                   "flagged (of accounts)"):
         table.add_column(column, justify="left" if column in ("run", "flagged (of accounts)") else "right",
                          no_wrap=column == "run")
     accounts = Table(title="Their out-of-fold tests (the screen of the search)")
@@ -215,7 +227,8 @@ def main() -> None:
             parser.error(str(exc))
         flagged = ", ".join(f"{kind} {r.flagged[kind]}/{n}" for kind, n in sorted(r.accounts.items())
                             if kind in ("slow_attacker", "phrase_pusher", "honest") or r.flagged[kind])
-        table.add_row(r.run, str(r.votes), f"{r.l2:g}", f"{r.auc:.3f}", str(r.judged), f"{r.agree:.1%}", flagged)
+        table.add_row(r.run, str(r.votes), f"{r.l2:g}", f"{r.auc:.3f}", f"{r.taught:.3f}", str(r.judged),
+                      f"{r.agree:.1%}", flagged)
         for a in r.evidence:
             accounts.add_row(r.run, f"{a.user_type} {a.user[:8]}", str(a.modelled), str(a.test.judged),
                              str(a.test.against), f"{a.test.expected:.1f}", f"{a.test.p_value:.4f}",
