@@ -1,4 +1,4 @@
-"""The anytime-valid variant of the consensus test (tests/bench/anytime_consensus.py): an e-value, and what it promises."""
+"""The anytime-valid variant of the consensus test (tests/bench/anytime_consensus.py): an e-value and its promise."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def test_an_honest_rater_ever_crosses_the_level_at_most_that_often_however_long_
     level, raters, votes = 0.05, 4000, 200
     q = rng.uniform(0.05, 0.3, (raters, votes))
     against = rng.random((raters, votes)) < q
-    inverted = q[:, None, :] + RATES[None, :, None] * (1 - 2 * q[:, None, :])
-    steps = np.where(against[:, None, :], np.log(inverted / q[:, None, :]), np.log((1 - inverted) / (1 - q[:, None, :])))
+    chance = q[:, None, :]  # raters x alternatives x votes
+    inverted = chance + RATES[None, :, None] * (1 - 2 * chance)
+    steps = np.where(against[:, None, :], np.log(inverted / chance), np.log((1 - inverted) / (1 - chance)))
     running = np.exp(np.cumsum(steps, axis=2)).mean(axis=1)  # the e-value after each vote, per rater
     ever = (running >= 1 / level).any(axis=1).mean()
     assert 0 < ever <= level
