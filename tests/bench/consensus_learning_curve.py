@@ -26,23 +26,23 @@ from sklearn.metrics import roc_auc_score
 
 from feedback.filters import FilterSettings
 from feedback.filters.base import Answer, Rater
-from feedback.filters.consensus import POSITIVE, ConsensusFilter, Snapshot
+from feedback.filters.consensus import ConsensusFilter, Snapshot
 from flywheel.cli.common import console
 from flywheel.simulation.truth import read_truth
-from tests.bench.replay_consensus import without_consensus
+from tests.bench.replay_consensus import sides_of, taste_sides, without_consensus
 
 
 def pooled(folders: list[Path], settings: FilterSettings) -> tuple[Snapshot, dict[Rater, str],
-                                                                  dict[Rater, list[float | None]]]:
-    """One snapshot of the honest votes of every run, raters named by run; each row's taste side (1.0: positive)."""
+                                                                  dict[Rater, list[bool | None]]]:
+    """One snapshot of the honest votes of every run, raters named by run; each row's taste side."""
     table: dict[Rater, list[tuple[tuple[str, ...], float]]] = {}
     answers: dict[str, Answer] = {}
     run_of: dict[Rater, str] = {}
-    side: dict[Rater, list[float | None]] = {}
+    side: dict[Rater, list[bool | None]] = {}
     for folder in folders:
         records = list(read_truth(folder / "truth.jsonl"))
         honest = {r.user_id for r in records if r.user_type == "honest"}
-        preferred = {(r.user_id, r.target_id): POSITIVE.get(r.preferred or "") for r in records}
+        preferred = taste_sides(folder, records)
         pipeline = without_consensus(folder, settings)
         snapshot = pipeline.consensus.prepare(pipeline.state, set(pipeline.state.votes))
         if snapshot is None:
@@ -52,8 +52,7 @@ def pooled(folders: list[Path], settings: FilterSettings) -> tuple[Snapshot, dic
                 continue
             named = (rater[0], f"{folder.name}/{rater[1]}")
             table[named], run_of[named] = rows, folder.name
-            side[named] = [preferred.get((rater[1], t[0] if len(t) == 1 else snapshot.answers[t[0]].pair_id or ""))
-                           for t, _ in rows]
+            side[named] = sides_of(preferred, snapshot, rater)
         answers |= snapshot.answers
     raters = sorted(table)
     return Snapshot(table, raters, answers, None), run_of, {r: side[r] for r in raters}

@@ -42,10 +42,10 @@ from feedback.db.models import Quarantine
 from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings, Pipeline
 from feedback.filters.base import FilterState, Rater
-from feedback.filters.consensus import POSITIVE, ConsensusFilter, Test
+from feedback.filters.consensus import POSITIVE, ConsensusFilter, Snapshot, Test
 from feedback.filters.text_features import TextFeatures
 from flywheel.cli.common import console
-from flywheel.simulation.truth import read_truth
+from flywheel.simulation.truth import TruthRecord, read_truth
 
 SHOWN_P = 0.05  # --accounts: honest accounts whose out-of-fold p-value is at most this are shown beside the attackers
 
@@ -146,14 +146,28 @@ def without_consensus(folder: Path, settings: FilterSettings) -> Pipeline:
     return pipeline
 
 
+Sides = dict[tuple[str, str], bool | None]
+"""The taste's side of each vote's target, by (user, target id): True for up or A; None for a tie, which has no side."""
+
+
+def taste_sides(folder: Path, records: list[TruthRecord]) -> Sides:
+    """The taste's side of every vote of a run's truth file (its ``preferred``: what no filter sees)."""
+    if any(r.preferred is None for r in records):
+        raise ValueError(f"{folder}: a truth file from before `preferred` was recorded; run measure_filters again")
+    return {(r.user_id, r.target_id): POSITIVE.get(r.preferred or "") for r in records}
+
+
+def sides_of(sides: Sides, snapshot: Snapshot, rater: Rater) -> list[bool | None]:
+    """The taste's side of each of ``rater``'s modelled votes, in the order of their rows (a pair's by its pair id)."""
+    return [sides.get((rater[1], targets[0] if len(targets) == 1 else snapshot.answers[targets[0]].pair_id or ""))
+            for targets, _ in snapshot.table[rater]]
+
+
 def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | None, embeddings: bool,
            searches: int = 1) -> Replay:
     records = list(read_truth(folder / "truth.jsonl"))
-    if any(r.preferred is None for r in records):
-        raise ValueError(f"{folder}: a truth file from before `preferred` was recorded; run measure_filters again")
+    preferred = taste_sides(folder, records)
     user_type = {r.user_id: r.user_type for r in records}
-    # the taste's side of each vote's target (None: a tie, which has no side)
-    preferred = {(r.user_id, r.target_id): POSITIVE.get(r.preferred or "") for r in records}
     pipeline = without_consensus(folder, settings)
     state = pipeline.state
     features = WithEmbeddings() if embeddings else TextFeatures()
@@ -168,9 +182,8 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
     model = None if snapshot is None else consensus.fit(snapshot)
     if snapshot is None or model is None:
         raise ValueError(f"{folder}: too few votes for a consensus model")
-    # the taste's side of each modelled vote, in the order of the design's rows (None: a tie, no side)
-    taste = [preferred.get((rater[1], targets[0] if len(targets) == 1 else snapshot.answers[targets[0]].pair_id or ""))
-             for rater in model.votes.raters for targets, _ in snapshot.table[rater]]
+    # the taste's side of each modelled vote, in the order of the design's rows
+    taste = [side for rater in model.votes.raters for side in sides_of(preferred, snapshot, rater)]
     known = np.array([side is not None for side in taste]) & ~np.isnan(model.p)
     side = np.array([bool(s) for s in taste])[known]
     judged = model.judged[known]
