@@ -17,11 +17,11 @@ curve is a ceiling).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 from rich.table import Table
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from feedback.filters import FilterSettings
@@ -63,10 +63,11 @@ def curve(folders: list[Path], sizes: list[int], settings: FilterSettings, seed:
     the other runs have fewer)."""
     snapshot, run_of, sides = pooled(folders, settings)
     consensus = ConsensusFilter.from_settings(settings)
-    votes = consensus._votes(snapshot)
-    run = np.array([run_of[r] for r in votes.raters])[votes.owner]
-    taste = np.array([s if s is not None else np.nan for r in votes.raters for s in sides[r]], dtype=float)
+    design = consensus._votes(snapshot)
+    run = np.array([run_of[r] for r in design.raters])[design.owner]
+    taste = np.array([s if s is not None else np.nan for r in design.raters for s in sides[r]], dtype=float)
     has_side = ~np.isnan(taste)
+    votes = dataclasses.replace(design, y=np.nan_to_num(taste))  # labelled by the taste; ties are never fitted
     rng = np.random.default_rng(seed)
     result = {}
     for held in (f.name for f in folders):
@@ -77,13 +78,11 @@ def curve(folders: list[Path], sizes: list[int], settings: FilterSettings, seed:
             if size > len(pool):
                 aucs.append(float("nan"))
                 continue
-            train = pool[:size]
-            best = 0.0
-            for l2 in consensus.l2_grid:
-                model = LogisticRegression(C=1 / l2, fit_intercept=False, solver="newton-cg", tol=1e-4)
-                model.fit(votes.x[train], taste[train])
-                best = max(best, float(roc_auc_score(taste[test], model.decision_function(votes.x[test]))))
-            aucs.append(best)
+            train = np.zeros(len(taste), dtype=bool)
+            train[pool[:size]] = True
+            fits = (consensus._fit(votes, train, l2, None, np.ones(len(taste))) for l2 in consensus.l2_grid)
+            aucs.append(max(float(roc_auc_score(taste[test], consensus._probability(votes, coef, test)))
+                            for coef in fits))
         result[held] = aucs
     return result
 
