@@ -100,11 +100,11 @@ def main() -> None:
                         "anytime-valid one")
     for column in ("history", "filter (adjusted p-value)", "anytime (e-value)"):
         table.add_column(column, no_wrap=column == "history")
+    settings = FilterSettings(time_scale=args.time_scale, simulation=args.time_scale != 1)
     for folder in args.folders:
         if not (folder / "truth.jsonl").is_file() or not (folder / "flywheel.db").is_file():
             parser.error(f"{folder} is not a measure_filters folder (truth.jsonl and flywheel.db)")
         user_type = {r.user_id: r.user_type for r in read_truth(folder / "truth.jsonl")}
-        settings = FilterSettings(time_scale=args.time_scale, simulation=args.time_scale != 1)
         pipeline = without_consensus(folder, settings)
         state = pipeline.state
         kinds: dict[Rater, str] = {rater: user_type[rater[1]] for rater in state.votes}
