@@ -43,6 +43,7 @@ from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings, Pipeline
 from feedback.filters.base import FilterState, Rater
 from feedback.filters.consensus import POSITIVE, ConsensusFilter, Snapshot, Test
+from feedback.filters.reliability import RewardJudge
 from feedback.filters.text_features import TextFeatures
 from flywheel.cli.common import console
 from flywheel.simulation.truth import TruthRecord, read_truth
@@ -164,7 +165,9 @@ def sides_of(sides: Sides, snapshot: Snapshot, rater: Rater) -> list[bool | None
 
 
 def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | None, embeddings: bool,
-           searches: int = 1) -> Replay:
+           searches: int = 1, judge: RewardJudge | None = None) -> Replay:
+    """One run's replay; ``judge``: reward-model scores the consensus reads as its column (the run's own have none:
+    measure_filters trains nothing)."""
     records = list(read_truth(folder / "truth.jsonl"))
     preferred = taste_sides(folder, records)
     user_type = {r.user_id: r.user_type for r in records}
@@ -175,6 +178,7 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
     def fresh() -> ConsensusFilter:
         """The worker's consensus filter with the variation asked for, and no fit of an earlier search to start from."""
         return dataclasses.replace(pipeline.consensus, l2_grid=l2_grid or pipeline.consensus.l2_grid, _text=features,
+                                   reward_scores=None if judge is None else lambda: judge,
                                    _coef={}, _columns={}, _chosen=None)
 
     consensus = fresh()
