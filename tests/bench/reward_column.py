@@ -131,9 +131,11 @@ def main() -> None:
             sides = taste_sides(target, list(read_truth(target / "truth.jsonl")))
             without = replay(target, settings, None, False, args.searches)
             with_column = replay(target, settings, None, False, args.searches, judge=taught.judge)
-            table.add_row(target.name, str(taught.pairs), f"{taught.accuracy:.3f}",
-                          f"{judge_auc(taught.judge, modelled(target, settings), sides):.3f}", f"{without.auc:.3f}",
-                          f"{with_column.auc:.3f}", flagged(without), flagged(with_column))
+            row = (target.name, str(taught.pairs), f"{taught.accuracy:.3f}",
+                   f"{judge_auc(taught.judge, modelled(target, settings), sides):.3f}", f"{without.auc:.3f}",
+                   f"{with_column.auc:.3f}", flagged(without), flagged(with_column))
+            console.print(" | ".join(row))  # each run as it ends: four trainings take most of an hour
+            table.add_row(*row)
     console.print(table)
 
 
