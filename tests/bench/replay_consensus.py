@@ -14,7 +14,8 @@ predictions against the taste's own verdicts (the truth file's ``preferred``: wh
 sees), beside it the AUC of the same model taught by the taste itself (its side of every honest
 vote, no slip or attacker among the labels: what the representation learns from this many votes),
 the votes the model judges and the share of them where it
-takes the taste's side, and the accounts flagged per user type.
+takes the taste's side, the honest accounts' share of judged votes against the model seen and expected by the
+calibration (an expected share above the seen one blunts the test), and the accounts flagged per user type.
 
 Two variations of the model, to measure before changing the filter: ``--l2-grid`` the penalties
 cross-validation chooses from (default: the filter's), and ``--embeddings`` adds to each answer's
@@ -113,6 +114,14 @@ class Replay:
     flagged: Counter[str]
     accounts: Counter[str]
     evidence: list[Account]  # the accounts of ``--accounts``
+    honest: tuple[int, int, float]  # the honest accounts' judged votes, those against the model, and the expected
+
+    @property
+    def honest_rates(self) -> str:
+        """The honest accounts' disagreement on judged votes, observed / expected by the calibration: where the
+        expected one is the higher, the test asks more of attackers than honest raters' own rate would."""
+        judged, against, expected = self.honest
+        return f"{against / judged:.1%} / {expected / judged:.1%}" if judged else "n/a"
 
 
 def searched(state: FilterState, consensus: ConsensusFilter, searches: int) -> set[Rater]:
@@ -201,16 +210,20 @@ def replay(folder: Path, settings: FilterSettings, l2_grid: tuple[float, ...] | 
         {flag.rater[1] for flag in consensus.decide(snapshot)}
     trust = dict(zip(model.votes.raters, model.trust.weight, strict=True))
     modelled = {rater: len(rows) for rater, rows in snapshot.table.items()}
+    screened = consensus.screen(model)
     evidence = [Account(user_type[rater[1]], rater[1], modelled[rater], test, adjusted, float(trust[rater]),
                         rater[1] in flagged)
-                for rater, (test, adjusted) in consensus.screen(model).items()
+                for rater, (test, adjusted) in screened.items()
                 if user_type[rater[1]] != "honest" or test.p_value <= SHOWN_P]
+    honest_tests = [test for rater, (test, _) in screened.items() if user_type[rater[1]] == "honest"]
     taught_known = ~np.isnan(taught[known])
     return Replay(folder.name, len(model.votes.y), model.l2, float(roc_auc_score(side, model.p[known])),
                   float(roc_auc_score(side[taught_known], taught[known][taught_known])),
                   int(judged.sum()), float(((model.p[known][judged] > 0.5) == side[judged]).mean()),
                   Counter(user_type[u] for u in flagged), Counter(user_type.values()),
-                  sorted(evidence, key=lambda a: (a.user_type, a.test.p_value)))
+                  sorted(evidence, key=lambda a: (a.user_type, a.test.p_value)),
+                  (sum(t.judged for t in honest_tests), sum(t.against for t in honest_tests),
+                   sum(t.expected for t in honest_tests)))
 
 
 def main() -> None:
@@ -228,7 +241,7 @@ def main() -> None:
     settings = FilterSettings(time_scale=args.time_scale, simulation=args.time_scale != 1)
     table = Table(title="One consensus search over each run's history: the model against the hidden taste")
     for column in ("run", "votes", "l2", "AUC", "AUC taste-taught", "judged", "taste's side",
-                   "flagged (of accounts)"):
+                   "honest against: seen / expected", "flagged (of accounts)"):
         table.add_column(column, justify="left" if column in ("run", "flagged (of accounts)") else "right",
                          no_wrap=column == "run")
     accounts = Table(title="Their out-of-fold tests (the screen of the search)")
@@ -245,7 +258,7 @@ def main() -> None:
         flagged = ", ".join(f"{kind} {r.flagged[kind]}/{n}" for kind, n in sorted(r.accounts.items())
                             if kind in ("slow_attacker", "phrase_pusher", "honest") or r.flagged[kind])
         table.add_row(r.run, str(r.votes), f"{r.l2:g}", f"{r.auc:.3f}", f"{r.taught:.3f}", str(r.judged),
-                      f"{r.agree:.1%}", flagged)
+                      f"{r.agree:.1%}", r.honest_rates, flagged)
         for a in r.evidence:
             accounts.add_row(r.run, f"{a.user_type} {a.user[:8]}", str(a.modelled), str(a.test.judged),
                              str(a.test.against), f"{a.test.expected:.1f}", f"{a.test.p_value:.4f}",

@@ -13,8 +13,9 @@ held-out split), on the accepted votes of the *other* folders: what the worker l
 missed included; no truth file is read for it. It scores every answer of the run (the scorer's work), and the run's
 history is replayed through the consensus (``replay_consensus``) without and with that column. Printed per run:
 the teaching pairs and the reward model's held-out accuracy on them, its own AUC against the run's taste (the truth
-file's ``preferred``, what no filter sees), the consensus model's AUC and the accounts flagged over ``--searches``
-searches, without and with the column.
+file's ``preferred``, what no filter sees), the consensus model's AUC, the honest accounts' share of judged votes
+against the model seen and expected by the calibration (``Replay.honest_rates``), and the accounts flagged over
+``--searches`` searches, without and with the column.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def main() -> None:
     table = Table(title=f"The consensus without and with a reward model taught on the other runs' accepted votes "
                         f"({args.searches} searches each)")
     for column in ("run", "teaching pairs", "RM held-out acc.", "RM AUC", "AUC without", "AUC with",
-                   "flagged without", "flagged with"):
+                   "honest seen/expected without", "honest seen/expected with", "flagged without",
+                   "flagged with"):
         table.add_column(column, justify="left" if column in ("run", "flagged without", "flagged with") else "right",
                          no_wrap=column == "run")
     with tempfile.TemporaryDirectory(prefix="reward-column-") as work, rich_progress() as progress:
@@ -133,7 +135,8 @@ def main() -> None:
             with_column = replay(target, settings, None, False, args.searches, judge=taught.judge)
             row = (target.name, str(taught.pairs), f"{taught.accuracy:.3f}",
                    f"{judge_auc(taught.judge, modelled(target, settings), sides):.3f}", f"{without.auc:.3f}",
-                   f"{with_column.auc:.3f}", flagged(without), flagged(with_column))
+                   f"{with_column.auc:.3f}", without.honest_rates, with_column.honest_rates, flagged(without),
+                   flagged(with_column))
             console.print(" | ".join(row))  # each run as it ends: four trainings take most of an hour
             table.add_row(*row)
     console.print(table)
