@@ -46,6 +46,7 @@ from feedback.filters.consensus import ConsensusFilter, Test
 from flywheel.cli.common import console
 from flywheel.simulation.tastes import TASTES
 from flywheel.simulation.truth import read_truth
+from tests.bench import run_folder
 from tests.bench.replay_consensus import searched, without_consensus
 from tests.bench.synthetic_history import Population, build_history, interleaved
 
@@ -101,9 +102,8 @@ def main() -> None:
     for column in ("history", "filter (adjusted p-value)", "anytime (e-value)"):
         table.add_column(column, no_wrap=column == "history")
     settings = FilterSettings(time_scale=args.time_scale, simulation=args.time_scale != 1)
+    run_folder.check(parser, args.folders)
     for folder in args.folders:
-        if not (folder / "truth.jsonl").is_file() or not (folder / "flywheel.db").is_file():
-            parser.error(f"{folder} is not a measure_filters folder (truth.jsonl and flywheel.db)")
         user_type = {r.user_id: r.user_type for r in read_truth(folder / "truth.jsonl")}
         pipeline = without_consensus(folder, settings)
         state = pipeline.state

@@ -41,11 +41,11 @@ from rich.table import Table
 from scipy.stats import binom
 from sqlalchemy.orm import Session, sessionmaker
 
-from feedback.db.session import make_engine, session_factory
 from flywheel.cli.common import console
 from flywheel.simulation.report import Whereabouts, settled
 from flywheel.simulation.scenario import HonestGroup, PhrasePusherGroup, load_scenario
 from flywheel.simulation.truth import TruthRecord
+from tests.bench import run_folder
 
 FALSE_POSITIVE = 0.02  # the target's honest budget (measure_filters.MAX_HONEST_FP)
 _KINDS_SHOWN = ("fast_bot", "campaign", "slow_attacker", "phrase_pusher", "honest")  # noisy users are neither kind
@@ -191,12 +191,10 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.false_positive < 1:
         parser.error("--false-positive must be between 0 and 1")
+    run_folder.check(parser, args.folders)
     for folder in args.folders:
-        if not (folder / "truth.jsonl").is_file() or not (folder / "flywheel.db").is_file():
-            parser.error(f"{folder} is not a measure_filters folder (truth.jsonl and flywheel.db)")
         try:
-            sessions = session_factory(make_engine(f"sqlite:///{folder / 'flywheel.db'}"))
-            show(measure(folder / "truth.jsonl", sessions, args.false_positive), str(folder))
+            show(measure(folder / "truth.jsonl", run_folder.sessions(folder), args.false_positive), str(folder))
         except ValueError as exc:
             parser.error(str(exc))
 

@@ -40,7 +40,6 @@ from sklearn.metrics import roc_auc_score
 from sqlalchemy import select
 
 from feedback.db.models import Quarantine
-from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings, Pipeline
 from feedback.filters.base import FilterState, Rater
 from feedback.filters.consensus import POSITIVE, ConsensusFilter, Snapshot, Test
@@ -48,6 +47,7 @@ from feedback.filters.reliability import RewardJudge
 from feedback.filters.text_features import TextFeatures
 from flywheel.cli.common import console
 from flywheel.simulation.truth import TruthRecord, read_truth
+from tests.bench import run_folder
 
 SHOWN_P = 0.05  # --accounts: honest accounts whose out-of-fold p-value is at most this are shown beside the attackers
 
@@ -144,7 +144,7 @@ def searched(state: FilterState, consensus: ConsensusFilter, searches: int) -> s
 def without_consensus(folder: Path, settings: FilterSettings) -> Pipeline:
     """The worker's pipeline rebuilt from a run's database as if the consensus had flagged nobody: its flags go, and
     the votes it alone quarantined count as accepted."""
-    with session_factory(make_engine(f"sqlite:///{folder / 'flywheel.db'}"))() as session:
+    with run_folder.sessions(folder)() as session:
         pipeline = Pipeline.rebuild(session, settings)
         consensus_only = [(app, event) for app, event, reasons in
                           session.execute(select(Quarantine.app_id, Quarantine.event_id, Quarantine.reasons))
@@ -248,9 +248,8 @@ def main() -> None:
     for column in ("run", "account", "modelled", "judged", "against", "expected", "p", "adjusted p", "trust",
                    "flagged"):
         accounts.add_column(column, justify="left" if column in ("run", "account") else "right")
+    run_folder.check(parser, args.folders)
     for folder in args.folders:
-        if not (folder / "truth.jsonl").is_file() or not (folder / "flywheel.db").is_file():
-            parser.error(f"{folder} is not a measure_filters folder (truth.jsonl and flywheel.db)")
         try:
             r = replay(folder, settings, grid, args.embeddings, args.searches)
         except ValueError as exc:

@@ -30,15 +30,14 @@ import numpy as np
 from rich.table import Table
 from sklearn.metrics import roc_auc_score
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from feedback.db.models import Completion
-from feedback.db.session import make_engine, session_factory
 from feedback.filters import FilterSettings
 from feedback.filters.consensus import Snapshot
 from feedback.filters.reliability import RewardJudge
 from flywheel.cli.common import console
 from flywheel.simulation.truth import read_truth
+from tests.bench import run_folder
 from tests.bench.replay_consensus import Replay, Sides, replay, sides_of, taste_sides, without_consensus
 from trainer.config import TrainConfig
 from trainer.pairs import PreferencePair, load_pairs, split_pairs
@@ -57,13 +56,9 @@ class Taught:
     judge: RewardJudge
 
 
-def _sessions(folder: Path) -> sessionmaker[Session]:
-    return session_factory(make_engine(f"sqlite:///{folder / 'flywheel.db'}"))
-
-
 def teaching_pairs(folders: Sequence[Path]) -> list[PreferencePair]:
     """Every preference pair the accepted votes of ``folders`` support, as a round loads them from its store."""
-    return [pair for folder in folders for pair in load_pairs(_sessions(folder))]
+    return [pair for folder in folders for pair in load_pairs(run_folder.sessions(folder))]
 
 
 def taught_judge(teachers: Sequence[Path], target: Path, config: TrainConfig, workdir: Path,
@@ -72,7 +67,7 @@ def taught_judge(teachers: Sequence[Path], target: Path, config: TrainConfig, wo
     train, heldout = split_pairs(teaching_pairs(teachers), config.heldout_fraction)
     model = train_reward_model(default_backbone(), train, config, workdir, progress)
     accuracy = evaluate_reward_model(model, heldout).heldout_accuracy
-    with _sessions(target)() as session:
+    with run_folder.sessions(target)() as session:
         answers = session.execute(select(Completion.response_id, Completion.messages, Completion.answer)).all()
     scores = model.mean([a.messages for a in answers], [a.answer for a in answers])
     return Taught(len(train) + len(heldout), accuracy,
@@ -114,9 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.folders) < 2:
         parser.error("give at least two folders: each run's reward model is taught on the others")
-    for folder in args.folders:
-        if not (folder / "truth.jsonl").is_file() or not (folder / "flywheel.db").is_file():
-            parser.error(f"{folder} is not a measure_filters folder (truth.jsonl and flywheel.db)")
+    run_folder.check(parser, args.folders)
     settings = FilterSettings(time_scale=args.time_scale, simulation=args.time_scale != 1)
     config = TrainConfig()
     table = Table(title=f"The consensus without and with a reward model taught on the other runs' accepted votes "
