@@ -29,7 +29,7 @@ from feedback.filters.base import Answer, Rater
 from feedback.filters.consensus import ConsensusFilter, Snapshot
 from flywheel.cli.common import console
 from flywheel.simulation.truth import read_truth
-from tests.bench.replay_consensus import sides_of, taste_sides, without_consensus
+from tests.bench.replay_consensus import modelled, sides_of, taste_sides
 
 
 def pooled(folders: list[Path], settings: FilterSettings) -> tuple[Snapshot, dict[Rater, str],
@@ -43,10 +43,7 @@ def pooled(folders: list[Path], settings: FilterSettings) -> tuple[Snapshot, dic
         records = list(read_truth(folder / "truth.jsonl"))
         honest = {r.user_id for r in records if r.user_type == "honest"}
         preferred = taste_sides(folder, records)
-        pipeline = without_consensus(folder, settings)
-        snapshot = pipeline.consensus.prepare(pipeline.state, set(pipeline.state.votes))
-        if snapshot is None:
-            raise ValueError(f"{folder}: too few votes for a consensus model")
+        snapshot = modelled(folder, settings)
         for rater, rows in snapshot.table.items():
             if rater[1] not in honest:
                 continue

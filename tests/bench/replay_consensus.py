@@ -156,6 +156,15 @@ def without_consensus(folder: Path, settings: FilterSettings) -> Pipeline:
     return pipeline
 
 
+def modelled(folder: Path, settings: FilterSettings) -> Snapshot:
+    """What the consensus models of a run's whole history, its own flags cleared (``without_consensus``)."""
+    pipeline = without_consensus(folder, settings)
+    snapshot = pipeline.consensus.prepare(pipeline.state, set(pipeline.state.votes))
+    if snapshot is None:
+        raise ValueError(f"{folder}: too few votes for a consensus model")
+    return snapshot
+
+
 Sides = dict[tuple[str, str], bool | None]
 """The taste's side of each vote's target, by (user, target id): True for up or A; None for a tie, which has no side."""
 

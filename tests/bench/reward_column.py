@@ -38,7 +38,7 @@ from feedback.filters.reliability import RewardJudge
 from flywheel.cli.common import console
 from flywheel.simulation.truth import read_truth
 from tests.bench import run_folder
-from tests.bench.replay_consensus import Replay, Sides, replay, sides_of, taste_sides, without_consensus
+from tests.bench.replay_consensus import Replay, Sides, modelled, replay, sides_of, taste_sides
 from trainer.config import TrainConfig
 from trainer.pairs import PreferencePair, load_pairs, split_pairs
 from trainer.policy import ProgressFn, rich_progress
@@ -85,15 +85,6 @@ def judge_auc(judge: RewardJudge, snapshot: Snapshot, sides: Sides) -> float:
                 margins.append(first - (judge.scores[targets[1]] if len(targets) == 2 else judge.median))
                 truths.append(side)
     return float(roc_auc_score(np.array(truths), np.array(margins)))
-
-
-def modelled(target: Path, settings: FilterSettings) -> Snapshot:
-    """What the consensus models of a run's whole history (its own flags cleared, as the replay has it)."""
-    pipeline = without_consensus(target, settings)
-    snapshot = pipeline.consensus.prepare(pipeline.state, set(pipeline.state.votes))
-    if snapshot is None:
-        raise ValueError(f"{target}: too few votes for a consensus model")
-    return snapshot
 
 
 def flagged(r: Replay) -> str:
